@@ -1,0 +1,48 @@
+// uhmm::Context: the public face of ContextImpl.
+#include "uhmm/context.hpp"
+
+#include "context_impl.hpp"
+
+namespace uhmm {
+
+Context::Context() : Context(ContextOptions::from_environment()) {}
+Context::Context(const ContextOptions& options) : impl_(std::make_unique<detail::ContextImpl>(options)) {}
+Context::~Context() = default;
+
+void* Context::allocate(std::size_t bytes) { return impl_->allocate(bytes); }
+void Context::free(void* base) { impl_->free(base); }
+std::size_t Context::range_size(const void* base) const { return impl_->ranges.size_of(base, "range_size"); }
+
+std::size_t Context::device_count() const noexcept { return impl_->device_count(); }
+
+OwnerId Context::device_owner(std::size_t i) const {
+  if (i >= impl_->device_count())
+    throw Error(Errc::invalid_argument, "device_owner: no device " + std::to_string(i) + " (this context has " +
+                                            std::to_string(impl_->device_count()) + ")");
+  return static_cast<OwnerId>(i + 1);
+}
+
+DeviceInfo Context::device_info(OwnerId owner) const { return impl_->device(owner, "device_info").info(); }
+Backend& Context::backend(OwnerId owner) { return impl_->device(owner, "backend").backend(); }
+void Context::inject_faults(OwnerId owner, const FaultInjection& injection) {
+  impl_->device(owner, "inject_faults").set_fault_injection(injection);
+}
+
+MigrationResult Context::migrate_to_device(void* p, std::size_t bytes, OwnerId device) {
+  return impl_->migrate_to_device(p, bytes, device);
+}
+MigrationResult Context::migrate_to_host(void* p, std::size_t bytes) { return impl_->migrate_to_host(p, bytes); }
+
+std::vector<PageState> Context::residency(const void* p, std::size_t bytes) const {
+  return impl_->residency(p, bytes);
+}
+
+Counters Context::counters() const {
+  Counters c = impl_->counters.snapshot();
+  c.device_pages_in_use = 0;
+  for (std::size_t i = 0; i < impl_->device_count(); ++i)
+    c.device_pages_in_use += impl_->device(static_cast<OwnerId>(i + 1), "counters").pages_in_use();
+  return c;
+}
+
+}  // namespace uhmm

@@ -1,0 +1,179 @@
+#include "context_impl.hpp"
+
+#include <fmt/format.h>
+
+#include "fault_service.hpp"
+#include "uhmm/detail/log.hpp"
+#include "uhmm/migrate.hpp"
+
+namespace uhmm::detail {
+
+ContextImpl::ContextImpl(const ContextOptions& opts) : options(opts) {
+  devices_ = open_devices(options, [this](OwnerId owner) { return pagemap(owner); });
+  if (devices_.empty()) throw Error(Errc::device_error, "no device was opened");
+  for (const auto& d : devices_) rmaps_.push_back(std::make_unique<ReverseMap>(d->capacity_pages()));
+  staging_ = std::make_unique<StagingPool>(devices_.front()->backend());
+  faults_ = std::make_unique<FaultService>(*this);
+  log().info("context ready: {} device(s) on the {} backend, fault-ahead {}", devices_.size(),
+             devices_.front()->info().backend, options.fault_ahead ? "on" : "off");
+}
+
+ContextImpl::~ContextImpl() {
+  // Ranges first (their device pages go back to the pools), then the fault
+  // service, then the devices.
+  for (const auto& range : ranges.all()) {
+    try {
+      free(range->base());
+    } catch (const std::exception& e) {
+      log().error("freeing a range at teardown failed: {}", e.what());
+    }
+  }
+  faults_.reset();
+  staging_.reset();
+  devices_.clear();
+}
+
+Device& ContextImpl::device(OwnerId owner, std::string_view call) const {
+  if (owner == kNoOwner) return *devices_.front();
+  if (owner > devices_.size())
+    throw Error(Errc::invalid_argument,
+                fmt::format("{}: device {} does not exist (this context has devices 1..{})", call, owner, devices_.size()));
+  return *devices_[owner - 1];
+}
+
+DevicePagemap* ContextImpl::pagemap(OwnerId owner) const noexcept {
+  return owner == kNoOwner || owner > devices_.size() ? nullptr : devices_[owner - 1].get();
+}
+
+void* ContextImpl::allocate(std::size_t bytes) {
+  if (bytes == 0) throw Error(Errc::zero_length, "allocate: zero bytes");
+  if (bytes > (std::size_t{1} << 44))
+    throw Error(Errc::invalid_argument, fmt::format("allocate: {} bytes is more than the 16 TiB a range may span", bytes));
+  const std::size_t rounded = (bytes + kPageSize - 1) & ~(kPageSize - 1);
+  auto range = std::make_shared<ManagedRange>(next_range_id_.fetch_add(1), rounded, uffd);
+  void* base = range->base();
+  ranges.add(std::move(range));
+  return base;
+}
+
+void ContextImpl::free(void* base) {
+  auto range = ranges.remove(base, "free");
+  // Nothing new can reach the range; wait for what already has.
+  range->wait_idle();
+  auto& table = range->table();
+  std::vector<std::vector<DevicePageIndex>> to_free(devices_.size() + 1);
+  for (std::size_t block = 0; block < table.nblocks(); ++block) {
+    std::lock_guard lock(table.block_mutex(block));
+    for (std::size_t p = table.block_begin(block); p < table.block_end(block); ++p) {
+      const MirrorEntry e = table.entry(p);
+      if (e.residency() == Residency::Device || e.residency() == Residency::Duplicated)
+        to_free[e.device_page().owner].push_back(e.device_page().index);
+    }
+  }
+  for (OwnerId owner = 1; owner < to_free.size(); ++owner) {
+    for (DevicePageIndex index : to_free[owner]) rmaps_[owner - 1]->clear(index);
+    if (!to_free[owner].empty()) devices_[owner - 1]->page_free(to_free[owner]);
+  }
+  // ~ManagedRange unregisters (waking any thread still faulting here) and unmaps.
+}
+
+MigrationResult ContextImpl::migrate_to_device(void* p, std::size_t bytes, OwnerId owner) {
+  Device& dev = device(owner, "migrate_to_device");
+  const RangeSpan span = ranges.resolve(p, bytes, "migrate_to_device");  // validates before anything changes
+  MigrationResult result;
+  result.pages = span.count();
+  std::vector<std::uint64_t> src(span.count()), dst(span.count());
+  MigrateVma args;
+  args.start = p;
+  args.end = static_cast<std::byte*>(p) + bytes;
+  args.src = src.data();
+  args.dst = dst.data();
+  args.flags = MIGRATE_VMA_SELECT_SYSTEM | MIGRATE_VMA_FAULT | MIGRATE_VMA_SELECT_COMPOUND;
+
+  migrate_vma_setup(*this, args);
+  const Status copied = dev.alloc_and_copy(args);
+  result.migrated = migrate_vma_pages(*this, args);
+  migrate_vma_finalize(*this, args);
+
+  // src[i] after pages(): MIGRATE for pages that moved, other bits without
+  // MIGRATE for pages selected that could not move, 0 for pages not selected.
+  const auto& table = span.range().table();
+  for (std::size_t i = 0; i < span.count(); ++i) {
+    if (src[i] & MIGRATE_PFN_MIGRATE) continue;
+    if (src[i] != 0) {
+      ++result.failed;
+      continue;
+    }
+    const std::size_t page = span.first() + i;
+    std::lock_guard lock(table.block_mutex(MirrorTable::block_of(page)));
+    const MirrorEntry e = table.entry(page);
+    const bool there = e.residency() == Residency::Device && e.device_page().owner == dev.owner() && !e.locked();
+    there ? ++result.already : ++result.skipped;
+  }
+  if (result.failed > 0) {
+    result.status = copied ? Status{Errc::device_error, "pages were not migrated"} : copied;
+    AtomicCounters::add(result.status.code == Errc::out_of_memory ? counters.alloc_failures : counters.copy_failures,
+                        result.status.code == Errc::out_of_memory ? result.failed : 1);
+  }
+  return result;
+}
+
+std::vector<PageState> ContextImpl::residency(const void* p, std::size_t bytes) const {
+  const RangeSpan span = ranges.resolve(p, bytes, "residency");
+  auto& table = span.range().table();
+  std::vector<PageState> out(span.count());
+  for (std::size_t block = table.block_of(span.first()); block <= table.block_of(span.end() - 1); ++block) {
+    const std::size_t lo = std::max(span.first(), table.block_begin(block));
+    const std::size_t hi = std::min(span.end(), table.block_end(block));
+    std::lock_guard lock(table.block_mutex(block));
+    for (std::size_t q = lo; q < hi; ++q) {
+      const MirrorEntry e = table.entry(q);
+      PageState& s = out[q - span.first()];
+      s.residency = e.residency();
+      if (e.residency() == Residency::Device || e.residency() == Residency::Duplicated) s.device = e.device_page();
+      s.locked = e.locked();
+      s.pinned = e.has(MirrorEntry::kPinned);
+      s.dirty = e.has(MirrorEntry::kDirty);
+      s.writable = e.has(MirrorEntry::kWrite);
+    }
+  }
+  return out;
+}
+
+Status ContextImpl::validate() const {
+  std::vector<std::vector<std::uint8_t>> seen(devices_.size());
+  for (std::size_t d = 0; d < devices_.size(); ++d) {
+    seen[d].assign(devices_[d]->capacity_pages(), 0);
+    if (Status s = devices_[d]->validate(); !s) return s;
+  }
+  std::vector<std::size_t> mapped(devices_.size(), 0);
+  for (const auto& range : ranges.all()) {
+    auto& table = range->table();
+    for (std::size_t block = 0; block < table.nblocks(); ++block) {
+      std::lock_guard lock(table.block_mutex(block));
+      for (std::size_t p = table.block_begin(block); p < table.block_end(block); ++p) {
+        const MirrorEntry e = table.entry(p);
+        if (e.residency() != Residency::Device && e.residency() != Residency::Duplicated) continue;
+        const DevicePage page = e.device_page();
+        if (page.owner == kNoOwner || page.owner > devices_.size() || page.index >= seen[page.owner - 1].size())
+          return {Errc::system_error, fmt::format("range {} page {} names device page {}:{} that does not exist",
+                                                  range->id(), p, page.owner, page.index)};
+        if (seen[page.owner - 1][page.index]++ != 0)
+          return {Errc::system_error, fmt::format("device page {}:{} backs two pages", page.owner, page.index)};
+        ++mapped[page.owner - 1];
+      }
+    }
+  }
+  return {};
+}
+
+void ContextImpl::check_invariants() const {
+#if defined(UHMM_EXPENSIVE_CHECKS)
+  if (Status s = validate(); !s) {
+    log().critical("invariant broken: {}", s.message);
+    std::abort();
+  }
+#endif
+}
+
+}  // namespace uhmm::detail

@@ -1,0 +1,96 @@
+// The state behind uhmm::Context and the mm operations on it. The engine's
+// pieces live in their own files: migrate_vma.cpp (to a device),
+// migrate_to_ram.cpp (back to host), fault_service.cpp (CPU faults),
+// launch.cpp (kernels over managed spans).
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <span>
+#include <string_view>
+#include <vector>
+
+#include "atomic_counters.hpp"
+#include "range_registry.hpp"
+#include "reverse_map.hpp"
+#include "staging_pool.hpp"
+#include "uhmm/context.hpp"
+#include "uhmm/detail/device.hpp"
+#include "unlock_events.hpp"
+#include "userfaultfd.hpp"
+
+namespace uhmm::detail {
+
+class FaultService;
+
+class ContextImpl {
+ public:
+  explicit ContextImpl(const ContextOptions& options);
+  ~ContextImpl();
+  ContextImpl(const ContextImpl&) = delete;
+  ContextImpl& operator=(const ContextImpl&) = delete;
+
+  void* allocate(std::size_t bytes);
+  void free(void* base);
+  MigrationResult migrate_to_device(void* p, std::size_t bytes, OwnerId owner);
+  MigrationResult migrate_to_host(void* p, std::size_t bytes);
+  std::size_t migrate_device_range(OwnerId owner, DevicePageIndex first, std::size_t npages);
+  std::vector<PageState> residency(const void* p, std::size_t bytes) const;
+
+  // The device of `owner` (kNoOwner: the first); throws Errc::invalid_argument.
+  Device& device(OwnerId owner, std::string_view call) const;
+  DevicePagemap* pagemap(OwnerId owner) const noexcept;
+  ReverseMap& rmap(OwnerId owner) noexcept { return *rmaps_[owner - 1]; }
+
+  // Brings locked device pages of one block back to host RAM and updates their
+  // mirror entries; they stay LOCKED (the caller unlocks). Pre: `pages` are in
+  // ascending order, in one block, LOCKED and Device. Returns the pages that
+  // could not come back (still on their device). Never throws.
+  struct BackResult {
+    std::size_t moved = 0;
+    std::vector<std::size_t> failed;
+    Status status;
+  };
+  BackResult bring_back(ManagedRange& range, std::span<const std::size_t> pages, std::byte* staging) noexcept;
+  // Clears LOCKED on pages of one block and announces it.
+  void unlock(ManagedRange& range, std::span<const std::size_t> pages) noexcept;
+
+  // Validates the mirror tables and the pools (expensive; checked builds call
+  // it after every operation through check_invariants()).
+  Status validate() const;
+  void check_invariants() const;
+
+  const ContextOptions options;
+  Userfaultfd uffd;
+  RangeRegistry ranges;
+  AtomicCounters counters;
+  UnlockEvents unlocks;
+
+ private:
+  std::vector<std::unique_ptr<Device>> devices_;
+  std::vector<std::unique_ptr<ReverseMap>> rmaps_;
+  std::unique_ptr<StagingPool> staging_;
+  std::unique_ptr<FaultService> faults_;
+  std::atomic<std::uint32_t> next_range_id_{0};
+
+  friend class FaultService;
+  friend class ::uhmm::Context;
+
+ public:
+  StagingPool& staging() noexcept { return *staging_; }
+  std::size_t device_count() const noexcept { return devices_.size(); }
+};
+
+// The per-migration state migrate_vma_setup hands to _pages and _finalize.
+void migrate_vma_setup(ContextImpl& ctx, MigrateVma& args);
+std::size_t migrate_vma_pages(ContextImpl& ctx, MigrateVma& args);
+void migrate_vma_finalize(ContextImpl& ctx, MigrateVma& args);
+
+struct MigrationSession {
+  RangeSpan span;
+  std::vector<std::uint8_t> selected;  // per page: setup locked it
+  std::vector<std::uint8_t> source;    // per page: its Residency when selected
+  bool pages_done = false;
+};
+
+}  // namespace uhmm::detail

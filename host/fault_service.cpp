@@ -1,0 +1,241 @@
+#include "fault_service.hpp"
+
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "context_impl.hpp"
+#include "page_runs.hpp"
+#include "uhmm/detail/log.hpp"
+
+namespace uhmm::detail {
+namespace {
+
+constexpr std::size_t kMaxEventsPerRead = 256;
+
+void sort_unique(std::vector<std::size_t>& v) {
+  std::sort(v.begin(), v.end());
+  v.erase(std::unique(v.begin(), v.end()), v.end());
+}
+
+}  // namespace
+
+FaultService::FaultService(ContextImpl& ctx) : ctx_(ctx), messages_(kMaxEventsPerRead) {
+  event_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (event_fd_ < 0)
+    throw Error(Errc::system_error, fmt::format("eventfd for the fault service: {}", std::strerror(errno)));
+  staging_ = ctx_.staging().acquire();
+  if (staging_ == nullptr) {
+    ::close(event_fd_);
+    throw OutOfMemory("no host memory for the fault service's staging buffer");
+  }
+  ctx_.unlocks.set_listener([this] {
+    if (parked_count_.load() > 0) kick();
+  });
+  thread_ = std::thread([this] { run(); });
+}
+
+FaultService::~FaultService() {
+  stop_.store(true);
+  kick();
+  thread_.join();
+  ctx_.unlocks.set_listener(nullptr);
+  ctx_.staging().release(staging_);
+  ::close(event_fd_);
+}
+
+void FaultService::kick() noexcept {
+  const std::uint64_t one = 1;
+  // A full counter (EAGAIN) means a wake-up is already pending.
+  [[maybe_unused]] const ssize_t n = ::write(event_fd_, &one, sizeof one);
+}
+
+void FaultService::run() noexcept {
+  pollfd fds[2] = {{ctx_.uffd.fd(), POLLIN, 0}, {event_fd_, POLLIN, 0}};
+  std::vector<Fault> batch;
+  const auto spin = std::chrono::microseconds(ctx_.options.fault_spin_us);
+  auto read_faults = [&] {
+    std::size_t total = 0;
+    for (;;) {
+      const std::size_t n = ctx_.uffd.read_events(messages_.data(), messages_.size());
+      for (std::size_t i = 0; i < n; ++i) {
+        const uffd_msg& m = messages_[i];
+        if (m.event != UFFD_EVENT_PAGEFAULT) continue;
+        const bool wp = (m.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) != 0;
+        batch.push_back({static_cast<std::uintptr_t>(m.arg.pagefault.address) & ~(kPageSize - 1), wp});
+        if (wp) AtomicCounters::add(ctx_.counters.faults_write_protect, 1);
+      }
+      total += n;
+      if (n < messages_.size()) return total;
+    }
+  };
+
+  while (!stop_.load(std::memory_order_relaxed)) {
+    try {
+      if (::poll(fds, 2, -1) < 0) {
+        if (errno == EINTR) continue;
+        log().critical("fault service: poll failed: {}", std::strerror(errno));
+        return;
+      }
+      if (fds[1].revents & POLLIN) {
+        std::uint64_t count;
+        [[maybe_unused]] const ssize_t n = ::read(event_fd_, &count, sizeof count);
+        if (stop_.load()) break;
+        batch.insert(batch.end(), parked_.begin(), parked_.end());
+        parked_count_.fetch_sub(parked_.size());
+        parked_.clear();
+      }
+      if (fds[0].revents & POLLIN) read_faults();
+      while (!batch.empty()) {
+        AtomicCounters::add(ctx_.counters.fault_wakeups, 1);
+        resolve(batch);
+        batch.clear();
+        // Faults tend to come in trains: poll a little before sleeping again.
+        const auto deadline = std::chrono::steady_clock::now() + spin;
+        while (batch.empty() && std::chrono::steady_clock::now() < deadline) read_faults();
+      }
+    } catch (const std::exception& e) {
+      // Only allocation can throw here; the faults in flight stay unresolved
+      // and are read again from parked_ or the kernel on the next round.
+      log().error("fault service: {}", e.what());
+      batch.clear();
+    }
+  }
+}
+
+void FaultService::resolve(std::vector<Fault>& faults) noexcept {
+  std::sort(faults.begin(), faults.end(), [](const Fault& a, const Fault& b) { return a.address < b.address; });
+  std::size_t i = 0;
+  while (i < faults.size()) {
+    RangeSpan span = ctx_.ranges.find(reinterpret_cast<const void*>(faults[i].address));
+    if (!span) {
+      // A range being freed: unregistering it wakes its faulting threads.
+      ++i;
+      continue;
+    }
+    ManagedRange& range = span.range();
+    while (i < faults.size() && range.contains(reinterpret_cast<const void*>(faults[i].address))) {
+      const std::size_t block = MirrorTable::block_of(range.page_of(reinterpret_cast<const void*>(faults[i].address)));
+      std::size_t j = i;
+      while (j < faults.size() && range.contains(reinterpret_cast<const void*>(faults[j].address)) &&
+             MirrorTable::block_of(range.page_of(reinterpret_cast<const void*>(faults[j].address))) == block)
+        ++j;
+      resolve_block(range, block, &faults[i], j - i);
+      i = j;
+    }
+  }
+}
+
+void FaultService::resolve_block(ManagedRange& range, std::size_t block, const Fault* faults,
+                                 std::size_t count) noexcept {
+  auto& table = range.table();
+  const std::size_t lo = table.block_begin(block);
+  const std::size_t hi = table.block_end(block);
+  const bool ahead = ctx_.options.fault_ahead;
+  std::vector<std::size_t> zero, back, wake, unprotect, faulting_back;
+  std::size_t zero_faults = 0;
+
+  {
+    std::lock_guard lock(table.block_mutex(block));
+    for (std::size_t k = 0; k < count; ++k) {
+      const std::size_t p = range.page_of(reinterpret_cast<const void*>(faults[k].address));
+      const MirrorEntry e = table.entry(p);
+      if (e.locked()) {
+        parked_.push_back(faults[k]);
+        parked_count_.fetch_add(1);  // under the block lock: an unlock after this sees it
+        AtomicCounters::add(ctx_.counters.faults_parked, 1);
+      } else if (e.has(MirrorEntry::kPoisoned)) {
+        wake.push_back(p);  // the poison marker answers the retry with SIGBUS
+      } else if (faults[k].write_protect) {
+        // The migration that protected the page is over: either the page stayed
+        // (unprotect) or it moved (wake: the retry faults as MISSING).
+        (e.residency() == Residency::System ? unprotect : wake).push_back(p);
+      } else if (e.residency() == Residency::Device) {
+        back.push_back(p);
+        faulting_back.push_back(p);
+      } else {
+        // Empty, or System but unmapped (the application dropped it): zeros.
+        // A page mapped already answers EEXIST and its thread is just woken.
+        zero.push_back(p);
+        ++zero_faults;
+      }
+    }
+    if (ahead && !zero.empty())
+      for (std::size_t p = lo; p < hi; ++p)
+        if (table.entry(p).bits() == 0) zero.push_back(p);  // Empty and unlocked
+    if (ahead && !back.empty())
+      for (std::size_t p = lo; p < hi; ++p) {
+        const MirrorEntry e = table.entry(p);
+        if (e.residency() == Residency::Device && !e.locked() && !e.has(MirrorEntry::kPoisoned)) back.push_back(p);
+      }
+    sort_unique(zero);
+    sort_unique(back);
+    sort_unique(faulting_back);
+    for (std::size_t p : zero) table.entry(p).set(MirrorEntry::kLocked);
+    for (std::size_t p : back) table.entry(p).set(MirrorEntry::kLocked);
+  }
+
+  // Zeros: one UFFDIO_ZEROPAGE per run; a run with a mapped page goes page by page.
+  std::size_t spurious = 0;
+  for (std::size_t k = 0; k < zero.size();) {
+    std::size_t run = 1;
+    while (k + run < zero.size() && zero[k + run] == zero[k] + run) ++run;
+    if (ctx_.uffd.zeropage(range.page_address(zero[k]), run * kPageSize) != 0) {
+      for (std::size_t q = zero[k]; q < zero[k] + run; ++q) {
+        const int err = ctx_.uffd.zeropage(range.page_address(q), kPageSize);
+        if (err == EEXIST) {
+          ++spurious;
+          ctx_.uffd.wake(range.page_address(q), kPageSize);
+        } else if (err != 0) {
+          log().error("fault service: UFFDIO_ZEROPAGE at {} failed: {}", static_cast<void*>(range.page_address(q)),
+                      std::strerror(err));
+        }
+      }
+    }
+    k += run;
+  }
+  if (!zero.empty()) {
+    std::lock_guard lock(table.block_mutex(block));
+    for (std::size_t p : zero)
+      if (table.entry(p).residency() == Residency::Empty) table.entry(p).move_to(MirrorEntry::system());
+  }
+  ctx_.unlock(range, zero);
+
+  if (!back.empty()) {
+    const ContextImpl::BackResult r = ctx_.bring_back(range, back, staging_);
+    for (std::size_t p : r.failed) {
+      if (!std::binary_search(faulting_back.begin(), faulting_back.end(), p)) continue;
+      // The page cannot come back: the faulting access gets SIGBUS, like the
+      // kernel's answer to a failed migrate_to_ram; the data stays on the device.
+      std::lock_guard lock(table.block_mutex(block));
+      table.entry(p).set(MirrorEntry::kPoisoned);
+      const int err = ctx_.uffd.poison(range.page_address(p), kPageSize);
+      AtomicCounters::add(ctx_.counters.pages_lost, 1);
+      log().critical("page {} could not be brought back from its device ({}); {}",
+                     static_cast<void*>(range.page_address(p)), r.status.message,
+                     err == 0 ? "accesses to it raise SIGBUS" : "its faulting thread stays blocked");
+    }
+    ctx_.unlock(range, back);
+    const std::size_t faulting_moved =
+        faulting_back.size() - static_cast<std::size_t>(std::count_if(
+                                   faulting_back.begin(), faulting_back.end(), [&](std::size_t p) {
+                                     return std::find(r.failed.begin(), r.failed.end(), p) != r.failed.end();
+                                   }));
+    AtomicCounters::add(ctx_.counters.faults_from_device, faulting_moved);
+    AtomicCounters::add(ctx_.counters.pages_fault_ahead, r.moved > faulting_moved ? r.moved - faulting_moved : 0);
+  }
+
+  for (std::size_t p : unprotect) ctx_.uffd.write_protect(range.page_address(p), kPageSize, false);
+  for (std::size_t p : wake) ctx_.uffd.wake(range.page_address(p), kPageSize);
+  AtomicCounters::add(ctx_.counters.faults_zero_fill, zero_faults > spurious ? zero_faults - spurious : 0);
+  AtomicCounters::add(ctx_.counters.faults_spurious, spurious + wake.size() + unprotect.size());
+}
+
+}  // namespace uhmm::detail

@@ -1,0 +1,56 @@
+// The CPU fault service: one thread reading userfaultfd events in batches and
+// resolving each by its page's state (the kernel's do_swap_page +
+// migrate_to_ram for device-private pages).
+//
+// Cost on these machines is thread hand-offs (DESIGN.md), so the service
+// resolves as much as it can per wake-up: all events pending are read at once,
+// coalesced per 2 MiB block, and with fault-ahead a fault on a device page
+// brings back every unlocked device page of its block in one copy, and a first
+// touch maps zeros over the whole block's never-touched pages.
+#pragma once
+
+#include <linux/userfaultfd.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <thread>
+#include <vector>
+
+namespace uhmm::detail {
+
+class ContextImpl;
+class ManagedRange;
+
+class FaultService {
+ public:
+  explicit FaultService(ContextImpl& ctx);
+  ~FaultService();  // stops the thread
+  FaultService(const FaultService&) = delete;
+  FaultService& operator=(const FaultService&) = delete;
+
+  // Pages were unlocked: re-run the parked faults (thread-safe, non-blocking).
+  void kick() noexcept;
+
+ private:
+  struct Fault {
+    std::uintptr_t address;
+    bool write_protect;  // a store to a write-protected page
+  };
+
+  void run() noexcept;
+  void resolve(std::vector<Fault>& faults) noexcept;
+  // Resolves the faults of one block (sorted, same range and block).
+  void resolve_block(ManagedRange& range, std::size_t block, const Fault* faults, std::size_t count) noexcept;
+
+  ContextImpl& ctx_;
+  int event_fd_ = -1;  // kick() and stop
+  std::atomic<bool> stop_{false};
+  std::vector<Fault> parked_;                // faults on locked pages (service thread only)
+  std::atomic<std::size_t> parked_count_{0};  // its size, for the unlock listener
+  std::vector<uffd_msg> messages_;
+  std::byte* staging_ = nullptr;
+  std::thread thread_;
+};
+
+}  // namespace uhmm::detail

@@ -1,0 +1,59 @@
+// A managed range: an anonymous private mapping, 2 MiB aligned, registered with
+// userfaultfd, and its mirror page table. Operations on a range count
+// themselves in, so that free() can wait until none is left.
+#pragma once
+
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+
+#include "mirror_table.hpp"
+#include "uhmm/types.hpp"
+
+namespace uhmm::detail {
+
+class Userfaultfd;
+
+class ManagedRange {
+ public:
+  // Maps and registers `bytes` (a multiple of kPageSize). Throws uhmm::Error.
+  ManagedRange(std::uint32_t id, std::size_t bytes, Userfaultfd& uffd);
+  // Unregisters and unmaps. Pre: no operation is in flight.
+  ~ManagedRange();
+  ManagedRange(const ManagedRange&) = delete;
+  ManagedRange& operator=(const ManagedRange&) = delete;
+
+  std::uint32_t id() const noexcept { return id_; }
+  std::byte* base() const noexcept { return base_; }
+  std::size_t bytes() const noexcept { return bytes_; }
+  std::size_t npages() const noexcept { return table_.npages(); }
+  std::byte* page_address(std::size_t page) const noexcept { return base_ + page * kPageSize; }
+  std::size_t page_of(const void* addr) const noexcept {
+    return static_cast<std::size_t>(static_cast<const std::byte*>(addr) - base_) >> kPageShift;
+  }
+  bool contains(const void* addr) const noexcept {
+    const auto* p = static_cast<const std::byte*>(addr);
+    return p >= base_ && p < base_ + bytes_;
+  }
+  MirrorTable& table() noexcept { return table_; }
+  const MirrorTable& table() const noexcept { return table_; }
+
+  // Operation accounting (see RangeRegistry): begin under the registry lock.
+  void begin_op() noexcept;
+  void end_op() noexcept;
+  void wait_idle() noexcept;
+
+ private:
+  std::uint32_t id_;
+  std::byte* base_ = nullptr;
+  std::size_t bytes_;
+  std::size_t mapped_bytes_ = 0;
+  Userfaultfd& uffd_;
+  MirrorTable table_;
+  std::mutex ops_mutex_;
+  std::condition_variable ops_idle_;
+  std::size_t ops_ = 0;
+};
+
+}  // namespace uhmm::detail

@@ -1,0 +1,219 @@
+// Migration back to host RAM (the kernel's migrate_to_ram): device pages are
+// copied into a staging block, then mapped into the managed range with
+// UFFDIO_COPY, which also wakes threads waiting on them. Used by the CPU fault
+// service, Context::migrate_to_host and migrate_device_range.
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "context_impl.hpp"
+#include "page_runs.hpp"
+#include "uhmm/detail/log.hpp"
+#include "uhmm/migrate.hpp"
+
+namespace uhmm::detail {
+
+ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<const std::size_t> pages,
+                                                std::byte* staging) noexcept {
+  BackResult out;
+  if (pages.empty()) return out;
+  auto& table = range.table();
+  const std::size_t block = MirrorTable::block_of(pages.front());
+  const std::size_t base = table.block_begin(block);
+  const std::size_t end = table.block_end(block);
+
+  // ok[p - base]: the page's bytes are in staging.
+  std::vector<std::uint8_t> ok(end - base, 0);
+  std::vector<DevicePage> device(pages.size());
+  {
+    std::lock_guard lock(table.block_mutex(block));
+    for (std::size_t k = 0; k < pages.size(); ++k) device[k] = table.entry(pages[k]).device_page();
+  }
+  for (OwnerId owner = 1; owner <= devices_.size(); ++owner) {
+    std::vector<DevicePageIndex> indices;
+    std::vector<std::byte*> dst;
+    std::vector<std::size_t> which;
+    for (std::size_t k = 0; k < pages.size(); ++k) {
+      if (device[k].owner != owner) continue;
+      indices.push_back(device[k].index);
+      dst.push_back(staging + (pages[k] - base) * kPageSize);
+      which.push_back(pages[k]);
+    }
+    std::size_t done = 0;
+    // One retry of what failed: an injected or transient copy fault must not
+    // cost data while a second attempt can still succeed.
+    for (int attempt = 0; attempt < 2 && done < indices.size(); ++attempt) {
+      const BatchResult r = devices_[owner - 1]->copy_to_ram(std::span(indices).subspan(done),
+                                                             std::span<std::byte* const>(dst).subspan(done));
+      done += std::min(r.pages_done, indices.size() - done);
+      if (!r.status) {
+        AtomicCounters::add(counters.copy_failures, 1);
+        out.status = r.status;
+      }
+    }
+    for (std::size_t k = 0; k < done; ++k) ok[which[k] - base] = 1;
+  }
+
+  // Map what arrived, one UFFDIO_COPY per contiguous run.
+  for_each_run(base, end, [&](std::size_t p) { return ok[p - base] != 0; },
+               [&](std::size_t p, std::size_t count) {
+                 std::size_t copied = 0;
+                 const int err = uffd.copy(range.page_address(p), staging + (p - base) * kPageSize,
+                                           count * kPageSize, &copied);
+                 if (err == 0) return;
+                 // EEXIST: something mapped a page we hold locked (the application
+                 // remapped the range); map the others page by page.
+                 for (std::size_t q = p + copied / kPageSize; q < p + count; ++q) {
+                   const int e = uffd.copy(range.page_address(q), staging + (q - base) * kPageSize, kPageSize, nullptr);
+                   if (e != 0 && e != EEXIST) {
+                     ok[q - base] = 0;
+                     out.status = {Errc::system_error, fmt::format("UFFDIO_COPY at {} failed: {}",
+                                                                   static_cast<void*>(range.page_address(q)),
+                                                                   std::strerror(e))};
+                   }
+                 }
+               });
+
+  std::vector<std::vector<DevicePageIndex>> to_free(devices_.size() + 1);
+  {
+    std::lock_guard lock(table.block_mutex(block));
+    for (std::size_t k = 0; k < pages.size(); ++k) {
+      if (!ok[pages[k] - base]) {
+        out.failed.push_back(pages[k]);
+        continue;
+      }
+      table.entry(pages[k]).move_to(MirrorEntry::system());
+      to_free[device[k].owner].push_back(device[k].index);
+      ++out.moved;
+    }
+  }
+  for (OwnerId owner = 1; owner < to_free.size(); ++owner) {
+    if (to_free[owner].empty()) continue;
+    for (DevicePageIndex index : to_free[owner]) rmaps_[owner - 1]->clear(index);
+    devices_[owner - 1]->page_free(to_free[owner]);
+  }
+  AtomicCounters::add(counters.pages_to_host, out.moved);
+  AtomicCounters::add(counters.bytes_to_host, out.moved * kPageSize);
+  return out;
+}
+
+void ContextImpl::unlock(ManagedRange& range, std::span<const std::size_t> pages) noexcept {
+  if (pages.empty()) return;
+  auto& table = range.table();
+  std::size_t block = MirrorTable::block_of(pages.front());
+  std::unique_lock lock(table.block_mutex(block));
+  for (std::size_t p : pages) {
+    if (MirrorTable::block_of(p) != block) {
+      lock.unlock();
+      block = MirrorTable::block_of(p);
+      lock = std::unique_lock(table.block_mutex(block));
+    }
+    table.entry(p).clear(MirrorEntry::kLocked);
+  }
+  lock.unlock();
+  unlocks.announce();
+}
+
+MigrationResult ContextImpl::migrate_to_host(void* p, std::size_t bytes) {
+  const RangeSpan span = ranges.resolve(p, bytes, "migrate_to_host");
+  auto& range = span.range();
+  auto& table = range.table();
+  MigrationResult result;
+  result.pages = span.count();
+  StagingBuffer staging(*staging_);
+  if (staging.get() == nullptr) throw OutOfMemory("migrate_to_host: no host memory for a staging buffer");
+
+  for (std::size_t block = table.block_of(span.first()); block <= table.block_of(span.end() - 1); ++block) {
+    const std::size_t lo = std::max(span.first(), table.block_begin(block));
+    const std::size_t hi = std::min(span.end(), table.block_end(block));
+    std::vector<std::size_t> taken;
+    {
+      std::lock_guard lock(table.block_mutex(block));
+      for (std::size_t q = lo; q < hi; ++q) {
+        MirrorEntry& e = table.entry(q);
+        if (e.residency() != Residency::Device) {
+          ++result.already;
+        } else if (e.locked() || e.has(MirrorEntry::kPinned)) {
+          ++result.skipped;
+        } else {
+          e.set(MirrorEntry::kLocked);
+          taken.push_back(q);
+        }
+      }
+    }
+    const BackResult back = bring_back(range, taken, staging.get());
+    unlock(range, taken);
+    result.migrated += back.moved;
+    result.failed += back.failed.size();
+    if (!back.status && result.status) result.status = back.status;
+  }
+  check_invariants();
+  return result;
+}
+
+std::size_t ContextImpl::migrate_device_range(OwnerId owner, DevicePageIndex first, std::size_t npages) {
+  Device& dev = device(owner, "migrate_device_range");
+  if (npages == 0) throw Error(Errc::zero_length, "migrate_device_range: zero pages");
+  if (first >= dev.capacity_pages() || npages > dev.capacity_pages() - first)
+    throw Error(Errc::out_of_range, fmt::format("migrate_device_range: pages [{}, +{}) exceed device {}'s {} pages",
+                                                first, npages, owner, dev.capacity_pages()));
+  StagingBuffer staging(*staging_);
+  if (staging.get() == nullptr) throw OutOfMemory("migrate_device_range: no host memory for a staging buffer");
+  ReverseMap& map = rmap(owner);
+  std::size_t moved = 0;
+  std::vector<std::uint8_t> gave_up(npages, 0);  // pages whose copy failed: reported, not retried forever
+  Status failure;
+  for (;;) {
+    const std::uint64_t generation = unlocks.generation();
+    bool waiting = false;
+    bool progressed = false;
+    for (std::size_t k = 0; k < npages; ++k) {
+      const auto target = map.get(static_cast<DevicePageIndex>(first + k));
+      if (!target || gave_up[k]) continue;
+      RangeSpan span = ranges.find_by_id(target->range_id);
+      if (!span) continue;
+      auto& range = span.range();
+      auto& table = range.table();
+      // Take every page of this block that lives in the device range, in one go.
+      const std::size_t block = MirrorTable::block_of(target->page);
+      std::vector<std::size_t> taken;
+      {
+        std::lock_guard lock(table.block_mutex(block));
+        for (std::size_t q = table.block_begin(block); q < table.block_end(block); ++q) {
+          MirrorEntry& e = table.entry(q);
+          const DevicePage page = e.device_page();
+          if (e.residency() != Residency::Device || page.owner != owner || page.index < first ||
+              page.index - first >= npages || gave_up[page.index - first])
+            continue;
+          if (e.locked()) {
+            waiting = true;
+            continue;
+          }
+          e.set(MirrorEntry::kLocked);
+          taken.push_back(q);
+        }
+      }
+      if (taken.empty()) continue;
+      const BackResult back = bring_back(range, taken, staging.get());
+      for (std::size_t q : back.failed) {
+        // Still on the device, still authoritative: report it, don't spin on it.
+        std::lock_guard lock(table.block_mutex(block));
+        gave_up[table.entry(q).device_page().index - first] = 1;
+      }
+      unlock(range, taken);
+      moved += back.moved;
+      progressed = progressed || back.moved > 0;
+      if (!back.status && failure) failure = back.status;
+    }
+    if (!waiting && !progressed) break;
+    if (waiting && !progressed) unlocks.wait_after(generation);
+  }
+  AtomicCounters::add(counters.device_evictions, moved);
+  check_invariants();
+  if (!failure) failure.raise_if_error();
+  return moved;
+}
+
+}  // namespace uhmm::detail

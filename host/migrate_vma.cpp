@@ -1,0 +1,226 @@
+// Migration to a device: migrate_vma_setup / _pages / _finalize (one walk of
+// the mirror table collects, locks and write-protects; the driver copies; the
+// new homes are recorded; host copies are dropped in contiguous runs).
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "context_impl.hpp"
+#include "page_runs.hpp"
+#include "uhmm/detail/log.hpp"
+#include "uhmm/migrate.hpp"
+
+namespace uhmm::detail {
+namespace {
+
+constexpr std::uint64_t kKnownFlags = MIGRATE_VMA_SELECT_SYSTEM | MIGRATE_VMA_SELECT_DEVICE_PRIVATE |
+                                      MIGRATE_VMA_SELECT_COMPOUND | MIGRATE_VMA_FAULT;
+
+void check_args(const ContextImpl& ctx, const MigrateVma& a) {
+  if (a.src == nullptr || a.dst == nullptr)
+    throw Error(Errc::invalid_argument, "migrate_vma_setup: src and dst arrays are required");
+  if (a.end <= a.start)
+    throw Error(a.end == a.start ? Errc::zero_length : Errc::invalid_argument,
+                fmt::format("migrate_vma_setup: end {} is not after start {}", a.end, a.start));
+  if ((a.flags & ~kKnownFlags) != 0)
+    throw Error(Errc::invalid_argument, fmt::format("migrate_vma_setup: unknown flags {:#x}", a.flags & ~kKnownFlags));
+  if ((a.flags & (MIGRATE_VMA_SELECT_SYSTEM | MIGRATE_VMA_SELECT_DEVICE_PRIVATE)) == 0)
+    throw Error(Errc::invalid_argument, "migrate_vma_setup: select SYSTEM and/or DEVICE_PRIVATE pages");
+  if ((a.flags & MIGRATE_VMA_SELECT_DEVICE_PRIVATE) != 0 && ctx.pagemap(a.pgmap_owner) == nullptr)
+    throw Error(Errc::invalid_argument,
+                fmt::format("migrate_vma_setup: pgmap_owner {} is not a device of this context", a.pgmap_owner));
+  if (a.session) throw Error(Errc::busy, "migrate_vma_setup: this MigrateVma is already set up; finalize it first");
+}
+
+// Which pages setup takes, and what src[] says of them.
+std::uint64_t select(MirrorEntry e, const MigrateVma& a) {
+  if (e.locked() || e.has(MirrorEntry::kPinned) || e.has(MirrorEntry::kPoisoned)) return 0;
+  switch (e.residency()) {
+    case Residency::Empty:
+      return (a.flags & MIGRATE_VMA_FAULT) && (a.flags & MIGRATE_VMA_SELECT_SYSTEM)
+                 ? MIGRATE_PFN_MIGRATE | MIGRATE_PFN_WRITE
+                 : 0;
+    case Residency::System:
+      return (a.flags & MIGRATE_VMA_SELECT_SYSTEM) ? MIGRATE_PFN_MIGRATE | MIGRATE_PFN_VALID | MIGRATE_PFN_WRITE : 0;
+    case Residency::Device:
+      return (a.flags & MIGRATE_VMA_SELECT_DEVICE_PRIVATE) && e.device_page().owner == a.pgmap_owner
+                 ? migrate_pfn_device(e.device_page()) | MIGRATE_PFN_MIGRATE | MIGRATE_PFN_WRITE
+                 : 0;
+    case Residency::Duplicated:
+      return 0;  // read-mostly pages move only through their advice (later issue)
+  }
+  return 0;
+}
+
+}  // namespace
+
+void migrate_vma_setup(ContextImpl& ctx, MigrateVma& a) {
+  check_args(ctx, a);
+  const std::size_t bytes =
+      static_cast<std::size_t>(static_cast<std::byte*>(a.end) - static_cast<std::byte*>(a.start));
+  auto session = std::make_shared<MigrationSession>();
+  session->span = ctx.ranges.resolve(a.start, bytes, "migrate_vma_setup");
+  auto& range = session->span.range();
+  auto& table = range.table();
+  const std::size_t first = session->span.first();
+  const std::size_t n = session->span.count();
+  session->selected.assign(n, 0);
+  session->source.assign(n, 0);
+
+  // The one walk: select and lock, block by block.
+  std::size_t cpages = 0;
+  for (std::size_t block = table.block_of(first); block <= table.block_of(first + n - 1); ++block) {
+    const std::size_t lo = std::max(first, table.block_begin(block));
+    const std::size_t hi = std::min(first + n, table.block_end(block));
+    std::lock_guard lock(table.block_mutex(block));
+    for (std::size_t p = lo; p < hi; ++p) {
+      MirrorEntry& e = table.entry(p);
+      const std::size_t i = p - first;
+      a.src[i] = select(e, a);
+      a.dst[i] = 0;
+      if (a.src[i] & MIGRATE_PFN_MIGRATE) {
+        e.set(MirrorEntry::kLocked);
+        session->selected[i] = 1;
+        session->source[i] = static_cast<std::uint8_t>(e.residency());
+        ++cpages;
+      }
+    }
+  }
+
+  // Whole selected blocks of host or never-touched pages move as one unit.
+  if (a.flags & MIGRATE_VMA_SELECT_COMPOUND) {
+    for (std::size_t block = table.block_of(first); block <= table.block_of(first + n - 1); ++block) {
+      const std::size_t lo = table.block_begin(block);
+      if (lo < first || lo + kPagesPerBlock > first + n) continue;
+      const bool whole = std::all_of(a.src + (lo - first), a.src + (lo - first) + kPagesPerBlock,
+                                     [](std::uint64_t w) { return (w & MIGRATE_PFN_MIGRATE) && !(w & MIGRATE_PFN_DEVICE); });
+      if (whole) a.src[lo - first] |= MIGRATE_PFN_COMPOUND;
+    }
+  }
+
+  // Hold writers while the copy runs; readers go on. Pages selected from the
+  // host are mapped (the service mapped them), so this always applies.
+  for_each_run(
+      0, n, [&](std::size_t i) { return session->selected[i] && (a.src[i] & MIGRATE_PFN_VALID) && !(a.src[i] & MIGRATE_PFN_DEVICE); },
+      [&](std::size_t i, std::size_t count) {
+        const int err = ctx.uffd.write_protect(range.page_address(first + i), count * kPageSize, true);
+        if (err != 0)
+          log().error("write-protecting {} pages at {} failed: {}", count,
+                              static_cast<void*>(range.page_address(first + i)), std::strerror(err));
+      });
+  a.cpages = cpages;
+  a.session = std::move(session);
+}
+
+std::size_t migrate_vma_pages(ContextImpl& ctx, MigrateVma& a) {
+  if (!a.session) throw Error(Errc::invalid_argument, "migrate_vma_pages: call migrate_vma_setup first");
+  auto& s = *a.session;
+  if (s.pages_done) throw Error(Errc::invalid_argument, "migrate_vma_pages: already called for this migration");
+  auto& range = s.span.range();
+  auto& table = range.table();
+  const std::size_t first = s.span.first();
+  const std::size_t n = s.span.count();
+  std::size_t migrated = 0;
+  for (std::size_t block = table.block_of(first); block <= table.block_of(first + n - 1); ++block) {
+    const std::size_t lo = std::max(first, table.block_begin(block));
+    const std::size_t hi = std::min(first + n, table.block_end(block));
+    std::lock_guard lock(table.block_mutex(block));
+    for (std::size_t p = lo; p < hi; ++p) {
+      const std::size_t i = p - first;
+      const bool ok = s.selected[i] && (a.src[i] & MIGRATE_PFN_MIGRATE) && (a.dst[i] & MIGRATE_PFN_VALID) &&
+                      (a.dst[i] & MIGRATE_PFN_DEVICE) && ctx.pagemap(migrate_pfn_to_device_page(a.dst[i]).owner);
+      if (!ok) {
+        a.src[i] &= ~MIGRATE_PFN_MIGRATE;
+        continue;
+      }
+      const DevicePage page = migrate_pfn_to_device_page(a.dst[i]);
+      table.entry(p).move_to(MirrorEntry::device(page));
+      ctx.rmap(page.owner).set(page.index, {range.id(), static_cast<std::uint32_t>(p)});
+      ++migrated;
+    }
+  }
+  s.pages_done = true;
+  return migrated;
+}
+
+void migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
+  if (!a.session) throw Error(Errc::invalid_argument, "migrate_vma_finalize: call migrate_vma_setup first");
+  const auto session = std::move(a.session);
+  auto& s = *session;
+  auto& range = s.span.range();
+  auto& table = range.table();
+  const std::size_t first = s.span.first();
+  const std::size_t n = s.span.count();
+  auto migrated = [&](std::size_t i) { return s.pages_done && s.selected[i] && (a.src[i] & MIGRATE_PFN_MIGRATE); };
+  auto from = [&](std::size_t i, Residency r) { return s.selected[i] && s.source[i] == static_cast<std::uint8_t>(r); };
+
+  // Host copies of migrated pages go, one madvise per run, while still locked:
+  // an access now faults and waits for the unlock below, then finds the page
+  // on the device.
+  for_each_run(0, n, [&](std::size_t i) { return migrated(i) && from(i, Residency::System); },
+                       [&](std::size_t i, std::size_t count) {
+                         if (::madvise(range.page_address(first + i), count * kPageSize, MADV_DONTNEED) != 0)
+                           log().error("dropping {} migrated host pages failed: {}", count, std::strerror(errno));
+                       });
+  // Pages that stay on the host become writable again (this wakes parked writers).
+  for_each_run(0, n, [&](std::size_t i) { return !migrated(i) && from(i, Residency::System); },
+                       [&](std::size_t i, std::size_t count) {
+                         ctx.uffd.write_protect(range.page_address(first + i), count * kPageSize, false);
+                       });
+
+  // Device pages that back nothing now: destinations of failed pages, and the
+  // sources of device-to-device moves.
+  std::vector<std::vector<DevicePageIndex>> to_free(ctx.device_count() + 1);
+  std::uint64_t to_device = 0, zero_filled = 0, compound = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (!s.selected[i]) continue;
+    if (migrated(i)) {
+      if (from(i, Residency::Device)) {
+        const DevicePage old = migrate_pfn_to_device_page(a.src[i]);
+        to_free[old.owner].push_back(old.index);
+      }
+      from(i, Residency::Empty) ? ++zero_filled : ++to_device;
+      if ((a.src[i] & MIGRATE_PFN_COMPOUND) && (a.dst[i] & MIGRATE_PFN_COMPOUND)) ++compound;
+    } else if (a.dst[i] & MIGRATE_PFN_VALID) {
+      const DevicePage page = migrate_pfn_to_device_page(a.dst[i]);
+      if (ctx.pagemap(page.owner) != nullptr) to_free[page.owner].push_back(page.index);
+    }
+  }
+
+  for (std::size_t block = table.block_of(first); block <= table.block_of(first + n - 1); ++block) {
+    const std::size_t lo = std::max(first, table.block_begin(block));
+    const std::size_t hi = std::min(first + n, table.block_end(block));
+    std::lock_guard lock(table.block_mutex(block));
+    for (std::size_t p = lo; p < hi; ++p)
+      if (s.selected[p - first]) table.entry(p).clear(MirrorEntry::kLocked);
+  }
+  for (std::size_t owner = 1; owner < to_free.size(); ++owner) {
+    if (to_free[owner].empty()) continue;
+    for (DevicePageIndex index : to_free[owner]) ctx.rmap(static_cast<OwnerId>(owner)).clear(index);
+    ctx.pagemap(static_cast<OwnerId>(owner))->page_free(to_free[owner]);
+  }
+  ctx.unlocks.announce();
+
+  AtomicCounters::add(ctx.counters.pages_to_device, to_device + zero_filled);
+  AtomicCounters::add(ctx.counters.bytes_to_device, to_device * kPageSize);
+  AtomicCounters::add(ctx.counters.pages_zero_filled_on_device, zero_filled);
+  AtomicCounters::add(ctx.counters.compound_migrations, compound);
+  ctx.check_invariants();
+}
+
+}  // namespace uhmm::detail
+
+namespace uhmm {
+
+void migrate_vma_setup(Context& ctx, MigrateVma& args) { detail::migrate_vma_setup(ctx.impl(), args); }
+std::size_t migrate_vma_pages(Context& ctx, MigrateVma& args) { return detail::migrate_vma_pages(ctx.impl(), args); }
+void migrate_vma_finalize(Context& ctx, MigrateVma& args) { detail::migrate_vma_finalize(ctx.impl(), args); }
+std::size_t migrate_device_range(Context& ctx, OwnerId owner, DevicePageIndex first, std::size_t npages) {
+  return ctx.impl().migrate_device_range(owner, first, npages);
+}
+
+}  // namespace uhmm

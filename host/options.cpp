@@ -1,0 +1,95 @@
+// ContextOptions from UHMM_* environment variables: one table, sizes with
+// K/M/G suffixes, a clear error naming the variable for a malformed value.
+#include <cctype>
+#include <charconv>
+#include <cstdlib>
+#include <string>
+#include <string_view>
+
+#include <fmt/format.h>
+
+#include "uhmm/context.hpp"
+
+namespace uhmm {
+namespace {
+
+[[noreturn]] void bad(std::string_view var, std::string_view value, std::string_view expected) {
+  throw Error(Errc::invalid_argument, fmt::format("{}={}: expected {}", var, value, expected));
+}
+
+std::uint64_t parse_unsigned(std::string_view var, std::string_view value, std::string_view expected) {
+  std::uint64_t v = 0;
+  const auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), v);
+  if (ec != std::errc() || end != value.data() + value.size()) bad(var, value, expected);
+  return v;
+}
+
+std::size_t parse_size(std::string_view var, std::string_view value) {
+  constexpr std::string_view expected = "a size in bytes with an optional K, M or G suffix (e.g. 512M)";
+  if (value.empty()) bad(var, value, expected);
+  unsigned shift = 0;
+  switch (std::toupper(static_cast<unsigned char>(value.back()))) {
+    case 'K': shift = 10; break;
+    case 'M': shift = 20; break;
+    case 'G': shift = 30; break;
+    default: break;
+  }
+  if (shift != 0) value.remove_suffix(1);
+  const std::uint64_t v = parse_unsigned(var, value, expected);
+  if (v > (~std::uint64_t{0} >> shift)) bad(var, value, expected);
+  return static_cast<std::size_t>(v << shift);
+}
+
+bool parse_bool(std::string_view var, std::string_view value) {
+  if (value == "1" || value == "on" || value == "true" || value == "yes") return true;
+  if (value == "0" || value == "off" || value == "false" || value == "no") return false;
+  bad(var, value, "1/0, on/off, true/false or yes/no");
+}
+
+struct Option {
+  const char* name;
+  void (*apply)(ContextOptions&, std::string_view name, std::string_view value);
+};
+
+const Option kOptions[] = {
+    {"UHMM_BACKEND",
+     [](ContextOptions& o, std::string_view n, std::string_view v) {
+       if (v != "auto" && v != "cpu" && v != "cuda" && v != "hip") bad(n, v, "auto, cpu, cuda or hip");
+       o.backend = std::string(v);
+     }},
+    {"UHMM_DEVICE_POOL",
+     [](ContextOptions& o, std::string_view n, std::string_view v) {
+       o.device_pool_bytes = parse_size(n, v);
+       if (o.device_pool_bytes < kChunkSize) bad(n, v, "at least 2M (one chunk)");
+     }},
+    {"UHMM_DEVICES",
+     [](ContextOptions& o, std::string_view n, std::string_view v) {
+       const auto d = parse_unsigned(n, v, "a device count from 1 to 8");
+       if (d < 1 || d > 8) bad(n, v, "a device count from 1 to 8");
+       o.devices = static_cast<unsigned>(d);
+     }},
+    {"UHMM_FAULT_AHEAD", [](ContextOptions& o, std::string_view n, std::string_view v) { o.fault_ahead = parse_bool(n, v); }},
+    {"UHMM_FAULT_SPIN_US",
+     [](ContextOptions& o, std::string_view n, std::string_view v) {
+       const auto us = parse_unsigned(n, v, "microseconds from 0 to 100000");
+       if (us > 100000) bad(n, v, "microseconds from 0 to 100000");
+       o.fault_spin_us = static_cast<unsigned>(us);
+     }},
+    {"UHMM_CPU_COPY_THREADS",
+     [](ContextOptions& o, std::string_view n, std::string_view v) {
+       const auto t = parse_unsigned(n, v, "a thread count from 1 to 64");
+       if (t < 1 || t > 64) bad(n, v, "a thread count from 1 to 64");
+       o.cpu_copy_threads = static_cast<unsigned>(t);
+     }},
+};
+
+}  // namespace
+
+ContextOptions ContextOptions::from_environment() {
+  ContextOptions o;
+  for (const Option& opt : kOptions)
+    if (const char* v = std::getenv(opt.name); v != nullptr) opt.apply(o, opt.name, v);
+  return o;
+}
+
+}  // namespace uhmm

@@ -1,0 +1,43 @@
+// Announces that locked pages were released, to whoever waits for it: threads
+// that need a locked page (eviction, launches) and the fault service, which
+// re-runs the faults it parked.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+
+namespace uhmm::detail {
+
+class UnlockEvents {
+ public:
+  std::uint64_t generation() const {
+    std::lock_guard lock(mutex_);
+    return generation_;
+  }
+  void announce() {
+    {
+      std::lock_guard lock(mutex_);
+      ++generation_;
+    }
+    changed_.notify_all();
+    if (listener_) listener_();
+  }
+  // Waits until an announce() after `seen` (the generation read before the
+  // caller found a page locked), so no announcement is missed.
+  void wait_after(std::uint64_t seen) {
+    std::unique_lock lock(mutex_);
+    changed_.wait(lock, [&] { return generation_ != seen; });
+  }
+  // Set once, before any announce() (the fault service's wake-up).
+  void set_listener(std::function<void()> listener) { listener_ = std::move(listener); }
+
+ private:
+  mutable std::mutex mutex_;
+  std::condition_variable changed_;
+  std::uint64_t generation_ = 0;
+  std::function<void()> listener_;
+};
+
+}  // namespace uhmm::detail

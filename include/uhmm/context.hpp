@@ -1,0 +1,160 @@
+// uhmm::Context: the managed-memory manager an application creates once. It
+// owns the devices (a backend and its pool each), the managed ranges and the
+// CPU fault service that brings device pages back on access.
+#pragma once
+
+#include <cstddef>
+#include <future>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "uhmm/backend.hpp"
+#include "uhmm/counters.hpp"
+#include "uhmm/export.hpp"
+#include "uhmm/types.hpp"
+#include "uhmm/device_span.hpp"
+
+namespace uhmm {
+
+namespace detail {
+class ContextImpl;
+class StreamImpl;
+}  // namespace detail
+
+struct ContextOptions {
+  std::string backend = "auto";       // UHMM_BACKEND: auto | cpu
+  std::size_t device_pool_bytes = std::size_t{256} << 20;  // UHMM_DEVICE_POOL, per device
+  unsigned devices = 1;               // UHMM_DEVICES: cpu-backend devices to emulate
+  bool fault_ahead = true;            // UHMM_FAULT_AHEAD: bring a faulting page's block neighbours back too
+  unsigned fault_spin_us = 0;         // UHMM_FAULT_SPIN_US: fault service polls this long before sleeping
+  unsigned cpu_copy_threads = 1;      // UHMM_CPU_COPY_THREADS: cpu-backend workers per stream
+
+  // Defaults overridden by the UHMM_* environment variables above; throws
+  // uhmm::Error naming the variable when a value is malformed.
+  static ContextOptions from_environment();
+};
+
+// One page's state as a residency query reports it.
+struct PageState {
+  Residency residency = Residency::Empty;
+  DevicePage device;  // valid when residency is Device or Duplicated
+  bool locked = false;   // a migration or kernel holds it
+  bool pinned = false;
+  bool dirty = false;
+  bool writable = false;
+};
+
+// Per-page outcome counts of one migration call.
+struct MigrationResult {
+  std::size_t pages = 0;     // pages in the range
+  std::size_t migrated = 0;  // pages that moved in this call
+  std::size_t already = 0;   // pages already where they were asked to be
+  std::size_t skipped = 0;   // locked by another migration or pinned
+  std::size_t failed = 0;    // selected but not moved (pool full, copy failed): still where they were
+  Status status;             // why pages failed (ok when none did)
+};
+
+// Ordered asynchronous migrations. Work on one stream runs in submission order.
+class UHMM_EXPORT Stream {
+ public:
+  Stream(Stream&&) noexcept;
+  Stream& operator=(Stream&&) noexcept;
+  ~Stream();  // waits for the stream's work
+  // Waits until everything submitted before the call has run.
+  void synchronize();
+  OwnerId device() const noexcept;
+
+ private:
+  friend class Context;
+  explicit Stream(std::unique_ptr<detail::StreamImpl> impl);
+  std::unique_ptr<detail::StreamImpl> impl_;
+};
+
+class UHMM_EXPORT Context {
+ public:
+  Context();  // options from the environment
+  explicit Context(const ContextOptions& options);
+  // Frees every range still allocated (contents are gone) and stops the fault service.
+  ~Context();
+  Context(const Context&) = delete;
+  Context& operator=(const Context&) = delete;
+
+  // Managed memory: `bytes` rounded up to whole pages, the base 2 MiB aligned.
+  // Plain memory to the CPU; never-touched pages read as zero.
+  void* allocate(std::size_t bytes);
+  // Frees a range allocated here. Pages on a device are released, not copied.
+  void free(void* base);
+  // Size in bytes of the range starting at base (rounded to pages).
+  std::size_t range_size(const void* base) const;
+
+  std::size_t device_count() const noexcept;
+  // The owner id of device i (devices are numbered 0..device_count()-1).
+  OwnerId device_owner(std::size_t i = 0) const;
+  DeviceInfo device_info(OwnerId owner) const;
+  // The device's backend, for driver-level work (advanced).
+  Backend& backend(OwnerId owner);
+  // Test hooks: failures injected into owner's pool and copy engine.
+  void inject_faults(OwnerId owner, const FaultInjection& injection);
+
+  // Synchronous migrations of [p, p + bytes) (page aligned, inside one range).
+  // A device page migration selects host pages, never-touched pages (zero-filled
+  // there) and pages of other devices; 2 MiB-aligned runs move as one unit.
+  MigrationResult migrate_to_device(void* p, std::size_t bytes, OwnerId device = kNoOwner);
+  MigrationResult migrate_to_host(void* p, std::size_t bytes);
+
+  // The same on a stream. Bad arguments throw here, before anything is queued;
+  // the future carries the result.
+  Stream create_stream(OwnerId device = kNoOwner);
+  std::future<MigrationResult> migrate_to_device_async(Stream& stream, void* p, std::size_t bytes);
+  std::future<MigrationResult> migrate_to_host_async(Stream& stream, void* p, std::size_t bytes);
+
+  // Each page's state in [p, p + bytes), page aligned, inside one range.
+  std::vector<PageState> residency(const void* p, std::size_t bytes) const;
+
+  Counters counters() const;
+
+  // Runs body(i, device_span<T>...) for i in [0, n) on a device, after migrating
+  // every span to it. The spans' pages stay locked on the device while the
+  // kernel runs (CPU accesses wait); a kernel that touches a page that is not
+  // there fails with Errc::device_fault. Returns when the kernel has finished.
+  template <class F, class... T>
+  void launch(std::size_t n, F&& body, std::span<T>... data);
+  template <class F, class... T>
+  void launch_on(OwnerId device, std::size_t n, F&& body, std::span<T>... data);
+
+  detail::ContextImpl& impl() noexcept { return *impl_; }
+  const detail::ContextImpl& impl() const noexcept { return *impl_; }
+
+ private:
+  struct SpanRequest {
+    const void* data;
+    std::size_t bytes;
+  };
+  using LaunchBody = std::function<void(std::size_t first, std::size_t last,
+                                        std::span<const DevicePageTable> tables)>;
+  void launch_impl(OwnerId device, std::size_t n, std::span<const SpanRequest> spans,
+                   const LaunchBody& body);
+
+  std::unique_ptr<detail::ContextImpl> impl_;
+};
+
+template <class F, class... T>
+void Context::launch(std::size_t n, F&& body, std::span<T>... data) {
+  launch_on(kNoOwner, n, std::forward<F>(body), data...);
+}
+
+template <class F, class... T>
+void Context::launch_on(OwnerId device, std::size_t n, F&& body, std::span<T>... data) {
+  const SpanRequest spans[] = {SpanRequest{data.data(), data.size_bytes()}..., SpanRequest{}};
+  launch_impl(device, n, std::span<const SpanRequest>(spans, sizeof...(T)),
+              [&body](std::size_t first, std::size_t last, std::span<const DevicePageTable> tables) {
+                [&]<std::size_t... I>(std::index_sequence<I...>) {
+                  for (std::size_t i = first; i < last; ++i)
+                    body(i, device_span<T>(tables[I])...);
+                }(std::index_sequence_for<T...>{});
+              });
+}
+
+}  // namespace uhmm

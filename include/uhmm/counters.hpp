@@ -1,0 +1,40 @@
+// Always-on counters of a Context, read as one snapshot.
+#pragma once
+
+#include <cstdint>
+
+// The counter list, written once: it makes both the public snapshot's fields
+// and the library's atomic counters.
+#define UHMM_COUNTERS(X)                                                                         \
+  /* Migration, each way. */                                                                     \
+  X(pages_to_device)                                                                             \
+  X(bytes_to_device)                                                                             \
+  X(pages_zero_filled_on_device) /* never-touched pages migrated without a copy */               \
+  X(pages_to_host)                                                                               \
+  X(bytes_to_host)                                                                               \
+  X(compound_migrations) /* 2 MiB runs moved as one unit */                                      \
+  /* CPU faults serviced, by kind. */                                                            \
+  X(faults_zero_fill)     /* first touch of never-populated pages */                             \
+  X(faults_from_device)   /* a page brought back from a device (migrate_to_ram) */               \
+  X(faults_write_protect) /* a store to a page while it was being migrated */                    \
+  X(faults_parked)        /* faults that waited for a migration to end */                        \
+  X(faults_spurious)      /* already resolved when read */                                       \
+  X(fault_wakeups)        /* batches read by the fault service */                                \
+  X(pages_fault_ahead)    /* neighbours brought back with a faulting page */                     \
+  /* Device pool. */                                                                             \
+  X(device_pages_in_use)                                                                         \
+  X(device_evictions) /* pages moved back by migrate_device_range */                             \
+  /* Failures. */                                                                                \
+  X(alloc_failures) /* device pages that could not be allocated */                               \
+  X(copy_failures)  /* copy batches that failed */                                               \
+  X(pages_lost)     /* pages that could not come back to RAM (poisoned: SIGBUS on access) */
+
+namespace uhmm {
+
+struct Counters {
+#define UHMM_COUNTER_FIELD(name) std::uint64_t name = 0;
+  UHMM_COUNTERS(UHMM_COUNTER_FIELD)
+#undef UHMM_COUNTER_FIELD
+};
+
+}  // namespace uhmm

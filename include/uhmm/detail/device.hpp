@@ -1,0 +1,31 @@
+// A device as a Context holds it: a backend, its page pool and its copy
+// engine, seen by host/ as a DevicePagemap. Built by driver/ (open_devices).
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "uhmm/backend.hpp"
+#include "uhmm/context.hpp"
+#include "uhmm/migrate.hpp"
+
+namespace uhmm::detail {
+
+class Device : public DevicePagemap {
+ public:
+  virtual Backend& backend() noexcept = 0;
+  virtual DeviceInfo info() const = 0;
+  virtual void set_fault_injection(const FaultInjection& injection) noexcept = 0;
+  // Checks the pool's free lists and counts (expensive; tests and checked builds).
+  virtual Status validate() const = 0;
+};
+
+// Finds another device's pagemap by owner (for device-to-device copies).
+using PagemapLookup = std::function<DevicePagemap*(OwnerId)>;
+
+// Opens the devices the options ask for; owners are numbered from 1. Throws
+// uhmm::Error when the requested backend is unavailable, saying why.
+std::vector<std::unique_ptr<Device>> open_devices(const ContextOptions& options, PagemapLookup lookup);
+
+}  // namespace uhmm::detail

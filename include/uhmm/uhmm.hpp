@@ -1,0 +1,11 @@
+// The umbrella header: everything an application uses.
+#pragma once
+
+#include "uhmm/backend.hpp"
+#include "uhmm/buffer.hpp"
+#include "uhmm/context.hpp"
+#include "uhmm/counters.hpp"
+#include "uhmm/error.hpp"
+#include "uhmm/migrate.hpp"
+#include "uhmm/types.hpp"
+#include "uhmm/device_span.hpp"

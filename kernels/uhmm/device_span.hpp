@@ -1,0 +1,60 @@
+// The device page table of one span of managed memory, and device_span<T>,
+// which a kernel uses to reach element i through it. Written once for CUDA,
+// HIP and host code (the cpu backend runs the same source).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "uhmm/kernel_config.hpp"
+
+namespace uhmm {
+
+// One entry per 4 KiB page of the span: the page's device address, or 0 when
+// the page is not resident on this device.
+struct DevicePageTable {
+  const std::uint64_t* pages = nullptr;
+  std::size_t npages = 0;
+  std::size_t first_offset = 0;  // byte offset of element 0 inside pages[0]
+  std::size_t bytes = 0;         // bytes the span covers
+};
+
+#if !UHMM_IN_DEVICE_CODE
+// Host side of a device fault: the cpu backend's launcher catches it and fails
+// the launch with Errc::device_fault, as a GPU would fail a kernel.
+struct DeviceFaultException {
+  std::size_t byte_offset;  // offset in the span of the faulting access
+};
+#endif
+
+template <class T>
+class device_span {
+  static_assert(4096 % sizeof(T) == 0, "device_span elements must not straddle pages");
+
+ public:
+  using element_type = T;
+  UHMM_HOST_DEVICE explicit device_span(const DevicePageTable& table) : table_(table) {}
+
+  UHMM_HOST_DEVICE std::size_t size() const { return table_.bytes / sizeof(T); }
+
+  UHMM_HOST_DEVICE T& operator[](std::size_t i) const {
+    const std::size_t byte = table_.first_offset + i * sizeof(T);
+    const std::size_t page = byte >> 12;
+    const std::uint64_t base = page < table_.npages ? table_.pages[page] : 0;
+    if (base == 0) fault(i * sizeof(T));
+    return *reinterpret_cast<T*>(static_cast<std::uintptr_t>(base + (byte & 4095)));
+  }
+
+ private:
+  UHMM_HOST_DEVICE static void fault([[maybe_unused]] std::size_t byte_offset) {
+#if UHMM_IN_DEVICE_CODE
+    __trap();
+#else
+    throw DeviceFaultException{byte_offset};
+#endif
+  }
+
+  DevicePageTable table_;
+};
+
+}  // namespace uhmm
