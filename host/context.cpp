@@ -33,6 +33,9 @@ MigrationResult Context::migrate_to_device(void* p, std::size_t bytes, OwnerId d
 }
 MigrationResult Context::migrate_to_host(void* p, std::size_t bytes) { return impl_->migrate_to_host(p, bytes); }
 
+MigrationResult Context::pin(void* p, std::size_t bytes) { return impl_->set_pinned(p, bytes, true); }
+void Context::unpin(void* p, std::size_t bytes) { impl_->set_pinned(p, bytes, false); }
+
 std::vector<PageState> Context::residency(const void* p, std::size_t bytes) const {
   return impl_->residency(p, bytes);
 }

@@ -140,6 +140,21 @@ std::vector<PageState> ContextImpl::residency(const void* p, std::size_t bytes) 
   return out;
 }
 
+MigrationResult ContextImpl::set_pinned(void* p, std::size_t bytes, bool pinned) {
+  const char* call = pinned ? "pin" : "unpin";
+  const RangeSpan span = ranges.resolve(p, bytes, call);
+  auto& table = span.range().table();
+  for (std::size_t block = table.block_of(span.first()); block <= table.block_of(span.end() - 1); ++block) {
+    const std::size_t lo = std::max(span.first(), table.block_begin(block));
+    const std::size_t hi = std::min(span.end(), table.block_end(block));
+    std::lock_guard lock(table.block_mutex(block));
+    for (std::size_t q = lo; q < hi; ++q)
+      pinned ? table.entry(q).set(MirrorEntry::kPinned) : table.entry(q).clear(MirrorEntry::kPinned);
+  }
+  if (!pinned) return {};
+  return migrate_to_host(p, bytes);
+}
+
 Status ContextImpl::validate() const {
   std::vector<std::vector<std::uint8_t>> seen(devices_.size());
   for (std::size_t d = 0; d < devices_.size(); ++d) {

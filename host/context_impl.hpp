@@ -36,6 +36,8 @@ class ContextImpl {
   MigrationResult migrate_to_host(void* p, std::size_t bytes);
   std::size_t migrate_device_range(OwnerId owner, DevicePageIndex first, std::size_t npages);
   std::vector<PageState> residency(const void* p, std::size_t bytes) const;
+  // Sets or clears PINNED; pinning then brings the span's device pages back.
+  MigrationResult set_pinned(void* p, std::size_t bytes, bool pinned);
 
   // The device of `owner` (kNoOwner: the first); throws Errc::invalid_argument.
   Device& device(OwnerId owner, std::string_view call) const;
@@ -43,7 +45,8 @@ class ContextImpl {
   ReverseMap& rmap(OwnerId owner) noexcept { return *rmaps_[owner - 1]; }
 
   // Brings locked device pages of one block back to host RAM and updates their
-  // mirror entries; they stay LOCKED (the caller unlocks). Pre: `pages` are in
+  // mirror entries; they stay LOCKED and their waiters asleep (the caller
+  // unlocks, which wakes them). Pre: `pages` are in
   // ascending order, in one block, LOCKED and Device. Returns the pages that
   // could not come back (still on their device). Never throws.
   struct BackResult {
@@ -52,7 +55,9 @@ class ContextImpl {
     Status status;
   };
   BackResult bring_back(ManagedRange& range, std::span<const std::size_t> pages, std::byte* staging) noexcept;
-  // Clears LOCKED on pages of one block and announces it.
+  // Clears LOCKED on pages (ascending) and announces it, then wakes threads
+  // waiting on them: a faulting access returns only once the mirror says
+  // where its page is.
   void unlock(ManagedRange& range, std::span<const std::size_t> pages) noexcept;
 
   // Validates the mirror tables and the pools (expensive; checked builds call

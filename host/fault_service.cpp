@@ -187,12 +187,11 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
   for (std::size_t k = 0; k < zero.size();) {
     std::size_t run = 1;
     while (k + run < zero.size() && zero[k + run] == zero[k] + run) ++run;
-    if (ctx_.uffd.zeropage(range.page_address(zero[k]), run * kPageSize) != 0) {
+    if (ctx_.uffd.zeropage(range.page_address(zero[k]), run * kPageSize, /*wake=*/false) != 0) {
       for (std::size_t q = zero[k]; q < zero[k] + run; ++q) {
-        const int err = ctx_.uffd.zeropage(range.page_address(q), kPageSize);
+        const int err = ctx_.uffd.zeropage(range.page_address(q), kPageSize, /*wake=*/false);
         if (err == EEXIST) {
           ++spurious;
-          ctx_.uffd.wake(range.page_address(q), kPageSize);
         } else if (err != 0) {
           log().error("fault service: UFFDIO_ZEROPAGE at {} failed: {}", static_cast<void*>(range.page_address(q)),
                       std::strerror(err));
@@ -206,6 +205,8 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
     for (std::size_t p : zero)
       if (table.entry(p).residency() == Residency::Empty) table.entry(p).move_to(MirrorEntry::system());
   }
+  AtomicCounters::add(ctx_.counters.faults_zero_fill, zero_faults > spurious ? zero_faults - spurious : 0);
+  AtomicCounters::add(ctx_.counters.faults_spurious, spurious);
   ctx_.unlock(range, zero);
 
   if (!back.empty()) {
@@ -222,7 +223,6 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
                      static_cast<void*>(range.page_address(p)), r.status.message,
                      err == 0 ? "accesses to it raise SIGBUS" : "its faulting thread stays blocked");
     }
-    ctx_.unlock(range, back);
     const std::size_t faulting_moved =
         faulting_back.size() - static_cast<std::size_t>(std::count_if(
                                    faulting_back.begin(), faulting_back.end(), [&](std::size_t p) {
@@ -230,12 +230,11 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
                                    }));
     AtomicCounters::add(ctx_.counters.faults_from_device, faulting_moved);
     AtomicCounters::add(ctx_.counters.pages_fault_ahead, r.moved > faulting_moved ? r.moved - faulting_moved : 0);
+    ctx_.unlock(range, back);  // counted first: a woken thread sees its fault in the counters
   }
 
   for (std::size_t p : unprotect) ctx_.uffd.write_protect(range.page_address(p), kPageSize, false);
   for (std::size_t p : wake) ctx_.uffd.wake(range.page_address(p), kPageSize);
-  AtomicCounters::add(ctx_.counters.faults_zero_fill, zero_faults > spurious ? zero_faults - spurious : 0);
-  AtomicCounters::add(ctx_.counters.faults_spurious, spurious + wake.size() + unprotect.size());
 }
 
 }  // namespace uhmm::detail

@@ -61,12 +61,13 @@ ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<c
                [&](std::size_t p, std::size_t count) {
                  std::size_t copied = 0;
                  const int err = uffd.copy(range.page_address(p), staging + (p - base) * kPageSize,
-                                           count * kPageSize, &copied);
+                                           count * kPageSize, &copied, /*wake=*/false);
                  if (err == 0) return;
                  // EEXIST: something mapped a page we hold locked (the application
                  // remapped the range); map the others page by page.
                  for (std::size_t q = p + copied / kPageSize; q < p + count; ++q) {
-                   const int e = uffd.copy(range.page_address(q), staging + (q - base) * kPageSize, kPageSize, nullptr);
+                   const int e = uffd.copy(range.page_address(q), staging + (q - base) * kPageSize, kPageSize,
+                                           nullptr, /*wake=*/false);
                    if (e != 0 && e != EEXIST) {
                      ok[q - base] = 0;
                      out.status = {Errc::system_error, fmt::format("UFFDIO_COPY at {} failed: {}",
@@ -114,6 +115,12 @@ void ContextImpl::unlock(ManagedRange& range, std::span<const std::size_t> pages
   }
   lock.unlock();
   unlocks.announce();
+  for (std::size_t i = 0; i < pages.size();) {
+    std::size_t run = 1;
+    while (i + run < pages.size() && pages[i + run] == pages[i] + run) ++run;
+    uffd.wake(range.page_address(pages[i]), run * kPageSize);
+    i += run;
+  }
 }
 
 MigrationResult ContextImpl::migrate_to_host(void* p, std::size_t bytes) {
@@ -135,7 +142,7 @@ MigrationResult ContextImpl::migrate_to_host(void* p, std::size_t bytes) {
         MirrorEntry& e = table.entry(q);
         if (e.residency() != Residency::Device) {
           ++result.already;
-        } else if (e.locked() || e.has(MirrorEntry::kPinned)) {
+        } else if (e.locked()) {
           ++result.skipped;
         } else {
           e.set(MirrorEntry::kLocked);
@@ -154,6 +161,9 @@ MigrationResult ContextImpl::migrate_to_host(void* p, std::size_t bytes) {
 }
 
 std::size_t ContextImpl::migrate_device_range(OwnerId owner, DevicePageIndex first, std::size_t npages) {
+  // Owner 0 is never a device; device() would map it to the first one, but
+  // rmap(0) below would index rmaps_[-1].
+  if (owner == kNoOwner) throw Error(Errc::invalid_argument, "migrate_device_range: owner 0 is not a device");
   Device& dev = device(owner, "migrate_device_range");
   if (npages == 0) throw Error(Errc::zero_length, "migrate_device_range: zero pages");
   if (first >= dev.capacity_pages() || npages > dev.capacity_pages() - first)

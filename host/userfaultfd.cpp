@@ -107,15 +107,16 @@ int Userfaultfd::unregister_range(void* addr, std::size_t len) noexcept {
   return ioctl_errno(fd_, UFFDIO_UNREGISTER, &range);
 }
 
-int Userfaultfd::zeropage(void* addr, std::size_t len) noexcept {
+int Userfaultfd::zeropage(void* addr, std::size_t len, bool wake) noexcept {
   uffdio_zeropage z{};
   z.range = {range_addr(addr), len};
+  z.mode = wake ? 0 : UFFDIO_ZEROPAGE_MODE_DONTWAKE;
   int err = ioctl_errno(fd_, UFFDIO_ZEROPAGE, &z);
   while (err == EAGAIN) err = ioctl_errno(fd_, UFFDIO_ZEROPAGE, &z);
   return err;
 }
 
-int Userfaultfd::copy(void* dst, const void* src, std::size_t len, std::size_t* copied) noexcept {
+int Userfaultfd::copy(void* dst, const void* src, std::size_t len, std::size_t* copied, bool wake) noexcept {
   std::size_t done = 0;
   int err = 0;
   while (done < len) {
@@ -123,6 +124,7 @@ int Userfaultfd::copy(void* dst, const void* src, std::size_t len, std::size_t* 
     c.dst = range_addr(dst) + done;
     c.src = range_addr(src) + done;
     c.len = len - done;
+    c.mode = wake ? 0 : UFFDIO_COPY_MODE_DONTWAKE;
     err = ioctl_errno(fd_, UFFDIO_COPY, &c);
     if (c.copy > 0) done += static_cast<std::size_t>(c.copy);
     if (err == 0) {

@@ -38,11 +38,13 @@ class Userfaultfd {
   // Registers [addr, addr + len) for MISSING and WP faults.
   int register_range(void* addr, std::size_t len) noexcept;
   int unregister_range(void* addr, std::size_t len) noexcept;
-  // Maps the zero page on every unmapped page of the range (EEXIST: some were mapped).
-  int zeropage(void* addr, std::size_t len) noexcept;
-  // Copies len bytes from src into the unmapped pages at dst and wakes waiters.
-  // Returns EEXIST if a page was already mapped; *copied says how far it got.
-  int copy(void* dst, const void* src, std::size_t len, std::size_t* copied) noexcept;
+  // Maps the zero page on every unmapped page of the range (EEXIST: some were
+  // mapped). Without `wake`, threads waiting on the range sleep on until wake().
+  int zeropage(void* addr, std::size_t len, bool wake = true) noexcept;
+  // Copies len bytes from src into the unmapped pages at dst (waking waiters
+  // only with `wake`). Returns EEXIST if a page was already mapped; *copied
+  // says how far it got.
+  int copy(void* dst, const void* src, std::size_t len, std::size_t* copied, bool wake = true) noexcept;
   // Write-protects (protect = true) or unprotects and wakes the range.
   int write_protect(void* addr, std::size_t len, bool protect) noexcept;
   int wake(void* addr, std::size_t len) noexcept;

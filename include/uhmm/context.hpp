@@ -110,6 +110,12 @@ class UHMM_EXPORT Context {
   std::future<MigrationResult> migrate_to_device_async(Stream& stream, void* p, std::size_t bytes);
   std::future<MigrationResult> migrate_to_host_async(Stream& stream, void* p, std::size_t bytes);
 
+  // Pins [p, p + bytes) to host RAM (pages on a device come back first):
+  // migrations skip pinned pages, as the kernel skips pages with extra
+  // references. unpin makes them migratable again.
+  MigrationResult pin(void* p, std::size_t bytes);
+  void unpin(void* p, std::size_t bytes);
+
   // Each page's state in [p, p + bytes), page aligned, inside one range.
   std::vector<PageState> residency(const void* p, std::size_t bytes) const;
 

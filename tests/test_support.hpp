@@ -1,0 +1,58 @@
+// Helpers shared by the core tests: contexts with explicit options, patterns
+// that tell every page and word apart, residency summaries.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "uhmm/uhmm.hpp"
+
+namespace uhmm::test {
+
+inline constexpr std::size_t MiB = std::size_t{1} << 20;
+
+inline ContextOptions cpu_options(std::size_t pool_bytes = 64 * MiB, bool fault_ahead = true, unsigned devices = 1) {
+  ContextOptions o;
+  o.backend = "cpu";
+  o.device_pool_bytes = pool_bytes;
+  o.fault_ahead = fault_ahead;
+  o.devices = devices;
+  return o;
+}
+
+// A value unique to (seed, word index): a misplaced or stale page shows.
+inline std::uint64_t pattern(std::uint64_t seed, std::size_t word) {
+  std::uint64_t x = seed * 0x9e3779b97f4a7c15ull + word;
+  x ^= x >> 31;
+  x *= 0xbf58476d1ce4e5b9ull;
+  return x ^ (x >> 29);
+}
+
+inline void fill(void* p, std::size_t bytes, std::uint64_t seed) {
+  auto* w = static_cast<std::uint64_t*>(p);
+  for (std::size_t i = 0; i < bytes / 8; ++i) w[i] = pattern(seed, i);
+}
+
+// Index of the first word that differs from the pattern, or SIZE_MAX.
+inline std::size_t first_mismatch(const void* p, std::size_t bytes, std::uint64_t seed) {
+  const auto* w = static_cast<const std::uint64_t*>(p);
+  for (std::size_t i = 0; i < bytes / 8; ++i)
+    if (w[i] != pattern(seed, i)) return i;
+  return SIZE_MAX;
+}
+
+inline std::size_t count(const std::vector<PageState>& pages, Residency r) {
+  std::size_t n = 0;
+  for (const auto& s : pages) n += s.residency == r;
+  return n;
+}
+
+inline void expect_pattern(const void* p, std::size_t bytes, std::uint64_t seed) {
+  const std::size_t bad = first_mismatch(p, bytes, seed);
+  EXPECT_EQ(bad, SIZE_MAX) << "first wrong word " << bad << " (page " << bad * 8 / kPageSize << ")";
+}
+
+}  // namespace uhmm::test
