@@ -23,7 +23,7 @@ class ContextImpl;
 class StreamImpl;
 }  // namespace detail
 
-struct ContextOptions {
+struct UHMM_EXPORT ContextOptions {
   std::string backend = "auto";       // UHMM_BACKEND: auto | cpu
   std::size_t device_pool_bytes = std::size_t{256} << 20;  // UHMM_DEVICE_POOL, per device
   unsigned devices = 1;               // UHMM_DEVICES: cpu-backend devices to emulate
