@@ -17,11 +17,17 @@ namespace {
   throw Error(Errc::invalid_argument, fmt::format("{}={}: expected {}", var, value, expected));
 }
 
-std::uint64_t parse_unsigned(std::string_view var, std::string_view value, std::string_view expected) {
+// Parses `digits` (the value, or the value less a suffix); errors quote the whole value.
+std::uint64_t parse_unsigned(std::string_view var, std::string_view value, std::string_view expected,
+                             std::string_view digits) {
   std::uint64_t v = 0;
-  const auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), v);
-  if (ec != std::errc() || end != value.data() + value.size()) bad(var, value, expected);
+  const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), v);
+  if (ec != std::errc() || end != digits.data() + digits.size()) bad(var, value, expected);
   return v;
+}
+
+std::uint64_t parse_unsigned(std::string_view var, std::string_view value, std::string_view expected) {
+  return parse_unsigned(var, value, expected, value);
 }
 
 std::size_t parse_size(std::string_view var, std::string_view value) {
@@ -34,8 +40,9 @@ std::size_t parse_size(std::string_view var, std::string_view value) {
     case 'G': shift = 30; break;
     default: break;
   }
-  if (shift != 0) value.remove_suffix(1);
-  const std::uint64_t v = parse_unsigned(var, value, expected);
+  std::string_view digits = value;
+  if (shift != 0) digits.remove_suffix(1);
+  const std::uint64_t v = parse_unsigned(var, value, expected, digits);
   if (v > (~std::uint64_t{0} >> shift)) bad(var, value, expected);
   return static_cast<std::size_t>(v << shift);
 }
