@@ -80,40 +80,61 @@ void ContextImpl::free(void* base) {
 MigrationResult ContextImpl::migrate_to_device(void* p, std::size_t bytes, OwnerId owner) {
   Device& dev = device(owner, "migrate_to_device");
   const RangeSpan span = ranges.resolve(p, bytes, "migrate_to_device");  // validates before anything changes
+  const auto& table = span.range().table();
   MigrationResult result;
   result.pages = span.count();
+  enum : std::uint8_t { kUntouched, kMoved, kFailed };
+  std::vector<std::uint8_t> outcome(span.count(), kUntouched);
   std::vector<std::uint64_t> src(span.count()), dst(span.count());
-  MigrateVma args;
-  args.start = p;
-  args.end = static_cast<std::byte*>(p) + bytes;
-  args.src = src.data();
-  args.dst = dst.data();
-  args.flags = MIGRATE_VMA_SELECT_SYSTEM | MIGRATE_VMA_FAULT | MIGRATE_VMA_SELECT_COMPOUND;
 
-  migrate_vma_setup(*this, args);
-  const Status copied = dev.alloc_and_copy(args);
-  result.migrated = migrate_vma_pages(*this, args);
-  migrate_vma_finalize(*this, args);
-
-  // src[i] after pages(): MIGRATE for pages that moved, other bits without
-  // MIGRATE for pages selected that could not move, 0 for pages not selected.
-  const auto& table = span.range().table();
-  for (std::size_t i = 0; i < span.count(); ++i) {
-    if (src[i] & MIGRATE_PFN_MIGRATE) continue;
-    if (src[i] != 0) {
-      ++result.failed;
-      continue;
+  // One pass per source: host and never-touched pages first, then the pages of
+  // each other device (selected by owner, copied device to device).
+  auto pass = [&](std::uint64_t flags, OwnerId from) {
+    MigrateVma args;
+    args.start = p;
+    args.end = static_cast<std::byte*>(p) + bytes;
+    args.src = src.data();
+    args.dst = dst.data();
+    args.flags = flags;
+    args.pgmap_owner = from;
+    migrate_vma_setup(*this, args);
+    const Status copied = args.cpages > 0 ? dev.alloc_and_copy(args) : Status{};
+    result.migrated += migrate_vma_pages(*this, args);
+    migrate_vma_finalize(*this, args);
+    // src[i] now: MIGRATE for pages that moved; other bits without MIGRATE for
+    // pages selected that could not move; 0 for pages not selected.
+    std::size_t failed = 0;
+    for (std::size_t i = 0; i < span.count(); ++i) {
+      if (src[i] & MIGRATE_PFN_MIGRATE) outcome[i] = kMoved;
+      else if (src[i] != 0) outcome[i] = kFailed, ++failed;
     }
+    if (failed > 0) {
+      const Status why = copied ? Status{Errc::device_error, "pages were not migrated"} : copied;
+      AtomicCounters::add(why.code == Errc::out_of_memory ? counters.alloc_failures : counters.copy_failures,
+                          why.code == Errc::out_of_memory ? failed : 1);
+      if (result.status) result.status = why;
+    }
+  };
+  pass(MIGRATE_VMA_SELECT_SYSTEM | MIGRATE_VMA_FAULT | MIGRATE_VMA_SELECT_COMPOUND, kNoOwner);
+  for (OwnerId other = 1; other <= devices_.size(); ++other) {
+    if (other == dev.owner()) continue;
+    bool present = false;
+    for (std::size_t q = span.first(); q < span.end() && !present; ++q) {
+      std::lock_guard lock(table.block_mutex(MirrorTable::block_of(q)));
+      const MirrorEntry e = table.entry(q);
+      present = e.residency() == Residency::Device && e.device_page().owner == other;
+    }
+    if (present) pass(MIGRATE_VMA_SELECT_DEVICE_PRIVATE, other);
+  }
+
+  for (std::size_t i = 0; i < span.count(); ++i) {
+    if (outcome[i] == kFailed) ++result.failed;
+    if (outcome[i] != kUntouched) continue;
     const std::size_t page = span.first() + i;
     std::lock_guard lock(table.block_mutex(MirrorTable::block_of(page)));
     const MirrorEntry e = table.entry(page);
     const bool there = e.residency() == Residency::Device && e.device_page().owner == dev.owner() && !e.locked();
     there ? ++result.already : ++result.skipped;
-  }
-  if (result.failed > 0) {
-    result.status = copied ? Status{Errc::device_error, "pages were not migrated"} : copied;
-    AtomicCounters::add(result.status.code == Errc::out_of_memory ? counters.alloc_failures : counters.copy_failures,
-                        result.status.code == Errc::out_of_memory ? result.failed : 1);
   }
   return result;
 }
