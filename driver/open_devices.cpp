@@ -39,10 +39,10 @@ std::vector<std::unique_ptr<Device>> open_devices(const ContextOptions& options,
                 fmt::format("devices (UHMM_DEVICES) is {}; it must be between 1 and {}", options.devices,
                             kMaxDevices));
   }
-  if (options.device_pool_bytes < kPageSize) {
+  if (options.device_pool_bytes < kChunkSize) {
     throw Error(Errc::invalid_argument,
-                fmt::format("device_pool_bytes (UHMM_DEVICE_POOL) is {}; a device needs at least one page "
-                            "({} bytes)", options.device_pool_bytes, kPageSize));
+                fmt::format("device_pool_bytes (UHMM_DEVICE_POOL) is {}; a device needs at least one 2 MiB chunk "
+                            "({} bytes)", options.device_pool_bytes, kChunkSize));
   }
   if (backend == "auto") log().info("backend auto: no GPU backend in this build, using the cpu backend");
 

@@ -47,13 +47,17 @@ DevicePagemap* ContextImpl::pagemap(OwnerId owner) const noexcept {
 
 void* ContextImpl::allocate(std::size_t bytes) {
   if (bytes == 0) throw Error(Errc::zero_length, "allocate: zero bytes");
-  if (bytes > (std::size_t{1} << 44))
-    throw Error(Errc::invalid_argument, fmt::format("allocate: {} bytes is more than the 16 TiB a range may span", bytes));
+  if (bytes > (std::size_t{1} << 40))
+    throw Error(Errc::invalid_argument, fmt::format("allocate: {} bytes is more than the 1 TiB a range may span", bytes));
   const std::size_t rounded = (bytes + kPageSize - 1) & ~(kPageSize - 1);
-  auto range = std::make_shared<ManagedRange>(next_range_id_.fetch_add(1), rounded, uffd);
-  void* base = range->base();
-  ranges.add(std::move(range));
-  return base;
+  try {
+    auto range = std::make_shared<ManagedRange>(next_range_id_.fetch_add(1), rounded, uffd);
+    void* base = range->base();
+    ranges.add(std::move(range));
+    return base;
+  } catch (const std::bad_alloc&) {
+    throw OutOfMemory(fmt::format("allocate: no host memory to manage {} bytes", bytes));
+  }
 }
 
 void ContextImpl::free(void* base) {

@@ -7,7 +7,6 @@
 #include <cstddef>
 #include <memory>
 #include <mutex>
-#include <vector>
 
 #include "mirror_entry.hpp"
 #include "uhmm/error.hpp"
@@ -17,10 +16,14 @@ namespace uhmm::detail {
 
 class MirrorTable {
  public:
-  explicit MirrorTable(std::size_t npages)
-      : entries_(npages), locks_(std::make_unique<std::mutex[]>(blocks_for(npages))) {}
+  // Entries live in an anonymous mapping, so a sparse range costs memory only
+  // for the parts of its table that were written. Throws OutOfMemory.
+  explicit MirrorTable(std::size_t npages);
+  ~MirrorTable();
+  MirrorTable(const MirrorTable&) = delete;
+  MirrorTable& operator=(const MirrorTable&) = delete;
 
-  std::size_t npages() const noexcept { return entries_.size(); }
+  std::size_t npages() const noexcept { return npages_; }
   std::size_t nblocks() const noexcept { return blocks_for(npages()); }
   static std::size_t block_of(std::size_t page) noexcept { return page / kPagesPerBlock; }
   std::size_t block_begin(std::size_t block) const noexcept { return block * kPagesPerBlock; }
@@ -42,7 +45,8 @@ class MirrorTable {
     return (npages + kPagesPerBlock - 1) / kPagesPerBlock;
   }
 
-  std::vector<MirrorEntry> entries_;
+  std::size_t npages_;
+  MirrorEntry* entries_;
   std::unique_ptr<std::mutex[]> locks_;
 };
 

@@ -47,10 +47,17 @@ std::size_t parse_size(std::string_view var, std::string_view value) {
   return static_cast<std::size_t>(v << shift);
 }
 
-bool parse_bool(std::string_view var, std::string_view value) {
+std::string lower(std::string_view value) {
+  std::string out(value);
+  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+bool parse_bool(std::string_view var, std::string_view raw) {
+  const std::string value = lower(raw);
   if (value == "1" || value == "on" || value == "true" || value == "yes") return true;
   if (value == "0" || value == "off" || value == "false" || value == "no") return false;
-  bad(var, value, "1/0, on/off, true/false or yes/no");
+  bad(var, raw, "1/0, on/off, true/false or yes/no");
 }
 
 struct Option {
@@ -61,8 +68,9 @@ struct Option {
 const Option kOptions[] = {
     {"UHMM_BACKEND",
      [](ContextOptions& o, std::string_view n, std::string_view v) {
-       if (v != "auto" && v != "cpu" && v != "cuda" && v != "hip") bad(n, v, "auto, cpu, cuda or hip");
-       o.backend = std::string(v);
+       const std::string name = lower(v);
+       if (name != "auto" && name != "cpu" && name != "cuda" && name != "hip") bad(n, v, "auto, cpu, cuda or hip");
+       o.backend = name;
      }},
     {"UHMM_DEVICE_POOL",
      [](ContextOptions& o, std::string_view n, std::string_view v) {
@@ -71,8 +79,8 @@ const Option kOptions[] = {
      }},
     {"UHMM_DEVICES",
      [](ContextOptions& o, std::string_view n, std::string_view v) {
-       const auto d = parse_unsigned(n, v, "a device count from 1 to 8");
-       if (d < 1 || d > 8) bad(n, v, "a device count from 1 to 8");
+       const auto d = parse_unsigned(n, v, "a device count from 1 to 255");
+       if (d < 1 || d > 255) bad(n, v, "a device count from 1 to 255");
        o.devices = static_cast<unsigned>(d);
      }},
     {"UHMM_FAULT_AHEAD", [](ContextOptions& o, std::string_view n, std::string_view v) { o.fault_ahead = parse_bool(n, v); }},

@@ -69,7 +69,9 @@ RangeSpan RangeRegistry::resolve(const void* p, std::size_t bytes, std::string_v
     throw Error(Errc::out_of_range, fmt::format("{}: {} is not in any managed range", call, p));
   const std::uintptr_t range_end = reinterpret_cast<std::uintptr_t>(range->base()) + range->bytes();
   if (bytes > range_end - addr) {
-    const bool into_other = containing(range_end) != nullptr || containing(addr + bytes - 1) != nullptr;
+    // Another range starting before the span ends means the span crosses into it.
+    const auto next = by_base_.lower_bound(range_end);
+    const bool into_other = next != by_base_.end() && next->first - addr < bytes;
     throw Error(into_other ? Errc::crosses_ranges : Errc::out_of_range,
                 fmt::format("{}: span [{}, +{:#x}) runs past the end of its managed range [{}, +{:#x}){}", call, p,
                             bytes, static_cast<const void*>(range->base()), range->bytes(),
