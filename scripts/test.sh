@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Installs what is missing, builds with warnings as errors and runs every test.
+#   scripts/test.sh                    build/          plain RelWithDebInfo
+#   scripts/test.sh --sanitize=address build-asan/     UHMM_SANITIZE="address;undefined"
+#   scripts/test.sh --sanitize=thread  build-tsan/     UHMM_SANITIZE=thread
+#   scripts/test.sh --checked          build-checked/  UHMM_EXPENSIVE_CHECKS=ON
+#   scripts/test.sh --all              the four above in turn (what CI runs)
+# Per-test timeouts are set by the tests themselves. With --all every
+# configuration runs even after one fails; the exit code is non-zero if any did.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+usage() {
+  sed -n '2,9s/^# \{0,1\}//p' "$0" >&2
+  exit 2
+}
+
+configs=()
+for arg in "$@"; do
+  case "$arg" in
+    --sanitize=address) configs+=(address) ;;
+    --sanitize=thread) configs+=(thread) ;;
+    --checked) configs+=(checked) ;;
+    --all) configs+=(plain address thread checked) ;;
+    -h | --help) usage ;;
+    *) echo "test.sh: unknown option '$arg'" >&2; usage ;;
+  esac
+done
+[ "${#configs[@]}" -gt 0 ] || configs=(plain)
+
+"$root/scripts/setup.sh"
+
+# Sanitizer reports stop the test that made them (halt_on_error), so ctest names it.
+asan_options=halt_on_error=1:abort_on_error=0:detect_leaks=1:detect_stack_use_after_return=1:check_initialization_order=1
+ubsan_options=halt_on_error=1:print_stacktrace=1
+tsan_options=halt_on_error=1:second_deadlock_stack=1
+tsan_supp=$root/tests/tsan.supp
+if [ -f "$tsan_supp" ]; then
+  # A suppression hides a report for good: each one must say why, in a
+  # comment on the line above it.
+  if ! awk '/^[[:space:]]*$/ { prev = ""; next }
+            /^[[:space:]]*#/ { prev = "#"; next }
+            prev != "#" { printf "tests/tsan.supp:%d: no reason above: %s\n", NR, $0; bad = 1 }
+            { prev = "" }
+            END { exit bad }' "$tsan_supp" >&2; then
+    echo "test.sh: every suppression in tests/tsan.supp needs a '# why' comment on the line above" >&2
+    exit 1
+  fi
+  tsan_options+=:suppressions=$tsan_supp
+fi
+
+# Benchmarks measure nothing useful under sanitizers or expensive checks, so
+# those builds leave them out (and save CI time); tests, samples and tools stay.
+run_config() {
+  local config=$1 dir args=(-DUHMM_WERROR=ON) wrap=()
+  case "$config" in
+    plain) dir=build ;;
+    address)
+      dir=build-asan
+      # -O1 and asserts on: UBSan makes -O2 builds compile about 4x slower
+      # than plain ones, -O1 about 2.4x, and -O1 is what ASan recommends.
+      args+=("-DUHMM_SANITIZE=address;undefined" -DUHMM_BUILD_BENCH=OFF "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g")
+      export ASAN_OPTIONS=$asan_options UBSAN_OPTIONS=$ubsan_options
+      ;;
+    thread)
+      dir=build-tsan
+      args+=(-DUHMM_SANITIZE=thread -DUHMM_BUILD_BENCH=OFF)
+      export TSAN_OPTIONS=$tsan_options
+      # gcc 12's TSan aborts ("unexpected memory mapping") on kernels with more
+      # mmap randomisation than it knows; without ASLR it always runs. The build
+      # is wrapped too because test discovery runs the instrumented binaries.
+      if setarch "$(uname -m)" -R true 2>/dev/null; then
+        wrap=(setarch "$(uname -m)" -R)
+      fi
+      ;;
+    checked)
+      dir=build-checked
+      args+=(-DUHMM_EXPENSIVE_CHECKS=ON -DUHMM_BUILD_BENCH=OFF)
+      ;;
+  esac
+  echo "==== test.sh: $config ($dir) ===="
+  "${wrap[@]}" "$root/scripts/build.sh" "$dir" "${args[@]}" &&
+    "${wrap[@]}" ctest --test-dir "$dir" --output-on-failure -j2
+}
+
+failed=()
+for config in "${configs[@]}"; do
+  start=$SECONDS
+  # A subshell keeps one configuration's sanitizer options out of the next.
+  if (run_config "$config"); then
+    echo "==== test.sh: $config ok in $((SECONDS - start)) s ===="
+  else
+    echo "==== test.sh: $config FAILED after $((SECONDS - start)) s ====" >&2
+    failed+=("$config")
+  fi
+done
+
+if [ "${#failed[@]}" -gt 0 ]; then
+  echo "test.sh: failed: ${failed[*]} (of ${configs[*]})" >&2
+  exit 1
+fi
+echo "test.sh: all configurations ok: ${configs[*]}"
