@@ -152,7 +152,9 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
         parked_count_.fetch_add(1);  // under the block lock: an unlock after this sees it
         AtomicCounters::add(ctx_.counters.faults_parked, 1);
       } else if (e.has(MirrorEntry::kPoisoned)) {
-        wake.push_back(p);  // the poison marker answers the retry with SIGBUS
+        // The poison marker answers the retry with SIGBUS; a kernel without
+        // UFFDIO_POISON leaves the thread blocked rather than looping.
+        if (ctx_.uffd.has_poison()) wake.push_back(p);
       } else if (faults[k].write_protect) {
         // The migration that protected the page is over: either the page stayed
         // (unprotect) or it moved (wake: the retry faults as MISSING).
@@ -217,11 +219,12 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
       // kernel's answer to a failed migrate_to_ram; the data stays on the device.
       std::lock_guard lock(table.block_mutex(block));
       table.entry(p).set(MirrorEntry::kPoisoned);
-      const int err = ctx_.uffd.poison(range.page_address(p), kPageSize);
       AtomicCounters::add(ctx_.counters.pages_lost, 1);
-      log().critical("page {} could not be brought back from its device ({}); {}",
-                     static_cast<void*>(range.page_address(p)), r.status.message,
-                     err == 0 ? "accesses to it raise SIGBUS" : "its faulting thread stays blocked");
+      log().critical("page {} could not be brought back from its device ({}); accesses to it raise SIGBUS",
+                     static_cast<void*>(range.page_address(p)), r.status.message);
+      if (const int err = ctx_.uffd.poison(range.page_address(p), kPageSize); err != 0)
+        log().critical("poisoning page {} failed ({}): its faulting thread stays blocked",
+                       static_cast<void*>(range.page_address(p)), std::strerror(err));
     }
     const std::size_t faulting_moved =
         faulting_back.size() - static_cast<std::size_t>(std::count_if(

@@ -103,14 +103,27 @@ void migrate_vma_setup(ContextImpl& ctx, MigrateVma& a) {
   }
 
   // Hold writers while the copy runs; readers go on. Pages selected from the
-  // host are mapped (the service mapped them), so this always applies.
+  // host are mapped (the service mapped them), so this always applies; if it
+  // fails anyway, those pages are dropped from the migration rather than
+  // copied while writable.
   for_each_run(
-      0, n, [&](std::size_t i) { return session->selected[i] && (a.src[i] & MIGRATE_PFN_VALID) && !(a.src[i] & MIGRATE_PFN_DEVICE); },
+      0, n,
+      [&](std::size_t i) {
+        return session->selected[i] && (a.src[i] & MIGRATE_PFN_VALID) && !(a.src[i] & MIGRATE_PFN_DEVICE);
+      },
       [&](std::size_t i, std::size_t count) {
         const int err = ctx.uffd.write_protect(range.page_address(first + i), count * kPageSize, true);
-        if (err != 0)
-          log().error("write-protecting {} pages at {} failed: {}", count,
-                              static_cast<void*>(range.page_address(first + i)), std::strerror(err));
+        if (err == 0) return;
+        log().error("write-protecting {} pages at {} failed ({}): they stay on the host", count,
+                    static_cast<void*>(range.page_address(first + i)), std::strerror(err));
+        for (std::size_t k = i; k < i + count; ++k) {
+          std::lock_guard lock(table.block_mutex(MirrorTable::block_of(first + k)));
+          table.entry(first + k).clear(MirrorEntry::kLocked);
+          session->selected[k] = 0;
+          a.src[k] = 0;
+          --cpages;
+        }
+        ctx.unlocks.announce();
       });
   a.cpages = cpages;
   a.session = std::move(session);

@@ -155,6 +155,7 @@ int Userfaultfd::poison(void* addr, std::size_t len) noexcept {
   if (!has_poison()) return ENOTSUP;
   uffdio_poison p{};
   p.range = {range_addr(addr), len};
+  p.mode = 1;  // UFFDIO_POISON_MODE_DONTWAKE: the caller wakes once the mirror is updated
   return ioctl_errno(fd_, UFFDIO_POISON, &p);
 }
 

@@ -48,7 +48,8 @@ class Userfaultfd {
   // Write-protects (protect = true) or unprotects and wakes the range.
   int write_protect(void* addr, std::size_t len, bool protect) noexcept;
   int wake(void* addr, std::size_t len) noexcept;
-  // Marks the unmapped pages poisoned: an access raises SIGBUS.
+  // Marks the unmapped pages poisoned: an access raises SIGBUS. Waiting
+  // threads sleep on until wake().
   int poison(void* addr, std::size_t len) noexcept;
 
   // Reads up to max messages without blocking; returns the count (0 if none).

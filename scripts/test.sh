@@ -32,9 +32,11 @@ done
 "$root/scripts/setup.sh"
 
 # Sanitizer reports stop the test that made them (halt_on_error), so ctest names it.
-asan_options=halt_on_error=1:abort_on_error=0:detect_leaks=1:detect_stack_use_after_return=1:check_initialization_order=1
-ubsan_options=halt_on_error=1:print_stacktrace=1
-tsan_options=halt_on_error=1:second_deadlock_stack=1
+# handle_sigbus=0: a page that cannot come back from its device raises a real
+# SIGBUS (UFFDIO_POISON), and a test checks that the process dies of it.
+asan_options=halt_on_error=1:abort_on_error=0:detect_leaks=1:detect_stack_use_after_return=1:check_initialization_order=1:handle_sigbus=0
+ubsan_options=halt_on_error=1:print_stacktrace=1:handle_sigbus=0
+tsan_options=halt_on_error=1:second_deadlock_stack=1:handle_sigbus=0
 tsan_supp=$root/tests/tsan.supp
 if [ -f "$tsan_supp" ]; then
   # A suppression hides a report for good: each one must say why, in a

@@ -15,8 +15,8 @@ namespace {
 
 using namespace std::chrono_literals;
 
-// Writers own words (word % writers == id) spread over every page; a migrator
-// moves random sub-ranges both ways meanwhile. Every read is checked against
+// Writers own words (word % writers == id) spread over every page; two
+// migrators move random sub-ranges both ways meanwhile. Every read is checked against
 // the writer's shadow copy, and everything once more at the end.
 void writers_against_migrations(bool fault_ahead, std::size_t writers, std::uint64_t seed) {
   Context ctx(cpu_options(64 * MiB, fault_ahead));
@@ -28,8 +28,8 @@ void writers_against_migrations(bool fault_ahead, std::size_t writers, std::uint
   std::atomic<std::size_t> mismatches{0};
   std::atomic<std::size_t> migrations{0};
 
-  std::thread migrator([&] {
-    std::mt19937_64 rng(seed);
+  auto migrate = [&](std::uint64_t stream_seed) {
+    std::mt19937_64 rng(stream_seed);
     auto* base = reinterpret_cast<std::byte*>(w);
     while (!done.load()) {
       const std::size_t pages = bytes / kPageSize;
@@ -41,7 +41,10 @@ void writers_against_migrations(bool fault_ahead, std::size_t writers, std::uint
         ctx.migrate_to_host(base + first * kPageSize, count * kPageSize);
       migrations.fetch_add(1);
     }
-  });
+  };
+  // Two migrators: they also race each other for the same pages.
+  std::thread migrator(migrate, seed);
+  std::thread migrator2(migrate, seed + 1000);
   std::vector<std::thread> threads;
   for (std::size_t t = 0; t < writers; ++t) {
     threads.emplace_back([&, t] {
@@ -62,6 +65,7 @@ void writers_against_migrations(bool fault_ahead, std::size_t writers, std::uint
   for (auto& t : threads) t.join();
   done = true;
   migrator.join();
+  migrator2.join();
   EXPECT_EQ(mismatches.load(), 0u) << "seed " << seed;
   std::size_t wrong = 0;
   for (std::size_t i = 0; i < words; ++i) wrong += w[i] != shadow[i];

@@ -3,9 +3,11 @@
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define UHMM_HOST_DEVICE __host__ __device__
+#define UHMM_FORCE_INLINE __forceinline__
 #define UHMM_DEVICE_CODE_COMPILER 1
 #else
 #define UHMM_HOST_DEVICE
+#define UHMM_FORCE_INLINE inline __attribute__((always_inline))
 #define UHMM_DEVICE_CODE_COMPILER 0
 #endif
 
