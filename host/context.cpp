@@ -1,13 +1,26 @@
 // uhmm::Context: the public face of ContextImpl.
 #include "uhmm/context.hpp"
 
+#include <fmt/format.h>
+
+#include <cstdio>
+#include <string>
+
 #include "context_impl.hpp"
 
 namespace uhmm {
 
 Context::Context() : Context(ContextOptions::from_environment()) {}
 Context::Context(const ContextOptions& options) : impl_(std::make_unique<detail::ContextImpl>(options)) {}
-Context::~Context() = default;
+Context::~Context() {
+  if (!impl_->options.print_stats) return;
+  const Counters c = counters();
+  std::string out = "uhmm counters:\n";
+#define UHMM_PRINT_COUNTER(name) out += fmt::format("  {:<28} {:>14}\n", #name, c.name);
+  UHMM_COUNTERS(UHMM_PRINT_COUNTER)
+#undef UHMM_PRINT_COUNTER
+  std::fputs(out.c_str(), stderr);
+}
 
 void* Context::allocate(std::size_t bytes) { return impl_->allocate(bytes); }
 void Context::free(void* base) { impl_->free(base); }
@@ -32,6 +45,8 @@ MigrationResult Context::migrate_to_device(void* p, std::size_t bytes, OwnerId d
   return impl_->migrate_to_device(p, bytes, device);
 }
 MigrationResult Context::migrate_to_host(void* p, std::size_t bytes) { return impl_->migrate_to_host(p, bytes); }
+
+Status Context::validate() const { return impl_->validate(/*quiescent=*/true); }
 
 MigrationResult Context::pin(void* p, std::size_t bytes) { return impl_->set_pinned(p, bytes, true); }
 void Context::unpin(void* p, std::size_t bytes) { impl_->set_pinned(p, bytes, false); }

@@ -72,6 +72,7 @@ void ContextImpl::free(void* base) {
       const MirrorEntry e = table.entry(p);
       if (e.residency() == Residency::Device || e.residency() == Residency::Duplicated)
         to_free[e.device_page().owner].push_back(e.device_page().index);
+      table.entry(p) = MirrorEntry{};  // no entry names a device page once it is free
     }
   }
   for (OwnerId owner = 1; owner < to_free.size(); ++owner) {
@@ -180,27 +181,34 @@ MigrationResult ContextImpl::set_pinned(void* p, std::size_t bytes, bool pinned)
   return migrate_to_host(p, bytes);
 }
 
-Status ContextImpl::validate() const {
+Status ContextImpl::validate(bool quiescent) const {
+  for (const auto& d : devices_)
+    if (Status s = d->validate(); !s) return s;
+  // Each entry is checked under its block lock, where "names device page i"
+  // implies "i is allocated" at every instant (a page is allocated before an
+  // entry names it and freed after the entry stops naming it). That no device
+  // page backs two entries can only be checked when nothing moves.
   std::vector<std::vector<std::uint8_t>> seen(devices_.size());
-  for (std::size_t d = 0; d < devices_.size(); ++d) {
-    seen[d].assign(devices_[d]->capacity_pages(), 0);
-    if (Status s = devices_[d]->validate(); !s) return s;
-  }
-  std::vector<std::size_t> mapped(devices_.size(), 0);
+  if (quiescent)
+    for (std::size_t d = 0; d < devices_.size(); ++d) seen[d].assign(devices_[d]->capacity_pages(), 0);
   for (const auto& range : ranges.all()) {
     auto& table = range->table();
+    if (Status s = table.validate(); !s) return s;
     for (std::size_t block = 0; block < table.nblocks(); ++block) {
       std::lock_guard lock(table.block_mutex(block));
       for (std::size_t p = table.block_begin(block); p < table.block_end(block); ++p) {
         const MirrorEntry e = table.entry(p);
+        if (quiescent && e.locked())
+          return {Errc::system_error, fmt::format("range {} page {} is still locked", range->id(), p)};
         if (e.residency() != Residency::Device && e.residency() != Residency::Duplicated) continue;
         const DevicePage page = e.device_page();
-        if (page.owner == kNoOwner || page.owner > devices_.size() || page.index >= seen[page.owner - 1].size())
-          return {Errc::system_error, fmt::format("range {} page {} names device page {}:{} that does not exist",
+        if (page.owner == kNoOwner || page.owner > devices_.size() ||
+            page.index >= devices_[page.owner - 1]->capacity_pages() ||
+            devices_[page.owner - 1]->address_of(page.index) == 0)
+          return {Errc::system_error, fmt::format("range {} page {} names device page {}:{}, which is not allocated",
                                                   range->id(), p, page.owner, page.index)};
-        if (seen[page.owner - 1][page.index]++ != 0)
+        if (quiescent && seen[page.owner - 1][page.index]++ != 0)
           return {Errc::system_error, fmt::format("device page {}:{} backs two pages", page.owner, page.index)};
-        ++mapped[page.owner - 1];
       }
     }
   }
@@ -209,7 +217,7 @@ Status ContextImpl::validate() const {
 
 void ContextImpl::check_invariants() const {
 #if defined(UHMM_EXPENSIVE_CHECKS)
-  if (Status s = validate(); !s) {
+  if (Status s = validate(/*quiescent=*/false); !s) {
     log().critical("invariant broken: {}", s.message);
     std::abort();
   }

@@ -61,8 +61,10 @@ class ContextImpl {
   void unlock(ManagedRange& range, std::span<const std::size_t> pages) noexcept;
 
   // Validates the mirror tables and the pools (expensive; checked builds call
-  // it after every operation through check_invariants()).
-  Status validate() const;
+  // it after every operation through check_invariants()). With `quiescent`
+  // (no operation in flight) it also checks what only holds at rest: no page
+  // locked, no device page backing two pages.
+  Status validate(bool quiescent) const;
   void check_invariants() const;
 
   const ContextOptions options;

@@ -42,6 +42,7 @@ ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<c
       which.push_back(pages[k]);
     }
     std::size_t done = 0;
+    Status last_failure;
     // One retry of what failed: an injected or transient copy fault must not
     // cost data while a second attempt can still succeed.
     for (int attempt = 0; attempt < 2 && done < indices.size(); ++attempt) {
@@ -50,9 +51,13 @@ ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<c
       done += std::min(r.pages_done, indices.size() - done);
       if (!r.status) {
         AtomicCounters::add(counters.copy_failures, 1);
-        out.status = r.status;
+        last_failure = r.status;
       }
     }
+    // A failure the retry made good is no failure of the call: status says why
+    // pages stayed on the device, and only when some did.
+    if (done < indices.size())
+      out.status = last_failure ? Status{Errc::device_error, "copy to host stopped early"} : last_failure;
     for (std::size_t k = 0; k < done; ++k) ok[which[k] - base] = 1;
   }
 

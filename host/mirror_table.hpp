@@ -36,8 +36,8 @@ class MirrorTable {
   MirrorEntry& entry(std::size_t page) noexcept { return entries_[page]; }
   const MirrorEntry& entry(std::size_t page) const noexcept { return entries_[page]; }
 
-  // Checks every entry's encoding (expensive; tests and checked builds).
-  // Pre: no migration runs on the range.
+  // Checks every entry's encoding, block by block under the block locks
+  // (expensive; tests and checked builds).
   Status validate() const;
 
  private:

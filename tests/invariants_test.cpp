@@ -71,6 +71,8 @@ void writers_against_migrations(bool fault_ahead, std::size_t writers, std::uint
   for (std::size_t i = 0; i < words; ++i) wrong += w[i] != shadow[i];
   EXPECT_EQ(wrong, 0u) << "seed " << seed;
   for (const auto& s : ctx.residency(w, bytes)) EXPECT_FALSE(s.locked);
+  const Status valid = ctx.validate();
+  EXPECT_TRUE(valid) << valid.message;
 }
 
 TEST(NoLostWrite, WritersRacingMigrationsBothWaysWithFaultAhead) { writers_against_migrations(true, 3, 1); }
@@ -214,6 +216,8 @@ TEST(FaultService, ManyThreadsFaultingDistinctAndSharedDevicePagesAllGetTheirDat
       });
     for (auto& th : threads) th.join();
     EXPECT_EQ(wrong.load(), 0u) << "round " << round;
+    const Status valid = ctx.validate();
+    EXPECT_TRUE(valid) << valid.message;
   }
   expect_pattern(p, bytes, 11);
 }

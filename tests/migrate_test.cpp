@@ -144,6 +144,7 @@ TEST(Migrate, CompoundFallsBackToSmallPagesWhenNoFreeChunkExists) {
   EXPECT_EQ(r.migrated, kPagesPerBlock);
   EXPECT_EQ(ctx.counters().compound_migrations, 3u);  // the fourth run went page by page
   EXPECT_EQ(ctx.counters().device_pages_in_use, 3 * kPagesPerChunk);
+  EXPECT_TRUE(ctx.validate()) << ctx.validate().message;
   expect_pattern(d, kBlockSize, 12);
 }
 
@@ -162,6 +163,7 @@ TEST(Migrate, PoolExhaustionMigratesPartlyAndLosesNothing) {
   EXPECT_EQ(count(pages, Residency::System), bytes / kPageSize - kPagesPerChunk);
   for (const auto& s : pages) EXPECT_FALSE(s.locked);
   expect_pattern(p, bytes, 13);
+  EXPECT_TRUE(ctx.validate()) << ctx.validate().message;
 }
 
 TEST(Migrate, InjectedCopyFailureMidBatchKeepsFailedPagesOnTheHost) {
@@ -198,6 +200,7 @@ TEST(Migrate, MigrateDeviceRangeEvictsEveryPage) {
   EXPECT_EQ(moved, 4 * MiB / kPageSize);
   EXPECT_EQ(ctx.counters().device_pages_in_use, 0u);
   EXPECT_EQ(ctx.counters().device_evictions, moved);
+  EXPECT_TRUE(ctx.validate()) << ctx.validate().message;
   EXPECT_EQ(count(ctx.residency(a, 3 * MiB), Residency::System), 3 * MiB / kPageSize);
   const Counters before = ctx.counters();
   expect_pattern(a, 3 * MiB, 15);

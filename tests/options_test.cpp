@@ -25,7 +25,7 @@ constexpr std::size_t MiB = std::size_t{1} << 20;
 constexpr std::size_t GiB = std::size_t{1} << 30;
 
 const char* const kVariables[] = {"UHMM_BACKEND",       "UHMM_DEVICE_POOL",   "UHMM_DEVICES",
-                                  "UHMM_FAULT_AHEAD",   "UHMM_FAULT_SPIN_US", "UHMM_CPU_COPY_THREADS"};
+                                  "UHMM_FAULT_AHEAD",   "UHMM_FAULT_SPIN_US", "UHMM_CPU_COPY_THREADS", "UHMM_STATS"};
 
 std::string lower(std::string s) {
   std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
@@ -364,3 +364,27 @@ TEST_F(OptionsTest, ExplicitOptionsOutOfBoundsAreInvalidArgument) {
 }
 
 }  // namespace
+
+namespace uhmm {
+namespace {
+
+TEST(StatsOption, UhmmStatsPrintsEveryCounterWhenTheContextEnds) {
+  ContextOptions o;
+  o.backend = "cpu";
+  o.device_pool_bytes = std::size_t{16} << 20;
+  o.print_stats = true;
+  ::testing::internal::CaptureStderr();
+  {
+    Context ctx(o);
+    auto* p = static_cast<char*>(ctx.allocate(kPageSize));
+    p[0] = 1;
+    ctx.migrate_to_device(p, kPageSize);
+  }
+  const std::string out = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(out.find("pages_to_device"), std::string::npos) << out;
+  EXPECT_NE(out.find("faults_zero_fill"), std::string::npos) << out;
+  EXPECT_NE(out.find("pages_lost"), std::string::npos) << out;
+}
+
+}  // namespace
+}  // namespace uhmm

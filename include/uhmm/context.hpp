@@ -30,6 +30,7 @@ struct UHMM_EXPORT ContextOptions {
   bool fault_ahead = true;            // UHMM_FAULT_AHEAD: bring a faulting page's block neighbours back too
   unsigned fault_spin_us = 0;         // UHMM_FAULT_SPIN_US: fault service polls this long before sleeping
   unsigned cpu_copy_threads = 1;      // UHMM_CPU_COPY_THREADS: cpu-backend workers per stream
+  bool print_stats = false;           // UHMM_STATS: print the counters to stderr when the context ends
 
   // Defaults overridden by the UHMM_* environment variables above; throws
   // uhmm::Error naming the variable when a value is malformed.
@@ -120,6 +121,11 @@ class UHMM_EXPORT Context {
   std::vector<PageState> residency(const void* p, std::size_t bytes) const;
 
   Counters counters() const;
+
+  // Checks the mirror page tables and the device pools for consistency (walks
+  // everything: for tests and debugging). Call it while no operation runs on
+  // the context; a failure names the broken entry.
+  Status validate() const;
 
   // Runs body(i, device_span<T>...) for i in [0, n) on a device, after migrating
   // every span to it. The spans' pages stay locked on the device while the
