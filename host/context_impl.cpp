@@ -178,7 +178,27 @@ MigrationResult ContextImpl::set_pinned(void* p, std::size_t bytes, bool pinned)
       pinned ? table.entry(q).set(MirrorEntry::kPinned) : table.entry(q).clear(MirrorEntry::kPinned);
   }
   if (!pinned) return {};
-  return migrate_to_host(p, bytes);
+  // Pages locked by a migration in flight may still land on a device; no new
+  // migration selects them now, so wait for those and bring them back too.
+  MigrationResult total;
+  total.pages = span.count();
+  for (;;) {
+    const std::uint64_t generation = unlocks.generation();
+    const MigrationResult r = migrate_to_host(p, bytes);
+    total.migrated += r.migrated;
+    if (!r.status && total.status) total.status = r.status;
+    std::size_t locked = 0, on_device = 0;
+    for (const PageState& state : residency(p, bytes)) {
+      locked += state.locked;
+      on_device += state.residency == Residency::Device;
+    }
+    if (locked == 0) {
+      total.failed = on_device;  // could not come back (copy failures)
+      total.already = total.pages - total.migrated - total.failed;
+      return total;
+    }
+    unlocks.wait_after(generation);
+  }
 }
 
 Status ContextImpl::validate(bool quiescent) const {

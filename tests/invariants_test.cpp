@@ -99,6 +99,28 @@ TEST(NoLostWrite, StoreDuringSlowMigrationWaitsThenLandsOnTheDevicePage) {
   expect_pattern(p, 64 * kPageSize, 5);
 }
 
+TEST(Pinning, PinDuringASlowMigrationWaitsAndLeavesEveryPageOnTheHost) {
+  Context ctx(cpu_options());
+  auto* p = static_cast<std::uint64_t*>(ctx.allocate(16 * kPageSize));
+  fill(p, 16 * kPageSize, 13);
+  FaultInjection slow;
+  slow.copy_delay_us = 200000;
+  ctx.inject_faults(ctx.device_owner(0), slow);
+  Stream stream = ctx.create_stream();
+  auto pending = ctx.migrate_to_device_async(stream, p, 16 * kPageSize);
+  while (!ctx.residency(p, kPageSize)[0].locked) std::this_thread::yield();
+  const MigrationResult pinned = ctx.pin(p, 16 * kPageSize);  // the migration holds every page
+  EXPECT_EQ(pending.get().migrated, 16u);                       // it finished first...
+  EXPECT_EQ(pinned.migrated, 16u);                              // ...and pin brought them all back
+  for (const PageState& s : ctx.residency(p, 16 * kPageSize)) {
+    EXPECT_EQ(s.residency, Residency::System);
+    EXPECT_TRUE(s.pinned);
+  }
+  ctx.inject_faults(ctx.device_owner(0), FaultInjection{});
+  EXPECT_EQ(ctx.migrate_to_device(p, 16 * kPageSize).skipped, 16u);
+  expect_pattern(p, 16 * kPageSize, 13);
+}
+
 TEST(NoStaleRead, ReadersDuringSlowMigrationSeeTheDataAndAfterwardsTheDevicePages) {
   Context ctx(cpu_options());
   auto* p = static_cast<std::uint64_t*>(ctx.allocate(32 * kPageSize));
