@@ -180,8 +180,17 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
     sort_unique(zero);
     sort_unique(back);
     sort_unique(faulting_back);
+    sort_unique(unprotect);
+    // A page with a stale MISSING fault next to its WP fault is mapped: the
+    // unprotect (which wakes) answers both.
+    std::erase_if(zero, [&](std::size_t p) { return std::binary_search(unprotect.begin(), unprotect.end(), p); });
+    // Lock what this service changes outside the block mutex. Unprotecting in
+    // particular: unlocked, a migration could write-protect the page again
+    // between this check and the ioctl, and the stale unprotect would let a
+    // store in during its copy.
     for (std::size_t p : zero) table.entry(p).set(MirrorEntry::kLocked);
     for (std::size_t p : back) table.entry(p).set(MirrorEntry::kLocked);
+    for (std::size_t p : unprotect) table.entry(p).set(MirrorEntry::kLocked);
   }
 
   // Zeros: one UFFDIO_ZEROPAGE per run; a run with a mapped page goes page by page.
@@ -237,6 +246,7 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
   }
 
   for (std::size_t p : unprotect) ctx_.uffd.write_protect(range.page_address(p), kPageSize, false);
+  ctx_.unlock(range, unprotect);
   for (std::size_t p : wake) ctx_.uffd.wake(range.page_address(p), kPageSize);
 }
 
