@@ -192,11 +192,16 @@ MigrationResult ContextImpl::set_pinned(void* p, std::size_t bytes, bool pinned)
       locked += state.locked;
       on_device += state.residency == Residency::Device;
     }
-    if (locked == 0) {
+    // Done when nothing is locked and every page still on a device is one this
+    // pass failed to copy back. A migration in flight can unlock its pages on a
+    // device between the pass above and the residency check: another pass
+    // brings them back (they are pinned now, so nothing moves them out again).
+    if (locked == 0 && on_device <= r.failed) {
       total.failed = on_device;  // could not come back (copy failures)
       total.already = total.pages - total.migrated - total.failed;
       return total;
     }
+    if (locked == 0) continue;
     unlocks.wait_after(generation);
   }
 }

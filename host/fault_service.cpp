@@ -88,9 +88,7 @@ void FaultService::run() noexcept {
         std::uint64_t count;
         [[maybe_unused]] const ssize_t n = ::read(event_fd_, &count, sizeof count);
         if (stop_.load()) break;
-        batch.insert(batch.end(), parked_.begin(), parked_.end());
-        parked_count_.fetch_sub(parked_.size());
-        parked_.clear();
+        wake_unlocked_parked();
       }
       if (fds[0].revents & POLLIN) read_faults();
       while (!batch.empty()) {
@@ -108,6 +106,29 @@ void FaultService::run() noexcept {
       batch.clear();
     }
   }
+}
+
+void FaultService::wake_unlocked_parked() noexcept {
+  // A parked fault's event is not resolved again: its page may have been dealt
+  // with since (and the thread woken by the unlock), so acting on the old event
+  // could move a page nobody is touching. Its thread is woken instead and, if
+  // the page is still missing, faults again with a fresh event.
+  std::size_t kept = 0;
+  for (const Fault& f : parked_) {
+    bool locked = false;
+    if (RangeSpan span = ctx_.ranges.find(reinterpret_cast<const void*>(f.address))) {
+      auto& table = span.range().table();
+      const std::size_t page = span.range().page_of(reinterpret_cast<const void*>(f.address));
+      std::lock_guard lock(table.block_mutex(MirrorTable::block_of(page)));
+      locked = table.entry(page).locked();
+    }
+    if (locked)
+      parked_[kept++] = f;
+    else
+      ctx_.uffd.wake(reinterpret_cast<void*>(f.address), kPageSize);
+  }
+  parked_count_.fetch_sub(parked_.size() - kept);
+  parked_.resize(kept);
 }
 
 void FaultService::resolve(std::vector<Fault>& faults) noexcept {

@@ -39,6 +39,7 @@ class FaultService {
   };
 
   void run() noexcept;
+  void wake_unlocked_parked() noexcept;
   void resolve(std::vector<Fault>& faults) noexcept;
   // Resolves the faults of one block (sorted, same range and block).
   void resolve_block(ManagedRange& range, std::size_t block, const Fault* faults, std::size_t count) noexcept;
