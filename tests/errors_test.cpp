@@ -3,6 +3,8 @@
 // problem, and changes nothing (counters, residency of a valid range, and the
 // data written before the call are all as they were). Nothing here may abort.
 #include <gtest/gtest.h>
+
+#include "test_support.hpp"
 #include <sys/mman.h>
 
 #include <algorithm>
@@ -58,15 +60,7 @@ testing::AssertionResult Throws(Errc code, const std::vector<std::string>& needl
   return testing::AssertionFailure() << "did not throw (expected '" << to_string(code) << "')";
 }
 
-std::string counter_diff(const Counters& before, const Counters& after) {
-  std::string out;
-#define UHMM_TEST_DIFF(name)                                                                          \
-  if (before.name != after.name)                                                                      \
-    out += std::string(#name) + ": " + std::to_string(before.name) + " -> " + std::to_string(after.name) + "; ";
-  UHMM_COUNTERS(UHMM_TEST_DIFF)
-#undef UHMM_TEST_DIFF
-  return out;
-}
+using uhmm::test::counter_diff;
 
 bool same_state(const PageState& a, const PageState& b) {
   return a.residency == b.residency && a.device == b.device && a.locked == b.locked && a.pinned == b.pinned &&

@@ -5,6 +5,8 @@
 // bad input throws at submission with nothing queued.
 #include <gtest/gtest.h>
 
+#include "test_support.hpp"
+
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -60,15 +62,7 @@ bool ready(const std::future<MigrationResult>& f) {
   return f.wait_for(std::chrono::seconds(0)) == std::future_status::ready;
 }
 
-std::string counter_diff(const Counters& before, const Counters& after) {
-  std::string out;
-#define UHMM_TEST_DIFF(name)                                                                          \
-  if (before.name != after.name)                                                                      \
-    out += std::string(#name) + ": " + std::to_string(before.name) + " -> " + std::to_string(after.name) + "; ";
-  UHMM_COUNTERS(UHMM_TEST_DIFF)
-#undef UHMM_TEST_DIFF
-  return out;
-}
+using uhmm::test::counter_diff;
 
 constexpr std::size_t kBytes = 4 * MiB;
 constexpr std::size_t kPages = kBytes / kPageSize;

@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "uhmm/uhmm.hpp"
@@ -53,6 +54,17 @@ inline std::size_t count(const std::vector<PageState>& pages, Residency r) {
 inline void expect_pattern(const void* p, std::size_t bytes, std::uint64_t seed) {
   const std::size_t bad = first_mismatch(p, bytes, seed);
   EXPECT_EQ(bad, SIZE_MAX) << "first wrong word " << bad << " (page " << bad * 8 / kPageSize << ")";
+}
+
+// The counters that differ between two snapshots, as "name: a -> b; ...".
+inline std::string counter_diff(const Counters& before, const Counters& after) {
+  std::string out;
+#define UHMM_TEST_DIFF(name)   \
+  if (before.name != after.name) \
+    out += std::string(#name) + ": " + std::to_string(before.name) + " -> " + std::to_string(after.name) + "; ";
+  UHMM_COUNTERS(UHMM_TEST_DIFF)
+#undef UHMM_TEST_DIFF
+  return out;
 }
 
 }  // namespace uhmm::test
