@@ -104,7 +104,7 @@ MigrationResult ContextImpl::migrate_to_device(void* p, std::size_t bytes, Owner
     args.pgmap_owner = from;
     migrate_vma_setup(*this, args);
     const Status copied = args.cpages > 0 ? dev.alloc_and_copy(args) : Status{};
-    result.migrated += migrate_vma_pages(*this, args);
+    migrate_vma_pages(*this, args);
     migrate_vma_finalize(*this, args);
     // src[i] now: MIGRATE for pages that moved; other bits without MIGRATE for
     // pages selected that could not move; 0 for pages not selected.
@@ -132,7 +132,10 @@ MigrationResult ContextImpl::migrate_to_device(void* p, std::size_t bytes, Owner
     if (present) pass(MIGRATE_VMA_SELECT_DEVICE_PRIVATE, other);
   }
 
+  // Per page, the last pass that selected it decides (a page another thread
+  // moved between passes may be taken twice, and counts once).
   for (std::size_t i = 0; i < span.count(); ++i) {
+    if (outcome[i] == kMoved) ++result.migrated;
     if (outcome[i] == kFailed) ++result.failed;
     if (outcome[i] != kUntouched) continue;
     const std::size_t page = span.first() + i;
