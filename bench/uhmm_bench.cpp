@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 #include <sys/utsname.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <fstream>
@@ -97,6 +98,47 @@ double scan_gbps(std::size_t bytes, bool fault_ahead) {
   return static_cast<double>(bytes) / s / 1e9;
 }
 
+// A working set streamed through the device window by window: each 2 MiB
+// window is migrated and rewritten by a kernel. The timed pass starts with the
+// data on the host and, when the working set exceeds the pool (factor > 1),
+// with the pool full of older windows, so every window evicts one. factor 1:
+// the pool holds it all (the floor). Windows in order, or in a seeded random
+// order. Returns GB/s of working set processed.
+double oversubscribed_gbps(std::size_t working_set, double factor, bool random) {
+  constexpr std::size_t kWindow = 2 * MiB;
+  const std::size_t pool = factor <= 1.0 ? working_set + kWindow
+                                         : std::max<std::size_t>(kWindow, static_cast<std::size_t>(
+                                                                              static_cast<double>(working_set) / factor) &
+                                                                              ~(kWindow - 1));
+  uhmm::Context ctx(options(pool, true));
+  auto* data = static_cast<std::uint64_t*>(ctx.allocate(working_set));
+  std::memset(data, 7, working_set);
+  std::vector<std::size_t> order(working_set / kWindow);
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  if (random) {
+    std::uint64_t x = 0x9e3779b97f4a7c15ull;
+    for (std::size_t i = order.size(); i > 1; --i) {
+      x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+      std::swap(order[i - 1], order[x % i]);
+    }
+  }
+  auto pass = [&] {
+    for (std::size_t w : order) {
+      auto* p = data + w * kWindow / 8;
+      ctx.migrate_to_device(p, kWindow);
+      ctx.launch(kWindow / 8, [](std::size_t i, uhmm::device_span<std::uint64_t> x) { x[i] += 1; },
+                 std::span<std::uint64_t>(p, kWindow / 8));
+    }
+  };
+  pass();  // warm: the pool fills (and, oversubscribed, starts evicting)
+  if (factor <= 1.0) ctx.migrate_to_host(data, working_set);  // the floor starts from the host too
+  const auto t0 = Clock::now();
+  pass();
+  const double s = seconds_since(t0);
+  ctx.free(data);
+  return static_cast<double>(working_set) / s / 1e9;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -142,6 +184,18 @@ int main(int argc, char** argv) {
       const double g = scan_gbps(scan, ahead);
       rows.push_back({fmt::format("scan {} MiB on device, fault-ahead {}", scan / MiB, ahead ? "on" : "off"),
                       fmt::format("{:.2f} GB/s", g), fmt::format("memcpy {:.2f} GB/s", scan_floor), g / scan_floor});
+    }
+
+    // Multiples of 12 MiB: the pool is a whole number of 2 MiB chunks at 1.5x, 2x and 4x.
+    const std::size_t working_set = quick ? 24 * MiB : 192 * MiB;
+    for (bool random : {false, true}) {
+      const char* how = random ? "random" : "streaming";
+      const double in_pool = oversubscribed_gbps(working_set, 1.0, random);
+      for (double factor : {1.5, 2.0, 4.0}) {
+        const double g = oversubscribed_gbps(working_set, factor, random);
+        rows.push_back({fmt::format("{} MiB at {:.1f}x the pool, {}", working_set / MiB, factor, how),
+                        fmt::format("{:.2f} GB/s", g), fmt::format("in pool {:.2f} GB/s", in_pool), g / in_pool});
+      }
     }
 
     fmt::print("{:<44} {:>14}  {:<24} {:>8}\n", "measure", "figure", "floor (same run)", "ratio");

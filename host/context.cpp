@@ -37,6 +37,9 @@ OwnerId Context::device_owner(std::size_t i) const {
 
 DeviceInfo Context::device_info(OwnerId owner) const { return impl_->device(owner, "device_info").info(); }
 Backend& Context::backend(OwnerId owner) { return impl_->device(owner, "backend").backend(); }
+std::size_t Context::set_device_pool_limit(OwnerId owner, std::size_t bytes) {
+  return impl_->set_device_pool_limit(owner, bytes);
+}
 void Context::inject_faults(OwnerId owner, const FaultInjection& injection) {
   impl_->device(owner, "inject_faults").set_fault_injection(injection);
 }

@@ -1,7 +1,10 @@
 #include "context_impl.hpp"
 
+#include <algorithm>
+
 #include <fmt/format.h>
 
+#include "eviction.hpp"
 #include "fault_service.hpp"
 #include "uhmm/detail/log.hpp"
 #include "uhmm/migrate.hpp"
@@ -11,7 +14,12 @@ namespace uhmm::detail {
 ContextImpl::ContextImpl(const ContextOptions& opts) : options(opts) {
   devices_ = open_devices(options, [this](OwnerId owner) { return pagemap(owner); });
   if (devices_.empty()) throw Error(Errc::device_error, "no device was opened");
-  for (const auto& d : devices_) rmaps_.push_back(std::make_unique<ReverseMap>(d->capacity_pages()));
+  std::vector<std::size_t> capacities;
+  for (const auto& d : devices_) {
+    rmaps_.push_back(std::make_unique<ReverseMap>(d->capacity_pages()));
+    capacities.push_back(d->capacity_pages());
+  }
+  recency = std::make_unique<AccessRecency>(capacities);
   staging_ = std::make_unique<StagingPool>(devices_.front()->backend());
   faults_ = std::make_unique<FaultService>(*this);
   log().info("context ready: {} device(s) on the {} backend, fault-ahead {}", devices_.size(),
@@ -86,11 +94,10 @@ MigrationResult ContextImpl::migrate_to_device(void* p, std::size_t bytes, Owner
   Device& dev = device(owner, "migrate_to_device");
   const RangeSpan span = ranges.resolve(p, bytes, "migrate_to_device");  // validates before anything changes
   const auto& table = span.range().table();
-  MigrationResult result;
-  result.pages = span.count();
   enum : std::uint8_t { kUntouched, kMoved, kFailed };
   std::vector<std::uint8_t> outcome(span.count(), kUntouched);
   std::vector<std::uint64_t> src(span.count()), dst(span.count());
+  Status failure;  // of the latest pass that left pages behind
 
   // One pass per source: host and never-touched pages first, then the pages of
   // each other device (selected by owner, copied device to device).
@@ -114,26 +121,45 @@ MigrationResult ContextImpl::migrate_to_device(void* p, std::size_t bytes, Owner
       else if (src[i] != 0) outcome[i] = kFailed, ++failed;
     }
     if (failed > 0) {
-      const Status why = copied ? Status{Errc::device_error, "pages were not migrated"} : copied;
-      AtomicCounters::add(why.code == Errc::out_of_memory ? counters.alloc_failures : counters.copy_failures,
-                          why.code == Errc::out_of_memory ? failed : 1);
-      if (result.status) result.status = why;
+      failure = copied ? Status{Errc::device_error, "pages were not migrated"} : copied;
+      if (failure.code != Errc::out_of_memory) AtomicCounters::add(counters.copy_failures, 1);
     }
   };
-  pass(MIGRATE_VMA_SELECT_SYSTEM | MIGRATE_VMA_FAULT | MIGRATE_VMA_SELECT_COMPOUND, kNoOwner);
-  for (OwnerId other = 1; other <= devices_.size(); ++other) {
-    if (other == dev.owner()) continue;
-    bool present = false;
-    for (std::size_t q = span.first(); q < span.end() && !present; ++q) {
-      std::lock_guard lock(table.block_mutex(MirrorTable::block_of(q)));
-      const MirrorEntry e = table.entry(q);
-      present = e.residency() == Residency::Device && e.device_page().owner == other;
+  auto all_passes = [&] {
+    pass(MIGRATE_VMA_SELECT_SYSTEM | MIGRATE_VMA_FAULT | MIGRATE_VMA_SELECT_COMPOUND, kNoOwner);
+    for (OwnerId other = 1; other <= devices_.size(); ++other) {
+      if (other == dev.owner()) continue;
+      bool present = false;
+      for (std::size_t q = span.first(); q < span.end() && !present; ++q) {
+        std::lock_guard lock(table.block_mutex(MirrorTable::block_of(q)));
+        const MirrorEntry e = table.entry(q);
+        present = e.residency() == Residency::Device && e.device_page().owner == other;
+      }
+      if (present) pass(MIGRATE_VMA_SELECT_DEVICE_PRIVATE, other);
     }
-    if (present) pass(MIGRATE_VMA_SELECT_DEVICE_PRIVATE, other);
+  };
+
+  // A full pool: evict the least recently used chunks, never this request's
+  // own pages, and run the passes again for what is left. A request larger
+  // than the pool migrates what fits; the rest fails with out_of_memory. The
+  // rounds are bounded: under contention other threads may take the room
+  // each round frees (each round still moves pages for someone).
+  constexpr int kEvictionRounds = 16;
+  const EvictionGuard guard{span.range().id(), span.first(), span.end()};
+  for (int round = 0;; ++round) {
+    failure = Status{};
+    all_passes();
+    const auto left = static_cast<std::size_t>(std::count(outcome.begin(), outcome.end(), kFailed));
+    if (left == 0 || failure.code != Errc::out_of_memory || !options.evict || round + 1 == kEvictionRounds) break;
+    if (make_room(*this, dev.owner(), left, &guard).pages == 0) break;
   }
 
   // Per page, the last pass that selected it decides (a page another thread
-  // moved between passes may be taken twice, and counts once).
+  // moved between passes may be taken twice, and counts once). Pages already
+  // here are used by this request too: their chunks count as recently used.
+  MigrationResult result;
+  result.pages = span.count();
+  const std::uint64_t now = recency->tick();
   for (std::size_t i = 0; i < span.count(); ++i) {
     if (outcome[i] == kMoved) ++result.migrated;
     if (outcome[i] == kFailed) ++result.failed;
@@ -143,8 +169,26 @@ MigrationResult ContextImpl::migrate_to_device(void* p, std::size_t bytes, Owner
     const MirrorEntry e = table.entry(page);
     const bool there = e.residency() == Residency::Device && e.device_page().owner == dev.owner() && !e.locked();
     there ? ++result.already : ++result.skipped;
+    if (there) recency->touch(e.device_page(), now);
+  }
+  if (result.failed > 0) {
+    result.status = failure ? Status{Errc::device_error, "pages were not migrated"} : failure;
+    if (result.status.code == Errc::out_of_memory) AtomicCounters::add(counters.alloc_failures, result.failed);
   }
   return result;
+}
+
+std::size_t ContextImpl::set_device_pool_limit(OwnerId owner, std::size_t bytes) {
+  Device& dev = device(owner, "set_device_pool_limit");
+  const std::size_t capacity = dev.capacity_pages() * kPageSize;
+  if (bytes > capacity)
+    throw Error(Errc::invalid_argument,
+                fmt::format("set_device_pool_limit: {} bytes is more than device {}'s pool of {} bytes "
+                            "(device_pool_bytes); a pool cannot grow past it",
+                            bytes, dev.owner(), capacity));
+  // Cap first, so that no migration fills what the eviction empties.
+  dev.set_page_limit(bytes / kPageSize);
+  return evict_down_to(*this, dev.owner(), bytes / kPageSize).pages;
 }
 
 std::vector<PageState> ContextImpl::residency(const void* p, std::size_t bytes) const {

@@ -10,6 +10,7 @@
 #include <string_view>
 #include <vector>
 
+#include "access_recency.hpp"
 #include "atomic_counters.hpp"
 #include "range_registry.hpp"
 #include "reverse_map.hpp"
@@ -35,6 +36,20 @@ class ContextImpl {
   MigrationResult migrate_to_device(void* p, std::size_t bytes, OwnerId owner);
   MigrationResult migrate_to_host(void* p, std::size_t bytes);
   std::size_t migrate_device_range(OwnerId owner, DevicePageIndex first, std::size_t npages);
+  // migrate_device_range's work, on arguments already checked: moves every
+  // unlocked live page of owner in [first, first + npages) back to host. With
+  // `wait` it also waits for locked pages (migrate_device_range, pool
+  // shrink); without, it skips them (eviction under pressure, whose caller may
+  // hold page locks itself). Pages whose copy fails stay on the device.
+  struct DeviceRangeEviction {
+    std::size_t moved = 0;
+    std::size_t failed = 0;
+    bool skipped_locked = false;  // without wait: some pages were locked and left
+    Status status;                // why pages failed (ok when none did)
+  };
+  DeviceRangeEviction evict_device_range(OwnerId owner, DevicePageIndex first, std::size_t npages, bool wait);
+  // Caps owner's pool at `bytes` and evicts down to it (Context::set_device_pool_limit).
+  std::size_t set_device_pool_limit(OwnerId owner, std::size_t bytes);
   std::vector<PageState> residency(const void* p, std::size_t bytes) const;
   // Sets or clears PINNED; pinning then brings the span's device pages back.
   MigrationResult set_pinned(void* p, std::size_t bytes, bool pinned);
@@ -72,6 +87,7 @@ class ContextImpl {
   RangeRegistry ranges;
   AtomicCounters counters;
   UnlockEvents unlocks;
+  std::unique_ptr<AccessRecency> recency;  // set once the devices are open
 
  private:
   std::vector<std::unique_ptr<Device>> devices_;

@@ -264,6 +264,8 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
     AtomicCounters::add(ctx_.counters.faults_from_device, faulting_moved);
     AtomicCounters::add(ctx_.counters.pages_fault_ahead, r.moved > faulting_moved ? r.moved - faulting_moved : 0);
     ctx_.unlock(range, back);  // counted first: a woken thread sees its fault in the counters
+    // The CPU uses this block now: what stays of it on a device is recent.
+    ctx_.recency->touch_block(table, block);
   }
 
   for (std::size_t p : unprotect) ctx_.uffd.write_protect(range.page_address(p), kPageSize, false);

@@ -174,12 +174,21 @@ std::size_t ContextImpl::migrate_device_range(OwnerId owner, DevicePageIndex fir
   if (first >= dev.capacity_pages() || npages > dev.capacity_pages() - first)
     throw Error(Errc::out_of_range, fmt::format("migrate_device_range: pages [{}, +{}) exceed device {}'s {} pages",
                                                 first, npages, owner, dev.capacity_pages()));
+  const DeviceRangeEviction r = evict_device_range(owner, first, npages, /*wait=*/true);
+  if (!r.status) r.status.raise_if_error();
+  return r.moved;
+}
+
+ContextImpl::DeviceRangeEviction ContextImpl::evict_device_range(OwnerId owner, DevicePageIndex first,
+                                                                 std::size_t npages, bool wait) {
+  DeviceRangeEviction out;
   StagingBuffer staging(*staging_);
-  if (staging.get() == nullptr) throw OutOfMemory("migrate_device_range: no host memory for a staging buffer");
+  if (staging.get() == nullptr) {
+    out.status = {Errc::out_of_memory, "evicting device pages: no host memory for a staging buffer"};
+    return out;
+  }
   ReverseMap& map = rmap(owner);
-  std::size_t moved = 0;
   std::vector<std::uint8_t> gave_up(npages, 0);  // pages whose copy failed: reported, not retried forever
-  Status failure;
   for (;;) {
     const std::uint64_t generation = unlocks.generation();
     bool waiting = false;
@@ -187,6 +196,8 @@ std::size_t ContextImpl::migrate_device_range(OwnerId owner, DevicePageIndex fir
     for (std::size_t k = 0; k < npages; ++k) {
       const auto target = map.get(static_cast<DevicePageIndex>(first + k));
       if (!target || gave_up[k]) continue;
+      // The range may be being freed: then it is gone from the registry (its
+      // pages are released, not copied), or this span keeps it alive until done.
       RangeSpan span = ranges.find_by_id(target->range_id);
       if (!span) continue;
       auto& range = span.range();
@@ -216,19 +227,20 @@ std::size_t ContextImpl::migrate_device_range(OwnerId owner, DevicePageIndex fir
         // Still on the device, still authoritative: report it, don't spin on it.
         std::lock_guard lock(table.block_mutex(block));
         gave_up[table.entry(q).device_page().index - first] = 1;
+        ++out.failed;
       }
       unlock(range, taken);
-      moved += back.moved;
+      out.moved += back.moved;
       progressed = progressed || back.moved > 0;
-      if (!back.status && failure) failure = back.status;
+      if (!back.status && out.status) out.status = back.status;
     }
-    if (!waiting && !progressed) break;
+    out.skipped_locked = waiting;
+    if (!wait || (!waiting && !progressed)) break;
     if (waiting && !progressed) unlocks.wait_after(generation);
   }
-  AtomicCounters::add(counters.device_evictions, moved);
+  AtomicCounters::add(counters.device_evictions, out.moved);
   check_invariants();
-  if (!failure) failure.raise_if_error();
-  return moved;
+  return out;
 }
 
 }  // namespace uhmm::detail

@@ -138,6 +138,7 @@ std::size_t migrate_vma_pages(ContextImpl& ctx, MigrateVma& a) {
   const std::size_t first = s.span.first();
   const std::size_t n = s.span.count();
   std::size_t migrated = 0;
+  const std::uint64_t now = ctx.recency->tick();  // a migration onto a device is a use of its chunks
   for (std::size_t block = table.block_of(first); block <= table.block_of(first + n - 1); ++block) {
     const std::size_t lo = std::max(first, table.block_begin(block));
     const std::size_t hi = std::min(first + n, table.block_end(block));
@@ -153,6 +154,7 @@ std::size_t migrate_vma_pages(ContextImpl& ctx, MigrateVma& a) {
       const DevicePage page = migrate_pfn_to_device_page(a.dst[i]);
       table.entry(p).move_to(MirrorEntry::device(page));
       ctx.rmap(page.owner).set(page.index, {range.id(), static_cast<std::uint32_t>(p)});
+      ctx.recency->touch(page, now);
       ++migrated;
     }
   }

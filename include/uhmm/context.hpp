@@ -31,6 +31,10 @@ struct UHMM_EXPORT ContextOptions {
   unsigned fault_spin_us = 0;         // UHMM_FAULT_SPIN_US: fault service polls this long before sleeping
   unsigned cpu_copy_threads = 1;      // UHMM_CPU_COPY_THREADS: cpu-backend workers per stream
   bool print_stats = false;           // UHMM_STATS: print the counters to stderr when the context ends
+  // UHMM_EVICT: a migration to a full device pool evicts the least recently
+  // used device chunks back to host (oversubscription). Off: the pages that do
+  // not fit fail with Errc::out_of_memory and stay where they are.
+  bool evict = true;
 
   // Defaults overridden by the UHMM_* environment variables above; throws
   // uhmm::Error naming the variable when a value is malformed.
@@ -96,6 +100,13 @@ class UHMM_EXPORT Context {
   DeviceInfo device_info(OwnerId owner) const;
   // The device's backend, for driver-level work (advanced).
   Backend& backend(OwnerId owner);
+  // Shrinks (or grows back, up to device_pool_bytes) the pages owner's pool
+  // may hand out, then evicts its least recently used chunks until the pages
+  // in use fit: their data comes back to host RAM. Returns the pages evicted.
+  // Waits for pages that migrations or kernels hold. Throws uhmm::Error:
+  // invalid_argument for an unknown owner or more bytes than the pool has,
+  // device_error when pages whose copy back failed keep it above the limit.
+  std::size_t set_device_pool_limit(OwnerId owner, std::size_t bytes);
   // Test hooks: failures injected into owner's pool and copy engine.
   void inject_faults(OwnerId owner, const FaultInjection& injection);
 

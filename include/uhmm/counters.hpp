@@ -23,7 +23,9 @@
   X(pages_fault_ahead)    /* neighbours brought back with a faulting page */                     \
   /* Device pool. */                                                                             \
   X(device_pages_in_use)                                                                         \
-  X(device_evictions) /* pages moved back by migrate_device_range */                             \
+  X(device_evictions) /* pages moved back by migrate_device_range (and eviction, which uses it) */ \
+  X(device_eviction_chunks) /* chunks evicted to make room or shrink a pool */                   \
+  X(device_eviction_bytes)  /* bytes those evictions moved back to host */                       \
   /* Failures. */                                                                                \
   X(alloc_failures) /* device pages that could not be allocated */                               \
   X(copy_failures)  /* copy batches that failed */                                               \
