@@ -24,9 +24,11 @@ class StreamImpl;
 }  // namespace detail
 
 struct UHMM_EXPORT ContextOptions {
-  std::string backend = "auto";       // UHMM_BACKEND: auto | cpu
+  std::string backend = "auto";       // UHMM_BACKEND: auto | cpu | cuda | hip
   std::size_t device_pool_bytes = std::size_t{256} << 20;  // UHMM_DEVICE_POOL, per device
-  unsigned devices = 1;               // UHMM_DEVICES: cpu-backend devices to emulate
+  unsigned device_pool_percent = 0;   // UHMM_DEVICE_POOL=N%: N% of free device memory instead (0: bytes)
+  unsigned devices = 1;               // UHMM_DEVICES: cpu devices to emulate / most GPUs to use
+  std::string plugin_dir;             // UHMM_PLUGIN_DIR: where GPU backend plugins are (empty: beside libuhmm)
   bool fault_ahead = true;            // UHMM_FAULT_AHEAD: bring a faulting page's block neighbours back too
   unsigned fault_spin_us = 0;         // UHMM_FAULT_SPIN_US: fault service polls this long before sleeping
   unsigned cpu_copy_threads = 1;      // UHMM_CPU_COPY_THREADS: cpu-backend workers per stream
