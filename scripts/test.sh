@@ -54,6 +54,10 @@ fi
 
 # Benchmarks measure nothing useful under sanitizers or expensive checks, so
 # those builds leave them out (and save CI time); tests, samples and tools stay.
+# The CUDA and HIP plugins (nvcc / hipcc) are compiled by the plain build only:
+# sanitizer builds turn them off (driver/gpu/CMakeLists.txt, AUTO under
+# UHMM_SANITIZE) and the checked build passes UHMM_CUDA=OFF UHMM_HIP=OFF. No
+# GPU runs in CI, so the other builds would only compile them again.
 run_config() {
   local config=$1 dir args=(-DUHMM_WERROR=ON) wrap=()
   case "$config" in
@@ -78,7 +82,8 @@ run_config() {
       ;;
     checked)
       dir=build-checked
-      args+=(-DUHMM_EXPENSIVE_CHECKS=ON -DUHMM_BUILD_BENCH=OFF)
+      # GPU plugins only in the plain build (see below).
+      args+=(-DUHMM_EXPENSIVE_CHECKS=ON -DUHMM_BUILD_BENCH=OFF -DUHMM_CUDA=OFF -DUHMM_HIP=OFF)
       ;;
   esac
   echo "==== test.sh: $config ($dir) ===="
