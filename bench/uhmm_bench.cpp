@@ -103,8 +103,8 @@ double scan_gbps(std::size_t bytes, bool fault_ahead) {
 // data on the host and, when the working set exceeds the pool (factor > 1),
 // with the pool full of older windows, so every window evicts one. factor 1:
 // the pool holds it all (the floor). Windows in order, or in a seeded random
-// order. Returns GB/s of working set processed.
-double oversubscribed_gbps(std::size_t working_set, double factor, bool random) {
+// order. Returns GB/s of working set processed, best of `rounds` timed passes.
+double oversubscribed_gbps(std::size_t working_set, double factor, bool random, int rounds) {
   constexpr std::size_t kWindow = 2 * MiB;
   const std::size_t pool = factor <= 1.0 ? working_set + kWindow
                                          : std::max<std::size_t>(kWindow, static_cast<std::size_t>(
@@ -131,12 +131,15 @@ double oversubscribed_gbps(std::size_t working_set, double factor, bool random) 
     }
   };
   pass();  // warm: the pool fills (and, oversubscribed, starts evicting)
-  if (factor <= 1.0) ctx.migrate_to_host(data, working_set);  // the floor starts from the host too
-  const auto t0 = Clock::now();
-  pass();
-  const double s = seconds_since(t0);
+  double best = 1e30;
+  for (int r = 0; r < rounds; ++r) {
+    if (factor <= 1.0) ctx.migrate_to_host(data, working_set);  // the floor starts from the host too
+    const auto t0 = Clock::now();
+    pass();
+    best = std::min(best, seconds_since(t0));
+  }
   ctx.free(data);
-  return static_cast<double>(working_set) / s / 1e9;
+  return static_cast<double>(working_set) / best / 1e9;
 }
 
 }  // namespace
@@ -190,9 +193,9 @@ int main(int argc, char** argv) {
     const std::size_t working_set = quick ? 24 * MiB : 192 * MiB;
     for (bool random : {false, true}) {
       const char* how = random ? "random" : "streaming";
-      const double in_pool = oversubscribed_gbps(working_set, 1.0, random);
+      const double in_pool = oversubscribed_gbps(working_set, 1.0, random, quick ? 3 : 5);
       for (double factor : {1.5, 2.0, 4.0}) {
-        const double g = oversubscribed_gbps(working_set, factor, random);
+        const double g = oversubscribed_gbps(working_set, factor, random, quick ? 3 : 5);
         rows.push_back({fmt::format("{} MiB at {:.1f}x the pool, {}", working_set / MiB, factor, how),
                         fmt::format("{:.2f} GB/s", g), fmt::format("in pool {:.2f} GB/s", in_pool), g / in_pool});
       }

@@ -90,7 +90,8 @@ Status PagePool::take_injection(std::size_t pages) noexcept {
 }
 
 Status PagePool::check_limit(std::size_t pages) const noexcept {
-  if (in_use_ + pages <= limit_pages_) return Status::ok();
+  // At full capacity, grow() reports exhaustion in its own words.
+  if (limit_pages_ == capacity_pages_ || in_use_ + pages <= limit_pages_) return Status::ok();
   try {
     return oom(fmt::format("device pool limited to {} pages: {} in use", limit_pages_, in_use_));
   } catch (...) {

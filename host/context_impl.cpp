@@ -97,7 +97,8 @@ MigrationResult ContextImpl::migrate_to_device(void* p, std::size_t bytes, Owner
   enum : std::uint8_t { kUntouched, kMoved, kFailed };
   std::vector<std::uint8_t> outcome(span.count(), kUntouched);
   std::vector<std::uint64_t> src(span.count()), dst(span.count());
-  Status failure;  // of the latest pass that left pages behind
+  Status failure;        // of the latest pass that left pages behind, in any round
+  Status round_failure;  // the same, in this round only
 
   // One pass per source: host and never-touched pages first, then the pages of
   // each other device (selected by owner, copied device to device).
@@ -121,8 +122,9 @@ MigrationResult ContextImpl::migrate_to_device(void* p, std::size_t bytes, Owner
       else if (src[i] != 0) outcome[i] = kFailed, ++failed;
     }
     if (failed > 0) {
-      failure = copied ? Status{Errc::device_error, "pages were not migrated"} : copied;
-      if (failure.code != Errc::out_of_memory) AtomicCounters::add(counters.copy_failures, 1);
+      round_failure = copied ? Status{Errc::device_error, "pages were not migrated"} : copied;
+      if (round_failure.code != Errc::out_of_memory) AtomicCounters::add(counters.copy_failures, 1);
+      failure = round_failure;
     }
   };
   auto all_passes = [&] {
@@ -147,10 +149,11 @@ MigrationResult ContextImpl::migrate_to_device(void* p, std::size_t bytes, Owner
   constexpr int kEvictionRounds = 16;
   const EvictionGuard guard{span.range().id(), span.first(), span.end()};
   for (int round = 0;; ++round) {
-    failure = Status{};
+    round_failure = Status{};
     all_passes();
     const auto left = static_cast<std::size_t>(std::count(outcome.begin(), outcome.end(), kFailed));
-    if (left == 0 || failure.code != Errc::out_of_memory || !options.evict || round + 1 == kEvictionRounds) break;
+    if (left == 0 || round_failure.code != Errc::out_of_memory || !options.evict || round + 1 == kEvictionRounds)
+      break;
     if (make_room(*this, dev.owner(), left, &guard).pages == 0) break;
   }
 
@@ -171,6 +174,8 @@ MigrationResult ContextImpl::migrate_to_device(void* p, std::size_t bytes, Owner
     there ? ++result.already : ++result.skipped;
     if (there) recency->touch(e.device_page(), now);
   }
+  // A page that failed in an earlier round and was locked by someone else in
+  // the later ones failed for that round's reason.
   if (result.failed > 0) {
     result.status = failure ? Status{Errc::device_error, "pages were not migrated"} : failure;
     if (result.status.code == Errc::out_of_memory) AtomicCounters::add(counters.alloc_failures, result.failed);
