@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "atomic_counters.hpp"
+#include "observer.hpp"
 #include "range_registry.hpp"
 #include "reverse_map.hpp"
 #include "staging_pool.hpp"
@@ -71,6 +72,7 @@ class ContextImpl {
   Userfaultfd uffd;
   RangeRegistry ranges;
   AtomicCounters counters;
+  Observer observer{options.trace_path};
   UnlockEvents unlocks;
 
  private:

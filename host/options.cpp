@@ -83,6 +83,7 @@ const Option kOptions[] = {
        if (d < 1 || d > 255) bad(n, v, "a device count from 1 to 255");
        o.devices = static_cast<unsigned>(d);
      }},
+    {"UHMM_TRACE", [](ContextOptions& o, std::string_view, std::string_view v) { o.trace_path = v; }},
     {"UHMM_STATS", [](ContextOptions& o, std::string_view n, std::string_view v) { o.print_stats = parse_bool(n, v); }},
     {"UHMM_FAULT_AHEAD", [](ContextOptions& o, std::string_view n, std::string_view v) { o.fault_ahead = parse_bool(n, v); }},
     {"UHMM_FAULT_SPIN_US",

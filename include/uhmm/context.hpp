@@ -13,6 +13,7 @@
 #include "uhmm/backend.hpp"
 #include "uhmm/counters.hpp"
 #include "uhmm/export.hpp"
+#include "uhmm/latency.hpp"
 #include "uhmm/types.hpp"
 #include "uhmm/device_span.hpp"
 
@@ -31,6 +32,7 @@ struct UHMM_EXPORT ContextOptions {
   unsigned fault_spin_us = 0;         // UHMM_FAULT_SPIN_US: fault service polls this long before sleeping
   unsigned cpu_copy_threads = 1;      // UHMM_CPU_COPY_THREADS: cpu-backend workers per stream
   bool print_stats = false;           // UHMM_STATS: print the counters to stderr when the context ends
+  std::string trace_path;             // UHMM_TRACE: write a Chrome/Perfetto trace here (empty: none)
 
   // Defaults overridden by the UHMM_* environment variables above; throws
   // uhmm::Error naming the variable when a value is malformed.
@@ -121,6 +123,8 @@ class UHMM_EXPORT Context {
   std::vector<PageState> residency(const void* p, std::size_t bytes) const;
 
   Counters counters() const;
+  // Latency histograms of faults by kind and of migrations each way.
+  Latencies latency() const;
 
   // Checks the mirror page tables and the device pools for consistency (walks
   // everything: for tests and debugging). Call it while no operation runs on
