@@ -8,6 +8,7 @@ packages=(
   build-essential cmake ninja-build pkg-config
   libfmt-dev libspdlog-dev libgtest-dev libgmock-dev libbenchmark-dev
   libcli11-dev nlohmann-json3-dev libdrm-dev clang-format
+  gnuplot-nox jq
 )
 
 installed() {
