@@ -68,6 +68,6 @@ GNUPLOT
   echo
   echo "| measure | figure | floor (same run) | ratio |"
   echo "| --- | ---: | --- | ---: |"
-  jq -r '.results[] | "| \(.measure) | \(.value * 100 | round / 100) \(.unit) | \(.floor) \(.floor_value * 100 | round / 100) | \(.ratio * 1000 | round / 1000) |"' "$json"
+  jq -r '.results[] | "| \(.measure) | \(.value * 100 | round / 100) \(.unit) | \(.floor) \(.floor_value * 100 | round / 100) \(.unit) | \(.ratio * 1000 | round / 1000) |"' "$json"
 } > "$out/table.md"
 echo "plot-bench.sh: wrote $out/migrate.png, $out/faults.png, $out/table.md"
