@@ -35,8 +35,10 @@ void* map_anonymous(std::size_t bytes) {
 
 Latencies summarize(std::vector<double>& s) {
   if (s.empty()) return {};
+  double total = 0;
+  for (double v : s) total += v;
   std::sort(s.begin(), s.end());
-  return {s[s.size() / 2], s[std::min(s.size() - 1, s.size() * 99 / 100)]};
+  return {s[s.size() / 2], s[std::min(s.size() - 1, s.size() * 99 / 100)], total / static_cast<double>(s.size())};
 }
 
 double memcpy_gbps(std::size_t bytes) {

@@ -10,6 +10,7 @@ namespace uhmm::bench {
 struct Latencies {
   double p50_us = 0;
   double p99_us = 0;
+  double mean_us = 0;  // for rates: 1e6 / mean_us events per second
 };
 Latencies summarize(std::vector<double>& samples_us);
 

@@ -7,19 +7,14 @@
 #include <string>
 
 #include "context_impl.hpp"
+#include "stats_report.hpp"
 
 namespace uhmm {
 
 Context::Context() : Context(ContextOptions::from_environment()) {}
 Context::Context(const ContextOptions& options) : impl_(std::make_unique<detail::ContextImpl>(options)) {}
 Context::~Context() {
-  if (!impl_->options.print_stats) return;
-  const Counters c = counters();
-  std::string out = "uhmm counters:\n";
-#define UHMM_PRINT_COUNTER(name) out += fmt::format("  {:<28} {:>14}\n", #name, c.name);
-  UHMM_COUNTERS(UHMM_PRINT_COUNTER)
-#undef UHMM_PRINT_COUNTER
-  std::fputs(out.c_str(), stderr);
+  if (impl_->options.print_stats) std::fputs(detail::stats_report(counters(), latency()).c_str(), stderr);
 }
 
 void* Context::allocate(std::size_t bytes) { return impl_->allocate(bytes); }
@@ -57,6 +52,8 @@ void Context::unpin(void* p, std::size_t bytes) { impl_->set_pinned(p, bytes, fa
 std::vector<PageState> Context::residency(const void* p, std::size_t bytes) const {
   return impl_->residency(p, bytes);
 }
+
+Latencies Context::latency() const { return impl_->observer.latencies(); }
 
 Counters Context::counters() const {
   Counters c = impl_->counters.snapshot();

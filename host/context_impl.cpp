@@ -91,6 +91,7 @@ void ContextImpl::free(void* base) {
 }
 
 MigrationResult ContextImpl::migrate_to_device(void* p, std::size_t bytes, OwnerId owner) {
+  const std::uint64_t start_ns = now_ns();
   Device& dev = device(owner, "migrate_to_device");
   const RangeSpan span = ranges.resolve(p, bytes, "migrate_to_device");  // validates before anything changes
   const auto& table = span.range().table();
@@ -111,7 +112,9 @@ MigrationResult ContextImpl::migrate_to_device(void* p, std::size_t bytes, Owner
     args.flags = flags;
     args.pgmap_owner = from;
     migrate_vma_setup(*this, args);
+    const std::uint64_t copy_start = now_ns();
     const Status copied = args.cpages > 0 ? dev.alloc_and_copy(args) : Status{};
+    AtomicCounters::add(counters.copy_ns_to_device, args.cpages > 0 ? now_ns() - copy_start : 0);
     migrate_vma_pages(*this, args);
     migrate_vma_finalize(*this, args);
     // src[i] now: MIGRATE for pages that moved; other bits without MIGRATE for
@@ -180,6 +183,7 @@ MigrationResult ContextImpl::migrate_to_device(void* p, std::size_t bytes, Owner
     result.status = failure ? Status{Errc::device_error, "pages were not migrated"} : failure;
     if (result.status.code == Errc::out_of_memory) AtomicCounters::add(counters.alloc_failures, result.failed);
   }
+  observer.migrated_to_device(start_ns, dev.owner(), result);
   return result;
 }
 

@@ -12,6 +12,7 @@
 
 #include "access_recency.hpp"
 #include "atomic_counters.hpp"
+#include "observer.hpp"
 #include "range_registry.hpp"
 #include "reverse_map.hpp"
 #include "staging_pool.hpp"
@@ -86,6 +87,7 @@ class ContextImpl {
   Userfaultfd uffd;
   RangeRegistry ranges;
   AtomicCounters counters;
+  Observer observer{options.trace_path};
   UnlockEvents unlocks;
   std::unique_ptr<AccessRecency> recency;  // set once the devices are open
 

@@ -1,6 +1,7 @@
 #include "fault_service.hpp"
 
 #include <poll.h>
+#include <pthread.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -58,6 +59,7 @@ void FaultService::kick() noexcept {
 }
 
 void FaultService::run() noexcept {
+  ::pthread_setname_np(::pthread_self(), "uhmm-faults");  // its track's name in traces and debuggers
   pollfd fds[2] = {{ctx_.uffd.fd(), POLLIN, 0}, {event_fd_, POLLIN, 0}};
   std::vector<Fault> batch;
   const auto spin = std::chrono::microseconds(ctx_.options.fault_spin_us);
@@ -65,11 +67,12 @@ void FaultService::run() noexcept {
     std::size_t total = 0;
     for (;;) {
       const std::size_t n = ctx_.uffd.read_events(messages_.data(), messages_.size());
+      const std::uint64_t read_ns = n > 0 ? now_ns() : 0;
       for (std::size_t i = 0; i < n; ++i) {
         const uffd_msg& m = messages_[i];
         if (m.event != UFFD_EVENT_PAGEFAULT) continue;
         const bool wp = (m.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) != 0;
-        batch.push_back({static_cast<std::uintptr_t>(m.arg.pagefault.address) & ~(kPageSize - 1), wp});
+        batch.push_back({static_cast<std::uintptr_t>(m.arg.pagefault.address) & ~(kPageSize - 1), wp, read_ns});
         if (wp) AtomicCounters::add(ctx_.counters.faults_write_protect, 1);
       }
       total += n;
@@ -162,6 +165,8 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
   const bool ahead = ctx_.options.fault_ahead;
   std::vector<std::size_t> zero, back, wake, unprotect, faulting_back;
   std::size_t zero_faults = 0;
+  const std::span<const Fault> observed(faults, count);
+  const auto page_of = [&](std::uintptr_t a) { return range.page_of(reinterpret_cast<const void*>(a)); };
 
   {
     std::lock_guard lock(table.block_mutex(block));
@@ -202,6 +207,7 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
     sort_unique(back);
     sort_unique(faulting_back);
     sort_unique(unprotect);
+    sort_unique(wake);
     // A page with a stale MISSING fault next to its WP fault is mapped: the
     // unprotect (which wakes) answers both.
     std::erase_if(zero, [&](std::size_t p) { return std::binary_search(unprotect.begin(), unprotect.end(), p); });
@@ -240,6 +246,7 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
   AtomicCounters::add(ctx_.counters.faults_zero_fill, zero_faults > spurious ? zero_faults - spurious : 0);
   AtomicCounters::add(ctx_.counters.faults_spurious, spurious);
   ctx_.unlock(range, zero);
+  ctx_.observer.faults_resolved(FaultKind::zero_fill, observed, zero, false, page_of);
 
   if (!back.empty()) {
     const ContextImpl::BackResult r = ctx_.bring_back(range, back, staging_);
@@ -266,11 +273,14 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
     ctx_.unlock(range, back);  // counted first: a woken thread sees its fault in the counters
     // The CPU uses this block now: what stays of it on a device is recent.
     ctx_.recency->touch_block(table, block);
+    ctx_.observer.faults_resolved(FaultKind::from_device, observed, faulting_back, false, page_of);
   }
 
   for (std::size_t p : unprotect) ctx_.uffd.write_protect(range.page_address(p), kPageSize, false);
   ctx_.unlock(range, unprotect);
   for (std::size_t p : wake) ctx_.uffd.wake(range.page_address(p), kPageSize);
+  ctx_.observer.faults_resolved(FaultKind::write_protect, observed, unprotect, true, page_of);
+  ctx_.observer.faults_resolved(FaultKind::write_protect, observed, wake, true, page_of);
 }
 
 }  // namespace uhmm::detail

@@ -36,6 +36,7 @@ class FaultService {
   struct Fault {
     std::uintptr_t address;
     bool write_protect;  // a store to a write-protected page
+    std::uint64_t read_ns = 0;  // when the service read it: its latency starts here
   };
 
   void run() noexcept;

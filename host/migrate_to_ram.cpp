@@ -19,6 +19,7 @@ ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<c
                                                 std::byte* staging) noexcept {
   BackResult out;
   if (pages.empty()) return out;
+  const std::uint64_t start_ns = now_ns();
   auto& table = range.table();
   const std::size_t block = MirrorTable::block_of(pages.front());
   const std::size_t base = table.block_begin(block);
@@ -46,8 +47,10 @@ ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<c
     // One retry of what failed: an injected or transient copy fault must not
     // cost data while a second attempt can still succeed.
     for (int attempt = 0; attempt < 2 && done < indices.size(); ++attempt) {
+      const std::uint64_t copy_start = now_ns();
       const BatchResult r = devices_[owner - 1]->copy_to_ram(std::span(indices).subspan(done),
                                                              std::span<std::byte* const>(dst).subspan(done));
+      AtomicCounters::add(counters.copy_ns_to_host, now_ns() - copy_start);
       done += std::min(r.pages_done, indices.size() - done);
       if (!r.status) {
         AtomicCounters::add(counters.copy_failures, 1);
@@ -102,6 +105,8 @@ ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<c
   }
   AtomicCounters::add(counters.pages_to_host, out.moved);
   AtomicCounters::add(counters.bytes_to_host, out.moved * kPageSize);
+  observer.migrated_to_host(start_ns, reinterpret_cast<std::uintptr_t>(range.page_address(pages.front())), pages.size(),
+                            out.moved);
   return out;
 }
 
@@ -182,6 +187,7 @@ std::size_t ContextImpl::migrate_device_range(OwnerId owner, DevicePageIndex fir
 ContextImpl::DeviceRangeEviction ContextImpl::evict_device_range(OwnerId owner, DevicePageIndex first,
                                                                  std::size_t npages, bool wait) {
   DeviceRangeEviction out;
+  const std::uint64_t start_ns = now_ns();
   StagingBuffer staging(*staging_);
   if (staging.get() == nullptr) {
     out.status = {Errc::out_of_memory, "evicting device pages: no host memory for a staging buffer"};
@@ -239,6 +245,7 @@ ContextImpl::DeviceRangeEviction ContextImpl::evict_device_range(OwnerId owner, 
     if (waiting && !progressed) unlocks.wait_after(generation);
   }
   AtomicCounters::add(counters.device_evictions, out.moved);
+  observer.evicted(start_ns, owner, first, npages, out.moved);
   check_invariants();
   return out;
 }

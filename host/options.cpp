@@ -98,6 +98,7 @@ const Option kOptions[] = {
        if (v.empty()) bad(n, v, "a directory holding libuhmm-backend-<name>.so");
        o.plugin_dir = std::string(v);
      }},
+    {"UHMM_TRACE", [](ContextOptions& o, std::string_view, std::string_view v) { o.trace_path = v; }},
     {"UHMM_STATS", [](ContextOptions& o, std::string_view n, std::string_view v) { o.print_stats = parse_bool(n, v); }},
     {"UHMM_FAULT_AHEAD", [](ContextOptions& o, std::string_view n, std::string_view v) { o.fault_ahead = parse_bool(n, v); }},
     {"UHMM_FAULT_SPIN_US",

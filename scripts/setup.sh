@@ -8,6 +8,7 @@ packages=(
   build-essential cmake ninja-build pkg-config
   libfmt-dev libspdlog-dev libgtest-dev libgmock-dev libbenchmark-dev
   libcli11-dev nlohmann-json3-dev libdrm-dev clang-format
+  gnuplot-nox jq  # scripts/plot-bench.sh
   # The HIP plugin: hipcc (clang-15) and the HIP runtime, from Debian's ROCm
   # 5.2. About 66 MB to download, 350 MB installed, ~35 s on a fresh machine.
   hipcc libamdhip64-dev

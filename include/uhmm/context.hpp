@@ -13,6 +13,7 @@
 #include "uhmm/backend.hpp"
 #include "uhmm/counters.hpp"
 #include "uhmm/export.hpp"
+#include "uhmm/latency.hpp"
 #include "uhmm/types.hpp"
 #include "uhmm/device_span.hpp"
 
@@ -37,6 +38,7 @@ struct UHMM_EXPORT ContextOptions {
   // used device chunks back to host (oversubscription). Off: the pages that do
   // not fit fail with Errc::out_of_memory and stay where they are.
   bool evict = true;
+  std::string trace_path;             // UHMM_TRACE: write a Chrome/Perfetto trace here (empty: none)
 
   // Defaults overridden by the UHMM_* environment variables above; throws
   // uhmm::Error naming the variable when a value is malformed.
@@ -134,6 +136,8 @@ class UHMM_EXPORT Context {
   std::vector<PageState> residency(const void* p, std::size_t bytes) const;
 
   Counters counters() const;
+  // Latency histograms of faults by kind and of migrations each way.
+  Latencies latency() const;
 
   // Checks the mirror page tables and the device pools for consistency (walks
   // everything: for tests and debugging). Call it while no operation runs on

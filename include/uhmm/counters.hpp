@@ -13,6 +13,8 @@
   X(pages_to_host)                                                                               \
   X(bytes_to_host)                                                                               \
   X(compound_migrations) /* 2 MiB runs moved as one unit */                                      \
+  X(copy_ns_to_device)   /* time spent in device copies (allocation included) to the device */   \
+  X(copy_ns_to_host)     /* time spent in device copies back to host staging */                  \
   /* CPU faults serviced, by kind. */                                                            \
   X(faults_zero_fill)     /* first touch of never-populated pages */                             \
   X(faults_from_device)   /* a page brought back from a device (migrate_to_ram) */               \
