@@ -36,4 +36,10 @@ double fault_storm_rate(std::size_t pages, unsigned threads, bool shared);
 // from the resident anonymous memory a fully populated range adds.
 double mirror_bytes_per_page(std::size_t range_bytes);
 
+// A working set streamed through the device in 2 MiB windows, each migrated
+// and rewritten by a kernel, with a pool `factor` times smaller (factor <= 1:
+// the pool holds it all, the floor). In order or in a seeded random order. GB/s
+// of working set processed, best of `rounds` timed passes.
+double oversubscribed_gbps(std::size_t working_set, double factor, bool random, int rounds);
+
 }  // namespace uhmm::bench
