@@ -43,10 +43,11 @@ struct Row {
   double ratio;
 };
 
-uhmm::ContextOptions options(std::size_t pool, bool fault_ahead) {
+uhmm::ContextOptions options(std::size_t pool, bool fault_ahead, const char* fault_mode = nullptr) {
   uhmm::ContextOptions o = uhmm::ContextOptions::from_environment();
   o.device_pool_bytes = pool;
   o.fault_ahead = fault_ahead;
+  if (fault_mode != nullptr) o.fault_mode = fault_mode;
   return o;
 }
 
@@ -68,8 +69,8 @@ std::pair<double, double> migrate_round_trip(std::size_t bytes, int rounds) {
   return {static_cast<double>(bytes) / to / 1e9, static_cast<double>(bytes) / back / 1e9};
 }
 
-Latencies device_fault_latency(std::size_t faults) {
-  uhmm::Context ctx(options(faults * uhmm::kPageSize + 4 * MiB, /*fault_ahead=*/false));
+Latencies device_fault_latency(std::size_t faults, const char* fault_mode = nullptr) {
+  uhmm::Context ctx(options(faults * uhmm::kPageSize + 4 * MiB, /*fault_ahead=*/false, fault_mode));
   auto* p = static_cast<char*>(ctx.allocate(faults * uhmm::kPageSize));
   std::memset(p, 3, faults * uhmm::kPageSize);
   ctx.migrate_to_device(p, faults * uhmm::kPageSize);
@@ -135,6 +136,15 @@ int main(int argc, char** argv) {
                     fmt::format("bare uffd {:.1f} us", bare.p99_us), dev.p99_us / bare.p99_us});
     rows.push_back({"CPU fault on a device page, p50", fmt::format("{:.1f} us", dev.p50_us),
                     fmt::format("first touch {:.2f} us", touch), dev.p50_us / touch});
+    // The signal fault mechanism (where userfaultfd is refused), against both floors.
+    const Latencies bare_signal = uhmm::bench::bare_sigsegv_round_trip(faults);
+    const Latencies sig = device_fault_latency(faults, "signal");
+    rows.push_back({"CPU fault on a device page, signal mode, p50", fmt::format("{:.1f} us", sig.p50_us),
+                    fmt::format("bare uffd {:.1f} us", bare.p50_us), sig.p50_us / bare.p50_us});
+    rows.push_back({"CPU fault on a device page, signal mode, p50", fmt::format("{:.1f} us", sig.p50_us),
+                    fmt::format("bare SIGSEGV {:.1f} us", bare_signal.p50_us), sig.p50_us / bare_signal.p50_us});
+    rows.push_back({"CPU fault on a device page, signal mode, p99", fmt::format("{:.1f} us", sig.p99_us),
+                    fmt::format("bare SIGSEGV {:.1f} us", bare_signal.p99_us), sig.p99_us / bare_signal.p99_us});
 
     const std::size_t scan = quick ? 16 * MiB : 256 * MiB;
     const double scan_floor = uhmm::bench::memcpy_gbps(scan);

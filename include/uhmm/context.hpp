@@ -31,6 +31,9 @@ struct UHMM_EXPORT ContextOptions {
   unsigned fault_spin_us = 0;         // UHMM_FAULT_SPIN_US: fault service polls this long before sleeping
   unsigned cpu_copy_threads = 1;      // UHMM_CPU_COPY_THREADS: cpu-backend workers per stream
   bool print_stats = false;           // UHMM_STATS: print the counters to stderr when the context ends
+  // UHMM_FAULT_MODE: how CPU faults are caught. auto: userfaultfd, else (when
+  // refused) SIGSEGV + mprotect with a log line; userfaultfd | signal: forced.
+  std::string fault_mode = "auto";
 
   // Defaults overridden by the UHMM_* environment variables above; throws
   // uhmm::Error naming the variable when a value is malformed.
@@ -89,6 +92,9 @@ class UHMM_EXPORT Context {
   void free(void* base);
   // Size in bytes of the range starting at base (rounded to pages).
   std::size_t range_size(const void* base) const;
+
+  // "userfaultfd" or "signal": the fault mechanism this context runs on.
+  const char* fault_mode() const noexcept;
 
   std::size_t device_count() const noexcept;
   // The owner id of device i (devices are numbered 0..device_count()-1).
