@@ -193,7 +193,9 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
         // Empty, or System but unmapped (the application dropped it): zeros.
         // A page mapped already answers EEXIST and its thread is just woken.
         zero.push_back(p);
-        ++zero_faults;
+        // A host page the signal mechanism closed is reopened with its block
+        // below (unprotect): no zero fill.
+        if (!(open_block && e.residency() == Residency::System)) ++zero_faults;
       }
     }
     if (ahead && !zero.empty())
@@ -250,7 +252,6 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
   }
   AtomicCounters::add(ctx_.counters.faults_zero_fill, zero_faults > spurious ? zero_faults - spurious : 0);
   AtomicCounters::add(ctx_.counters.faults_spurious, spurious);
-  ctx_.unlock(range, zero);
 
   if (!back.empty()) {
     const ContextImpl::BackResult r = ctx_.bring_back(range, back, staging_);
@@ -277,7 +278,6 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
                                    }));
     AtomicCounters::add(ctx_.counters.faults_from_device, faulting_moved);
     AtomicCounters::add(ctx_.counters.pages_fault_ahead, r.moved > faulting_moved ? r.moved - faulting_moved : 0);
-    ctx_.unlock(range, back);  // counted first: a woken thread sees its fault in the counters
   }
 
   for (std::size_t k = 0; k < unprotect.size();) {
@@ -286,7 +286,16 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
     mechanism.write_protect(range, unprotect[k], run, false);
     k += run;
   }
-  ctx_.unlock(range, unprotect);
+  // One unlock for every page held here, after the counters: a woken thread
+  // sees its fault counted and finds nothing of this resolution still locked
+  // (a migration it starts next would skip a locked page).
+  std::vector<std::size_t> held;
+  held.reserve(zero.size() + back.size() + unprotect.size());
+  held.insert(held.end(), zero.begin(), zero.end());
+  held.insert(held.end(), back.begin(), back.end());
+  held.insert(held.end(), unprotect.begin(), unprotect.end());
+  sort_unique(held);
+  ctx_.unlock(range, held);
   for (std::size_t p : wake) mechanism.wake(reinterpret_cast<std::uintptr_t>(range.page_address(p)), kPageSize);
 }
 
