@@ -101,6 +101,15 @@ int main(int argc, char** argv) {
                     bare.p99_us, dev.p99_us / bare.p99_us});
     rows.push_back({"fault latency vs first touch", 50, "CPU fault on a device page, p50", dev.p50_us, "us",
                     "first touch", touch, dev.p50_us / touch});
+    // The signal fault mechanism (where userfaultfd is refused), against both floors.
+    const Latencies bare_signal = bare_sigsegv_round_trip(faults);
+    const Latencies sig = device_fault_latency(faults, "signal");
+    rows.push_back({"fault latency, signal mode", 50, "CPU fault on a device page, signal mode, p50", sig.p50_us,
+                    "us", "bare uffd p50", bare.p50_us, sig.p50_us / bare.p50_us});
+    rows.push_back({"fault latency, signal mode", 50, "CPU fault on a device page, signal mode, p50", sig.p50_us,
+                    "us", "bare SIGSEGV p50", bare_signal.p50_us, sig.p50_us / bare_signal.p50_us});
+    rows.push_back({"fault latency, signal mode", 99, "CPU fault on a device page, signal mode, p99", sig.p99_us,
+                    "us", "bare SIGSEGV p99", bare_signal.p99_us, sig.p99_us / bare_signal.p99_us});
 
     progress.step("sequential scan");
     const std::size_t scan = quick ? 16 * MiB : 256 * MiB;

@@ -21,10 +21,11 @@ constexpr std::size_t MiB = std::size_t{1} << 20;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-ContextOptions options(std::size_t pool, bool fault_ahead) {
+ContextOptions options(std::size_t pool, bool fault_ahead, const char* fault_mode = nullptr) {
   ContextOptions o = ContextOptions::from_environment();
   o.device_pool_bytes = (pool + kChunkSize - 1) & ~(kChunkSize - 1);
   o.fault_ahead = fault_ahead;
+  if (fault_mode != nullptr) o.fault_mode = fault_mode;
   return o;
 }
 
@@ -50,8 +51,8 @@ double run_together(unsigned threads, Body body) {
 
 // A device-resident range of `pages` pages, each page's first byte its index.
 struct DevicePages {
-  DevicePages(std::size_t pages, bool fault_ahead)
-      : ctx(options(pages * kPageSize + 4 * MiB, fault_ahead)),
+  DevicePages(std::size_t pages, bool fault_ahead, const char* fault_mode = nullptr)
+      : ctx(options(pages * kPageSize + 4 * MiB, fault_ahead, fault_mode)),
         base(static_cast<unsigned char*>(ctx.allocate(pages * kPageSize))),
         count(pages) {
     for (std::size_t i = 0; i < pages; ++i) base[i * kPageSize] = static_cast<unsigned char>(i);
@@ -91,8 +92,8 @@ MigrateRates migrate_round_trip(std::size_t bytes, bool compound, int rounds) {
   return {static_cast<double>(bytes) / to / 1e9, static_cast<double>(bytes) / back / 1e9};
 }
 
-Latencies device_fault_latency(std::size_t faults) {
-  DevicePages d(faults, /*fault_ahead=*/false);
+Latencies device_fault_latency(std::size_t faults, const char* fault_mode) {
+  DevicePages d(faults, /*fault_ahead=*/false, fault_mode);
   std::vector<double> us;
   us.reserve(faults);
   for (std::size_t i = 0; i < faults; ++i) {

@@ -17,8 +17,9 @@ struct MigrateRates {
 };
 MigrateRates migrate_round_trip(std::size_t bytes, bool compound, int rounds);
 
-// One CPU read fault on a device-resident page at a time (fault-ahead off).
-Latencies device_fault_latency(std::size_t faults);
+// One CPU read fault on a device-resident page at a time (fault-ahead off),
+// with the given fault mechanism (UHMM_FAULT_MODE's values; null: the options').
+Latencies device_fault_latency(std::size_t faults, const char* fault_mode = nullptr);
 
 // A sequential CPU scan of a device-resident range, in GB/s.
 double scan_gbps(std::size_t bytes, bool fault_ahead);

@@ -22,6 +22,7 @@ void Context::free(void* base) { impl_->free(base); }
 std::size_t Context::range_size(const void* base) const { return impl_->ranges.size_of(base, "range_size"); }
 
 std::size_t Context::device_count() const noexcept { return impl_->device_count(); }
+const char* Context::fault_mode() const noexcept { return impl_->mechanism->name(); }
 
 OwnerId Context::device_owner(std::size_t i) const {
   if (i >= impl_->device_count())

@@ -11,7 +11,7 @@
 
 namespace uhmm::detail {
 
-ContextImpl::ContextImpl(const ContextOptions& opts) : options(opts) {
+ContextImpl::ContextImpl(const ContextOptions& opts) : options(opts), mechanism(open_fault_mechanism(options)) {
   devices_ = open_devices(options, [this](OwnerId owner) { return pagemap(owner); });
   if (devices_.empty()) throw Error(Errc::device_error, "no device was opened");
   std::vector<std::size_t> capacities;
@@ -22,8 +22,8 @@ ContextImpl::ContextImpl(const ContextOptions& opts) : options(opts) {
   recency = std::make_unique<AccessRecency>(capacities);
   staging_ = std::make_unique<StagingPool>(devices_.front()->backend());
   faults_ = std::make_unique<FaultService>(*this);
-  log().info("context ready: {} device(s) on the {} backend, fault-ahead {}", devices_.size(),
-             devices_.front()->info().backend, options.fault_ahead ? "on" : "off");
+  log().info("context ready: {} device(s) on the {} backend, fault-ahead {}, {} faults", devices_.size(),
+             devices_.front()->info().backend, options.fault_ahead ? "on" : "off", mechanism->name());
 }
 
 ContextImpl::~ContextImpl() {
@@ -59,7 +59,7 @@ void* ContextImpl::allocate(std::size_t bytes) {
     throw Error(Errc::invalid_argument, fmt::format("allocate: {} bytes is more than the 1 TiB a range may span", bytes));
   const std::size_t rounded = (bytes + kPageSize - 1) & ~(kPageSize - 1);
   try {
-    auto range = std::make_shared<ManagedRange>(next_range_id_.fetch_add(1), rounded, uffd);
+    auto range = std::make_shared<ManagedRange>(next_range_id_.fetch_add(1), rounded, *mechanism);
     void* base = range->base();
     ranges.add(std::move(range));
     return base;
@@ -87,7 +87,7 @@ void ContextImpl::free(void* base) {
     for (DevicePageIndex index : to_free[owner]) rmaps_[owner - 1]->clear(index);
     if (!to_free[owner].empty()) devices_[owner - 1]->page_free(to_free[owner]);
   }
-  // ~ManagedRange unregisters (waking any thread still faulting here) and unmaps.
+  // ~ManagedRange unmaps (waking any thread still faulting here).
 }
 
 MigrationResult ContextImpl::migrate_to_device(void* p, std::size_t bytes, OwnerId owner) {

@@ -18,8 +18,8 @@
 #include "staging_pool.hpp"
 #include "uhmm/context.hpp"
 #include "uhmm/detail/device.hpp"
+#include "fault_mechanism.hpp"
 #include "unlock_events.hpp"
-#include "userfaultfd.hpp"
 
 namespace uhmm::detail {
 
@@ -84,7 +84,9 @@ class ContextImpl {
   void check_invariants() const;
 
   const ContextOptions options;
-  Userfaultfd uffd;
+  // How faults reach the fault service and pages reach the range (declared
+  // before the ranges: it outlives them).
+  const std::unique_ptr<FaultMechanism> mechanism;
   RangeRegistry ranges;
   AtomicCounters counters;
   Observer observer{options.trace_path};

@@ -14,6 +14,7 @@
 
 #include "context_impl.hpp"
 #include "page_runs.hpp"
+#include "signal_fault_handler.hpp"
 #include "uhmm/detail/log.hpp"
 
 namespace uhmm::detail {
@@ -28,7 +29,7 @@ void sort_unique(std::vector<std::size_t>& v) {
 
 }  // namespace
 
-FaultService::FaultService(ContextImpl& ctx) : ctx_(ctx), messages_(kMaxEventsPerRead) {
+FaultService::FaultService(ContextImpl& ctx) : ctx_(ctx), events_(kMaxEventsPerRead) {
   event_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (event_fd_ < 0)
     throw Error(Errc::system_error, fmt::format("eventfd for the fault service: {}", std::strerror(errno)));
@@ -60,23 +61,23 @@ void FaultService::kick() noexcept {
 
 void FaultService::run() noexcept {
   ::pthread_setname_np(::pthread_self(), "uhmm-faults");  // its track's name in traces and debuggers
-  pollfd fds[2] = {{ctx_.uffd.fd(), POLLIN, 0}, {event_fd_, POLLIN, 0}};
+  // A fault this thread took on managed memory would wait on itself.
+  signal_faults::mark_service_thread();
+  FaultMechanism& mechanism = *ctx_.mechanism;
+  pollfd fds[2] = {{mechanism.poll_fd(), POLLIN, 0}, {event_fd_, POLLIN, 0}};
   std::vector<Fault> batch;
   const auto spin = std::chrono::microseconds(ctx_.options.fault_spin_us);
   auto read_faults = [&] {
     std::size_t total = 0;
     for (;;) {
-      const std::size_t n = ctx_.uffd.read_events(messages_.data(), messages_.size());
+      const std::size_t n = mechanism.read_faults(events_.data(), events_.size());
       const std::uint64_t read_ns = n > 0 ? now_ns() : 0;
       for (std::size_t i = 0; i < n; ++i) {
-        const uffd_msg& m = messages_[i];
-        if (m.event != UFFD_EVENT_PAGEFAULT) continue;
-        const bool wp = (m.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) != 0;
-        batch.push_back({static_cast<std::uintptr_t>(m.arg.pagefault.address) & ~(kPageSize - 1), wp, read_ns});
-        if (wp) AtomicCounters::add(ctx_.counters.faults_write_protect, 1);
+        batch.push_back({events_[i].address, events_[i].write_protect, read_ns});
+        if (events_[i].write_protect) AtomicCounters::add(ctx_.counters.faults_write_protect, 1);
       }
       total += n;
-      if (n < messages_.size()) return total;
+      if (n < events_.size()) return total;
     }
   };
 
@@ -128,7 +129,7 @@ void FaultService::wake_unlocked_parked() noexcept {
     if (locked)
       parked_[kept++] = f;
     else
-      ctx_.uffd.wake(reinterpret_cast<void*>(f.address), kPageSize);
+      ctx_.mechanism->wake(f.address, kPageSize);
   }
   parked_count_.fetch_sub(parked_.size() - kept);
   parked_.resize(kept);
@@ -162,7 +163,12 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
   auto& table = range.table();
   const std::size_t lo = table.block_begin(block);
   const std::size_t hi = table.block_end(block);
-  const bool ahead = ctx_.options.fault_ahead;
+  FaultMechanism& mechanism = *ctx_.mechanism;
+  // Coarse (the signal mechanism near its mapping budget): open the whole
+  // block, so that it merges into one protection run again.
+  const bool coarse = mechanism.coarse();
+  const bool ahead = ctx_.options.fault_ahead || coarse;
+  const bool open_block = ahead && mechanism.closes_idle_host_pages();
   std::vector<std::size_t> zero, back, wake, unprotect, faulting_back;
   std::size_t zero_faults = 0;
   const std::span<const Fault> observed(faults, count);
@@ -180,7 +186,7 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
       } else if (e.has(MirrorEntry::kPoisoned)) {
         // The poison marker answers the retry with SIGBUS; a kernel without
         // UFFDIO_POISON leaves the thread blocked rather than looping.
-        if (ctx_.uffd.has_poison()) wake.push_back(p);
+        if (mechanism.has_poison()) wake.push_back(p);
       } else if (faults[k].write_protect) {
         // The migration that protected the page is over: either the page stayed
         // (unprotect) or it moved (wake: the retry faults as MISSING).
@@ -192,7 +198,9 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
         // Empty, or System but unmapped (the application dropped it): zeros.
         // A page mapped already answers EEXIST and its thread is just woken.
         zero.push_back(p);
-        ++zero_faults;
+        // A host page the signal mechanism closed is reopened with its block
+        // below (unprotect): no zero fill.
+        if (!(open_block && e.residency() == Residency::System)) ++zero_faults;
       }
     }
     if (ahead && !zero.empty())
@@ -202,6 +210,11 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
       for (std::size_t p = lo; p < hi; ++p) {
         const MirrorEntry e = table.entry(p);
         if (e.residency() == Residency::Device && !e.locked() && !e.has(MirrorEntry::kPoisoned)) back.push_back(p);
+      }
+    if (open_block)
+      for (std::size_t p = lo; p < hi; ++p) {
+        const MirrorEntry e = table.entry(p);
+        if (e.residency() == Residency::System && !e.locked() && !e.has(MirrorEntry::kPoisoned)) unprotect.push_back(p);
       }
     sort_unique(zero);
     sort_unique(back);
@@ -220,18 +233,18 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
     for (std::size_t p : unprotect) table.entry(p).set(MirrorEntry::kLocked);
   }
 
-  // Zeros: one UFFDIO_ZEROPAGE per run; a run with a mapped page goes page by page.
+  // Zeros: one install per run; a run with a mapped page goes page by page.
   std::size_t spurious = 0;
   for (std::size_t k = 0; k < zero.size();) {
     std::size_t run = 1;
     while (k + run < zero.size() && zero[k + run] == zero[k] + run) ++run;
-    if (ctx_.uffd.zeropage(range.page_address(zero[k]), run * kPageSize, /*wake=*/false) != 0) {
+    if (mechanism.install_zeros(range, zero[k], run) != 0) {
       for (std::size_t q = zero[k]; q < zero[k] + run; ++q) {
-        const int err = ctx_.uffd.zeropage(range.page_address(q), kPageSize, /*wake=*/false);
+        const int err = mechanism.install_zeros(range, q, 1);
         if (err == EEXIST) {
           ++spurious;
         } else if (err != 0) {
-          log().error("fault service: UFFDIO_ZEROPAGE at {} failed: {}", static_cast<void*>(range.page_address(q)),
+          log().error("fault service: mapping zeros at {} failed: {}", static_cast<void*>(range.page_address(q)),
                       std::strerror(err));
         }
       }
@@ -245,8 +258,6 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
   }
   AtomicCounters::add(ctx_.counters.faults_zero_fill, zero_faults > spurious ? zero_faults - spurious : 0);
   AtomicCounters::add(ctx_.counters.faults_spurious, spurious);
-  ctx_.unlock(range, zero);
-  ctx_.observer.faults_resolved(FaultKind::zero_fill, observed, zero, false, page_of);
 
   if (!back.empty()) {
     const ContextImpl::BackResult r = ctx_.bring_back(range, back, staging_);
@@ -254,12 +265,15 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
       if (!std::binary_search(faulting_back.begin(), faulting_back.end(), p)) continue;
       // The page cannot come back: the faulting access gets SIGBUS, like the
       // kernel's answer to a failed migrate_to_ram; the data stays on the device.
-      std::lock_guard lock(table.block_mutex(block));
-      table.entry(p).set(MirrorEntry::kPoisoned);
+      {
+        std::lock_guard lock(table.block_mutex(block));
+        table.entry(p).set(MirrorEntry::kPoisoned);
+      }
       AtomicCounters::add(ctx_.counters.pages_lost, 1);
       log().critical("page {} could not be brought back from its device ({}); accesses to it raise SIGBUS",
                      static_cast<void*>(range.page_address(p)), r.status.message);
-      if (const int err = ctx_.uffd.poison(range.page_address(p), kPageSize); err != 0)
+      // Outside the block lock: the signal mechanism takes block locks under its own.
+      if (const int err = mechanism.poison(range, p, 1); err != 0)
         log().critical("poisoning page {} failed ({}): its faulting thread stays blocked",
                        static_cast<void*>(range.page_address(p)), std::strerror(err));
     }
@@ -270,15 +284,29 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
                                    }));
     AtomicCounters::add(ctx_.counters.faults_from_device, faulting_moved);
     AtomicCounters::add(ctx_.counters.pages_fault_ahead, r.moved > faulting_moved ? r.moved - faulting_moved : 0);
-    ctx_.unlock(range, back);  // counted first: a woken thread sees its fault in the counters
     // The CPU uses this block now: what stays of it on a device is recent.
     ctx_.recency->touch_block(table, block);
-    ctx_.observer.faults_resolved(FaultKind::from_device, observed, faulting_back, false, page_of);
   }
 
-  for (std::size_t p : unprotect) ctx_.uffd.write_protect(range.page_address(p), kPageSize, false);
-  ctx_.unlock(range, unprotect);
-  for (std::size_t p : wake) ctx_.uffd.wake(range.page_address(p), kPageSize);
+  for (std::size_t k = 0; k < unprotect.size();) {
+    std::size_t run = 1;
+    while (k + run < unprotect.size() && unprotect[k + run] == unprotect[k] + run) ++run;
+    mechanism.write_protect(range, unprotect[k], run, false);
+    k += run;
+  }
+  // One unlock for every page held here, after the counters: a woken thread
+  // sees its fault counted and finds nothing of this resolution still locked
+  // (a migration it starts next would skip a locked page).
+  std::vector<std::size_t> held;
+  held.reserve(zero.size() + back.size() + unprotect.size());
+  held.insert(held.end(), zero.begin(), zero.end());
+  held.insert(held.end(), back.begin(), back.end());
+  held.insert(held.end(), unprotect.begin(), unprotect.end());
+  sort_unique(held);
+  ctx_.unlock(range, held);
+  for (std::size_t p : wake) mechanism.wake(reinterpret_cast<std::uintptr_t>(range.page_address(p)), kPageSize);
+  ctx_.observer.faults_resolved(FaultKind::zero_fill, observed, zero, false, page_of);
+  ctx_.observer.faults_resolved(FaultKind::from_device, observed, faulting_back, false, page_of);
   ctx_.observer.faults_resolved(FaultKind::write_protect, observed, unprotect, true, page_of);
   ctx_.observer.faults_resolved(FaultKind::write_protect, observed, wake, true, page_of);
 }

@@ -1,5 +1,5 @@
-// The CPU fault service: one thread reading userfaultfd events in batches and
-// resolving each by its page's state (the kernel's do_swap_page +
+// The CPU fault service: one thread reading faults in batches from the fault
+// mechanism (userfaultfd or signal) and resolving each by its page's state (the kernel's do_swap_page +
 // migrate_to_ram for device-private pages).
 //
 // Cost on these machines is thread hand-offs (DESIGN.md), so the service
@@ -9,13 +9,13 @@
 // touch maps zeros over the whole block's never-touched pages.
 #pragma once
 
-#include <linux/userfaultfd.h>
-
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <thread>
 #include <vector>
+
+#include "fault_mechanism.hpp"
 
 namespace uhmm::detail {
 
@@ -50,7 +50,7 @@ class FaultService {
   std::atomic<bool> stop_{false};
   std::vector<Fault> parked_;                // faults on locked pages (service thread only)
   std::atomic<std::size_t> parked_count_{0};  // its size, for the unlock listener
-  std::vector<uffd_msg> messages_;
+  std::vector<FaultEvent> events_;
   std::byte* staging_ = nullptr;
   std::thread thread_;
 };

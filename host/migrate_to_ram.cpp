@@ -1,6 +1,6 @@
 // Migration back to host RAM (the kernel's migrate_to_ram): device pages are
-// copied into a staging block, then mapped into the managed range with
-// UFFDIO_COPY, which also wakes threads waiting on them. Used by the CPU fault
+// copied into a staging block, then installed in the managed range by the
+// fault mechanism (UFFDIO_COPY, or a copy through the signal mechanism's alias). Used by the CPU fault
 // service, Context::migrate_to_host and migrate_device_range.
 #include <algorithm>
 #include <cerrno>
@@ -64,21 +64,19 @@ ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<c
     for (std::size_t k = 0; k < done; ++k) ok[which[k] - base] = 1;
   }
 
-  // Map what arrived, one UFFDIO_COPY per contiguous run.
+  // Map what arrived, one install per contiguous run.
   for_each_run(base, end, [&](std::size_t p) { return ok[p - base] != 0; },
                [&](std::size_t p, std::size_t count) {
                  std::size_t copied = 0;
-                 const int err = uffd.copy(range.page_address(p), staging + (p - base) * kPageSize,
-                                           count * kPageSize, &copied, /*wake=*/false);
+                 const int err = mechanism->install_copy(range, p, count, staging + (p - base) * kPageSize, &copied);
                  if (err == 0) return;
                  // EEXIST: something mapped a page we hold locked (the application
                  // remapped the range); map the others page by page.
                  for (std::size_t q = p + copied / kPageSize; q < p + count; ++q) {
-                   const int e = uffd.copy(range.page_address(q), staging + (q - base) * kPageSize, kPageSize,
-                                           nullptr, /*wake=*/false);
+                   const int e = mechanism->install_copy(range, q, 1, staging + (q - base) * kPageSize, nullptr);
                    if (e != 0 && e != EEXIST) {
                      ok[q - base] = 0;
-                     out.status = {Errc::system_error, fmt::format("UFFDIO_COPY at {} failed: {}",
+                     out.status = {Errc::system_error, fmt::format("installing the page at {} failed: {}",
                                                                    static_cast<void*>(range.page_address(q)),
                                                                    std::strerror(e))};
                    }
@@ -128,7 +126,7 @@ void ContextImpl::unlock(ManagedRange& range, std::span<const std::size_t> pages
   for (std::size_t i = 0; i < pages.size();) {
     std::size_t run = 1;
     while (i + run < pages.size() && pages[i + run] == pages[i] + run) ++run;
-    uffd.wake(range.page_address(pages[i]), run * kPageSize);
+    mechanism->wake(reinterpret_cast<std::uintptr_t>(range.page_address(pages[i])), run * kPageSize);
     i += run;
   }
 }

@@ -1,8 +1,6 @@
 // Migration to a device: migrate_vma_setup / _pages / _finalize (one walk of
 // the mirror table collects, locks and write-protects; the driver copies; the
 // new homes are recorded; host copies are dropped in contiguous runs).
-#include <sys/mman.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
@@ -112,7 +110,7 @@ void migrate_vma_setup(ContextImpl& ctx, MigrateVma& a) {
         return session->selected[i] && (a.src[i] & MIGRATE_PFN_VALID) && !(a.src[i] & MIGRATE_PFN_DEVICE);
       },
       [&](std::size_t i, std::size_t count) {
-        const int err = ctx.uffd.write_protect(range.page_address(first + i), count * kPageSize, true);
+        const int err = ctx.mechanism->write_protect(range, first + i, count, true);
         if (err == 0) return;
         log().error("write-protecting {} pages at {} failed ({}): they stay on the host", count,
                     static_cast<void*>(range.page_address(first + i)), std::strerror(err));
@@ -173,18 +171,18 @@ void migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
   auto migrated = [&](std::size_t i) { return s.pages_done && s.selected[i] && (a.src[i] & MIGRATE_PFN_MIGRATE); };
   auto from = [&](std::size_t i, Residency r) { return s.selected[i] && s.source[i] == static_cast<std::uint8_t>(r); };
 
-  // Host copies of migrated pages go, one madvise per run, while still locked:
+  // Host copies of migrated pages go, one call per run, while still locked:
   // an access now faults and waits for the unlock below, then finds the page
   // on the device.
   for_each_run(0, n, [&](std::size_t i) { return migrated(i) && from(i, Residency::System); },
                        [&](std::size_t i, std::size_t count) {
-                         if (::madvise(range.page_address(first + i), count * kPageSize, MADV_DONTNEED) != 0)
-                           log().error("dropping {} migrated host pages failed: {}", count, std::strerror(errno));
+                         if (const int err = ctx.mechanism->drop(range, first + i, count); err != 0)
+                           log().error("dropping {} migrated host pages failed: {}", count, std::strerror(err));
                        });
   // Pages that stay on the host become writable again (this wakes parked writers).
   for_each_run(0, n, [&](std::size_t i) { return !migrated(i) && from(i, Residency::System); },
                        [&](std::size_t i, std::size_t count) {
-                         ctx.uffd.write_protect(range.page_address(first + i), count * kPageSize, false);
+                         ctx.mechanism->write_protect(range, first + i, count, false);
                        });
 
   // Device pages that back nothing now: destinations of failed pages, and the

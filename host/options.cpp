@@ -107,6 +107,12 @@ const Option kOptions[] = {
        if (us > 100000) bad(n, v, "microseconds from 0 to 100000");
        o.fault_spin_us = static_cast<unsigned>(us);
      }},
+    {"UHMM_FAULT_MODE",
+     [](ContextOptions& o, std::string_view n, std::string_view v) {
+       const std::string mode = lower(v);
+       if (mode != "auto" && mode != "userfaultfd" && mode != "signal") bad(n, v, "auto, userfaultfd or signal");
+       o.fault_mode = mode;
+     }},
     {"UHMM_CPU_COPY_THREADS",
      [](ContextOptions& o, std::string_view n, std::string_view v) {
        const auto t = parse_unsigned(n, v, "a thread count from 1 to 64");

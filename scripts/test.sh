@@ -4,7 +4,8 @@
 #   scripts/test.sh --sanitize=address build-asan/     UHMM_SANITIZE="address;undefined"
 #   scripts/test.sh --sanitize=thread  build-tsan/     UHMM_SANITIZE=thread
 #   scripts/test.sh --checked          build-checked/  UHMM_EXPENSIVE_CHECKS=ON
-#   scripts/test.sh --all              the four above in turn (what CI runs)
+#   scripts/test.sh --fault-mode=signal build/         the plain tests again, UHMM_FAULT_MODE=signal
+#   scripts/test.sh --all              the five above in turn (what CI runs)
 # Per-test timeouts are set by the tests themselves. With --all every
 # configuration runs even after one fails; the exit code is non-zero if any did.
 set -euo pipefail
@@ -12,7 +13,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
 usage() {
-  sed -n '2,9s/^# \{0,1\}//p' "$0" >&2
+  sed -n '2,10s/^# \{0,1\}//p' "$0" >&2
   exit 2
 }
 
@@ -22,7 +23,8 @@ for arg in "$@"; do
     --sanitize=address) configs+=(address) ;;
     --sanitize=thread) configs+=(thread) ;;
     --checked) configs+=(checked) ;;
-    --all) configs+=(plain address thread checked) ;;
+    --fault-mode=signal) configs+=(signal) ;;
+    --all) configs+=(plain signal address thread checked) ;;
     -h | --help) usage ;;
     *) echo "test.sh: unknown option '$arg'" >&2; usage ;;
   esac
@@ -84,6 +86,12 @@ run_config() {
       dir=build-checked
       # GPU plugins only in the plain build (see below).
       args+=(-DUHMM_EXPENSIVE_CHECKS=ON -DUHMM_BUILD_BENCH=OFF -DUHMM_CUDA=OFF -DUHMM_HIP=OFF)
+      ;;
+    signal)
+      # The plain build (up to date after the plain pass: no rebuild), every
+      # context on the SIGSEGV + mprotect fault path.
+      dir=build
+      export UHMM_FAULT_MODE=signal
       ;;
   esac
   echo "==== test.sh: $config ($dir) ===="

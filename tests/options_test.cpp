@@ -27,7 +27,8 @@ constexpr std::size_t GiB = std::size_t{1} << 30;
 
 const char* const kVariables[] = {"UHMM_BACKEND",       "UHMM_DEVICE_POOL",   "UHMM_DEVICES",
                                   "UHMM_FAULT_AHEAD",   "UHMM_FAULT_SPIN_US", "UHMM_CPU_COPY_THREADS", "UHMM_STATS",
-                                  "UHMM_PLUGIN_DIR"};
+                                  "UHMM_PLUGIN_DIR",
+                                  "UHMM_FAULT_MODE"};
 
 std::string lower(std::string s) {
   std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
@@ -235,6 +236,18 @@ TEST_F(OptionsTest, BackendTakesEachKnownName) {
     set("UHMM_BACKEND", name);
     EXPECT_EQ(ContextOptions::from_environment().backend, name);
   }
+}
+
+TEST_F(OptionsTest, FaultModeTakesEachKnownNameInEitherCase) {
+  for (const auto& [text, mode] : {std::pair{"auto", "auto"}, std::pair{"userfaultfd", "userfaultfd"},
+                                   std::pair{"signal", "signal"}, std::pair{"SIGNAL", "signal"}}) {
+    set("UHMM_FAULT_MODE", text);
+    EXPECT_EQ(ContextOptions::from_environment().fault_mode, mode);
+  }
+}
+
+TEST_F(OptionsTest, FaultModeUnknownNameIsInvalidArgumentNamingIt) {
+  for (const char* bad : {"", "uffd", "sigsegv", "signal "}) expect_rejected("UHMM_FAULT_MODE", bad);
 }
 
 TEST_F(OptionsTest, BackendUnknownNameIsInvalidArgumentNamingIt) {

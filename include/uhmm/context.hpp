@@ -39,6 +39,9 @@ struct UHMM_EXPORT ContextOptions {
   // not fit fail with Errc::out_of_memory and stay where they are.
   bool evict = true;
   std::string trace_path;             // UHMM_TRACE: write a Chrome/Perfetto trace here (empty: none)
+  // UHMM_FAULT_MODE: how CPU faults are caught. auto: userfaultfd, else (when
+  // refused) SIGSEGV + mprotect with a log line; userfaultfd | signal: forced.
+  std::string fault_mode = "auto";
 
   // Defaults overridden by the UHMM_* environment variables above; throws
   // uhmm::Error naming the variable when a value is malformed.
@@ -97,6 +100,9 @@ class UHMM_EXPORT Context {
   void free(void* base);
   // Size in bytes of the range starting at base (rounded to pages).
   std::size_t range_size(const void* base) const;
+
+  // "userfaultfd" or "signal": the fault mechanism this context runs on.
+  const char* fault_mode() const noexcept;
 
   std::size_t device_count() const noexcept;
   // The owner id of device i (devices are numbered 0..device_count()-1).

@@ -230,6 +230,8 @@ ContextOptions Harness::options_of(const StressConfig& cfg) {
   o.devices = cfg.devices;
   o.fault_ahead = cfg.fault_ahead;
   o.evict = cfg.evict;
+  // scripts/test.sh --fault-mode=signal runs the stress test on the signal path too.
+  if (const char* mode = std::getenv("UHMM_FAULT_MODE")) o.fault_mode = mode;
   return o;
 }
 
