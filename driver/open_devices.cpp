@@ -26,8 +26,9 @@ namespace {
 // The pool of one device: UHMM_DEVICE_POOL's bytes, or its percentage of
 // `free_bytes`, in whole chunks.
 std::uint64_t pool_bytes(const ContextOptions& options, std::uint64_t free_bytes) {
-  std::uint64_t bytes = options.device_pool_percent > 0 ? free_bytes / 100 * options.device_pool_percent
-                                                        : options.device_pool_bytes;
+  // Split so that free_bytes * percent cannot overflow and loses nothing.
+  const std::uint64_t pct = options.device_pool_percent;
+  std::uint64_t bytes = pct > 0 ? free_bytes / 100 * pct + free_bytes % 100 * pct / 100 : options.device_pool_bytes;
   bytes -= bytes % kChunkSize;
   if (bytes < kChunkSize)
     throw Error(Errc::invalid_argument,

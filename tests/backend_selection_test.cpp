@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cstdint>
 #include <cstdlib>
 #include <filesystem>
 #include <string>
@@ -85,6 +86,67 @@ TEST(BackendSelection, ALibraryWithoutTheEntryPointIsNotTakenForAPlugin) {
   const std::string what = device_error_of(o);
   EXPECT_NE(what.find("no 'uhmm_backend_plugin' entry point"), std::string::npos) << what;
   fs::remove_all(dir);
+}
+
+// ---- through the test plugin (tests/plugins/): the cpu backend named "cuda" ----
+
+TEST(BackendSelection, AGpuBackendOpensOneDevicePerReportedGpuUpToUhmmDevices) {
+  ContextOptions o = options_for("cuda");
+  o.plugin_dir = UHMM_TEST_PLUGINS;
+  {
+    Context one(o);
+    ASSERT_EQ(one.device_count(), 1u);
+    EXPECT_EQ(one.device_info(one.device_owner(0)).name, "cpu-as-gpu0");
+  }
+  o.devices = 8;  // the plugin reports 2
+  Context two(o);
+  ASSERT_EQ(two.device_count(), 2u);
+  EXPECT_EQ(two.device_info(two.device_owner(1)).name, "cpu-as-gpu1");
+}
+
+TEST(BackendSelection, AutoTakesAGpuBackendWhoseRuntimeReportsADevice) {
+  ContextOptions o = options_for("auto");
+  o.plugin_dir = UHMM_TEST_PLUGINS;
+  Context ctx(o);
+  EXPECT_EQ(ctx.device_info(ctx.device_owner(0)).name, "cpu-as-gpu0");
+}
+
+TEST(BackendSelection, APercentagePoolIsThatShareOfTheDevicesFreeMemory) {
+  ContextOptions o = options_for("cuda");
+  o.plugin_dir = UHMM_TEST_PLUGINS;
+  o.device_pool_percent = 50;  // of the plugin's 64 MiB free
+  Context ctx(o);
+  EXPECT_EQ(ctx.device_info(ctx.device_owner(0)).memory_bytes, std::uint64_t{32} << 20);
+  o.device_pool_percent = 1;  // 655 KiB: less than one chunk
+  try {
+    Context small(o);
+    ADD_FAILURE() << "a pool below one chunk was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), Errc::invalid_argument) << e.what();
+    EXPECT_NE(std::string(e.what()).find("UHMM_DEVICE_POOL=1%"), std::string::npos) << e.what();
+  }
+}
+
+TEST(BackendSelection, PagesMigrateThroughAPluginBackend) {
+  ContextOptions o = options_for("cuda");
+  o.plugin_dir = UHMM_TEST_PLUGINS;
+  Context ctx(o);
+  constexpr std::size_t kBytes = std::size_t{1} << 20;
+  auto* w = static_cast<std::uint64_t*>(ctx.allocate(kBytes));
+  for (std::size_t i = 0; i < kBytes / 8; ++i) w[i] = i * 7 + 3;
+  const MigrationResult r = ctx.migrate_to_device(w, kBytes);
+  EXPECT_EQ(r.migrated, kBytes / kPageSize) << r.status.message;
+  std::size_t bad = 0;
+  for (std::size_t i = 0; i < kBytes / 8; ++i) bad += w[i] != i * 7 + 3;  // faults bring them back
+  EXPECT_EQ(bad, 0u);
+  ctx.free(w);
+}
+
+TEST(BackendSelection, APluginFromAnotherBuildIsRefusedNotCalled) {
+  ContextOptions o = options_for("cuda");
+  o.plugin_dir = UHMM_TEST_PLUGINS_OTHER_ABI;
+  const std::string what = device_error_of(o);
+  EXPECT_NE(what.find("plugin ABI version differs"), std::string::npos) << what;
 }
 
 }  // namespace

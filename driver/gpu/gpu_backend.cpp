@@ -51,8 +51,6 @@ struct GpuBackend::Stream {
   gpuStream_t handle = nullptr;
   std::byte* staging = nullptr;  // pinned, options_.staging_pages pages
   std::mutex enqueue_mutex;      // one batch at a time: batches share the staging buffer
-  std::mutex error_mutex;
-  Status first_error;            // reported by the next synchronize
 };
 
 GpuBackend::GpuBackend(const GpuBackendOptions& options) : options_(options) {
@@ -262,9 +260,10 @@ Status GpuBackend::synchronize(StreamId id) noexcept {
   auto stream = find_stream(id, &error);
   if (!stream) return error;
   UHMM_GPU_TRY(gpuSetDevice(options_.device));
+  // An asynchronous failure (a faulting copy kernel) is the runtime's sticky
+  // error, reported here; enqueue failures were returned by the batch call.
   UHMM_GPU_TRY(gpuStreamSynchronize(stream->handle));
-  std::lock_guard lock(stream->error_mutex);
-  return std::exchange(stream->first_error, Status::ok());
+  return Status::ok();
 }
 
 Status GpuBackend::create_event(EventId* out) noexcept {
@@ -349,9 +348,11 @@ Status GpuBackend::launch(StreamId, std::size_t, HostKernel, BatchResult*) noexc
 
 // Enqueues moves[0, n): runs of adjacent pages coalesced, then one DMA per run
 // or, for scattered batches on a backend with copy kernels, gather/scatter
-// launches of up to PageList::kMaxPages pages. *enqueued counts the pages whose
-// work is queued.
-Status GpuBackend::move_pages(Stream& stream, const Move* moves, std::size_t n, std::size_t* enqueued) noexcept {
+// launches of up to PageList::kMaxPages pages. kernel_may_read is false when a
+// source is another device's memory, which only DMA reaches without peer
+// access. *enqueued counts the pages whose work is queued.
+Status GpuBackend::move_pages(Stream& stream, const Move* moves, std::size_t n, bool kernel_may_read,
+                              std::size_t* enqueued) noexcept {
   const auto adjacent = [&](std::size_t i) {
     return moves[i].dst == moves[i - 1].dst + kPageSize &&
            ((moves[i].src == 0 && moves[i - 1].src == 0) ||
@@ -360,7 +361,7 @@ Status GpuBackend::move_pages(Stream& stream, const Move* moves, std::size_t n, 
   std::size_t runs = n > 0 ? 1 : 0;
   for (std::size_t i = 1; i < n; ++i) runs += adjacent(i) ? 0 : 1;
 
-  if (copy_kernels_ && runs >= options_.kernel_min_runs) {
+  if (copy_kernels_ && kernel_may_read && runs >= options_.kernel_min_runs) {
     kernels::PageList list;
     for (std::size_t i = 0; i < n;) {
       list.count = static_cast<std::uint32_t>(std::min(n - i, kernels::PageList::kMaxPages));
@@ -394,13 +395,13 @@ Status GpuBackend::move_pages(Stream& stream, const Move* moves, std::size_t n, 
 // staged); or copy in, then drain (destination staged). Stream order keeps a
 // buffer-full from being refilled before it is consumed.
 Status GpuBackend::run_batch(Stream& stream, const std::vector<Move>& moves, Staging staging,
-                             BatchResult* result) noexcept {
+                             BatchResult* result, bool kernel_may_read) noexcept {
   if (Status s = set_device(); !s) return s;
   std::lock_guard lock(stream.enqueue_mutex);
   std::size_t done = 0;
   Status status;
   if (staging == Staging::none) {
-    status = move_pages(stream, moves.data(), moves.size(), &done);
+    status = move_pages(stream, moves.data(), moves.size(), kernel_may_read, &done);
     return finish_batch(stream, std::move(status), done, result);
   }
   try {
@@ -426,10 +427,10 @@ Status GpuBackend::run_batch(Stream& stream, const std::vector<Move>& moves, Sta
         status = UHMM_GPU_STATUS(gpuEnqueueHostFn<run_host_copies>(stream.handle, job.get()));
         if (!status) break;
         job.release();  // the host function owns it now
-        status = move_pages(stream, staged.data(), count, &enqueued);
+        status = move_pages(stream, staged.data(), count, true, &enqueued);
         done = first + enqueued;
       } else {
-        status = move_pages(stream, staged.data(), count, &enqueued);
+        status = move_pages(stream, staged.data(), count, true, &enqueued);
         if (!status) {
           // The pages copied into staging never reach the host.
           break;
@@ -520,10 +521,12 @@ Status GpuBackend::copy_device_to_device(StreamId id, std::span<const DeviceToDe
   auto stream = find_stream(id, &error);
   if (!stream) return error;
   std::vector<Move> moves;
+  bool all_local = true;
   try {
     moves.reserve(pages.size());
     for (std::size_t i = 0; i < pages.size(); ++i) {
       const auto& p = pages[i];
+      all_local = all_local && owns_chunk_page(p.src);
       // The source may be another device's page (peer copy through unified addressing).
       if (p.src == 0 || p.src % kPageSize != 0 || p.dst % kPageSize != 0 || !owns_chunk_page(p.dst))
         return invalid(fmt::format("copy_device_to_device: page {} ({:#x} -> {:#x}) is null, unaligned or not "
@@ -533,7 +536,7 @@ Status GpuBackend::copy_device_to_device(StreamId id, std::span<const DeviceToDe
   } catch (...) {
     return {Errc::out_of_memory, "copy_device_to_device: host memory exhausted"};
   }
-  return run_batch(*stream, moves, Staging::none, result);
+  return run_batch(*stream, moves, Staging::none, result, all_local);
 }
 
 Status GpuBackend::zero_device(StreamId id, std::span<const DeviceAddress> pages, BatchResult* result) noexcept {

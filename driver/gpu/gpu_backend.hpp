@@ -87,8 +87,10 @@ class GpuBackend final : public Backend {
   std::shared_ptr<Stream> find_stream(StreamId id, Status* error) const noexcept;
   bool is_pinned(const void* p) const noexcept;
   bool owns_chunk_page(DeviceAddress page) const noexcept;
-  Status run_batch(Stream& stream, const std::vector<Move>& moves, Staging staging, BatchResult* result) noexcept;
-  Status move_pages(Stream& stream, const Move* moves, std::size_t n, std::size_t* enqueued) noexcept;
+  Status run_batch(Stream& stream, const std::vector<Move>& moves, Staging staging, BatchResult* result,
+                   bool kernel_may_read = true) noexcept;
+  Status move_pages(Stream& stream, const Move* moves, std::size_t n, bool kernel_may_read,
+                    std::size_t* enqueued) noexcept;
   Status finish_batch(Stream& stream, Status status, std::size_t done, BatchResult* result) noexcept;
 
   GpuBackendOptions options_;
