@@ -585,11 +585,12 @@ void Harness::op_checked(ThreadState& ts) {
   // skipped) or bring device pages back to the host (with fault-ahead, its
   // whole block). Nothing else may differ from the prediction; alone, a thread
   // must match it exactly.
-  // With eviction on an oversubscribed pool, another thread's migration may
-  // also evict pages this call moved, once it has returned (never during it:
-  // a request does not evict its own pages): they read as back on the host.
+  // With eviction on, another thread's migration that finds the pool full (it
+  // is oversubscribed, or an injected allocation failure says so) may also
+  // evict pages this call moved, once it has returned (never during it: a
+  // request does not evict its own pages): they read as back on the host.
   const bool several = cfg_.threads > 1;
-  const bool pressure_eviction = several && cfg_.evict && cfg_.oversubscribed();
+  const bool pressure_eviction = several && cfg_.evict;
   std::size_t moved = 0, stayed = 0, brought_back = 0, disturbed = 0;
   for (std::size_t i = 0; i < span.count; ++i) {
     const PageState& b = before[i];
