@@ -7,22 +7,8 @@
 #include <chrono>
 #include <cstdio>
 
+#include "sample_support.hpp"
 #include "uhmm/uhmm.hpp"
-
-namespace {
-
-void print_counters(const uhmm::Counters& c) {
-  const std::pair<const char*, std::uint64_t> rows[] = {
-#define UHMM_DEMO_ROW(name) {#name, c.name},
-      UHMM_COUNTERS(UHMM_DEMO_ROW)
-#undef UHMM_DEMO_ROW
-  };
-  fmt::print("\ncounters\n");
-  for (const auto& [name, value] : rows)
-    if (value != 0) fmt::print("  {:<28} {:>12}\n", name, value);
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"uhmm demo: y = a*x + y on managed memory, computed on a device, checked on the CPU"};
@@ -68,13 +54,8 @@ int main(int argc, char** argv) {
                std::chrono::duration<double, std::milli>(t2 - t1).count(),
                std::chrono::duration<double, std::milli>(t3 - t2).count());
 
-    print_counters(ctx.counters());
-    if (wrong != 0) {
-      fmt::print(stderr, "\nFAILED: {} of {} values are wrong\n", wrong, n);
-      return 1;
-    }
-    fmt::print("\nOK: all {} values checked\n", n);
-    return 0;
+    uhmm::samples::print_counters(ctx.counters());
+    return uhmm::samples::verdict(wrong, n, "values");
   } catch (const uhmm::Error& e) {
     fmt::print(stderr, "uhmm demo: {}\n", e.what());
     return 2;
