@@ -1,5 +1,9 @@
 #include "context_impl.hpp"
 
+#include <algorithm>
+#include <chrono>
+#include <thread>
+
 #include <fmt/format.h>
 
 #include "fault_service.hpp"
@@ -28,7 +32,9 @@ ContextImpl::~ContextImpl() {
       log().error("freeing a range at teardown failed: {}", e.what());
     }
   }
+  reap_retired(/*wait=*/true);
   faults_.reset();
+  reap_retired(/*wait=*/true);  // a range the service retired while stopping
   staging_.reset();
   devices_.clear();
 }
@@ -50,9 +56,11 @@ void* ContextImpl::allocate(std::size_t bytes) {
   if (bytes > (std::size_t{1} << 40))
     throw Error(Errc::invalid_argument, fmt::format("allocate: {} bytes is more than the 1 TiB a range may span", bytes));
   const std::size_t rounded = (bytes + kPageSize - 1) & ~(kPageSize - 1);
+  reap_retired(/*wait=*/false);
   try {
     auto range = std::make_shared<ManagedRange>(next_range_id_.fetch_add(1), rounded, uffd);
     void* base = range->base();
+    wait_for_address_reuse(range->base(), range->bytes());
     ranges.add(std::move(range));
     return base;
   } catch (const std::bad_alloc&) {
@@ -61,25 +69,109 @@ void* ContextImpl::allocate(std::size_t bytes) {
 }
 
 void ContextImpl::free(void* base) {
+  ranges.gate().wait_applied();  // a munmap this thread did first has retired the range
+  reap_retired(/*wait=*/false);
   auto range = ranges.remove(base, "free");
   // Nothing new can reach the range; wait for what already has.
   range->wait_idle();
-  auto& table = range->table();
-  std::vector<std::vector<DevicePageIndex>> to_free(devices_.size() + 1);
+  release_device_pages(*range);
+  // ~ManagedRange unregisters (waking any thread still faulting here) and
+  // unmaps what the application left mapped.
+}
+
+void ContextImpl::release_device_pages(ManagedRange& range) noexcept {
+  auto& table = range.table();
   for (std::size_t block = 0; block < table.nblocks(); ++block) {
-    std::lock_guard lock(table.block_mutex(block));
-    for (std::size_t p = table.block_begin(block); p < table.block_end(block); ++p) {
-      const MirrorEntry e = table.entry(p);
-      if (e.residency() == Residency::Device || e.residency() == Residency::Duplicated)
-        to_free[e.device_page().owner].push_back(e.device_page().index);
-      table.entry(p) = MirrorEntry{};  // no entry names a device page once it is free
+    // One block at a time: a huge range's list would cost more than its table.
+    std::vector<std::pair<OwnerId, DevicePageIndex>> to_free;
+    {
+      std::lock_guard lock(table.block_mutex(block));
+      for (std::size_t p = table.block_begin(block); p < table.block_end(block); ++p) {
+        const MirrorEntry e = table.entry(p);
+        if (e.bits() == 0) continue;  // Empty, unlocked: the common case of a sparse table, left untouched
+        if (e.residency() == Residency::Device || e.residency() == Residency::Duplicated) {
+          try {
+            to_free.emplace_back(e.device_page().owner, e.device_page().index);
+          } catch (const std::bad_alloc&) {
+            continue;  // leaks the device page rather than losing track of the range
+          }
+        }
+        table.entry(p) = MirrorEntry{};  // no entry names a device page once it is free
+      }
+    }
+    std::sort(to_free.begin(), to_free.end());
+    std::vector<DevicePageIndex> indices;
+    for (std::size_t i = 0; i < to_free.size();) {
+      const OwnerId owner = to_free[i].first;
+      indices.clear();
+      for (; i < to_free.size() && to_free[i].first == owner; ++i) {
+        rmaps_[owner - 1]->clear(to_free[i].second);
+        try {
+          indices.push_back(to_free[i].second);
+        } catch (const std::bad_alloc&) {
+          devices_[owner - 1]->page_free(std::span(&to_free[i].second, 1));
+        }
+      }
+      devices_[owner - 1]->page_free(indices);
     }
   }
-  for (OwnerId owner = 1; owner < to_free.size(); ++owner) {
-    for (DevicePageIndex index : to_free[owner]) rmaps_[owner - 1]->clear(index);
-    if (!to_free[owner].empty()) devices_[owner - 1]->page_free(to_free[owner]);
+}
+
+void ContextImpl::retire(const std::shared_ptr<ManagedRange>& range) noexcept {
+  if (!ranges.retire(*range)) return;  // freed meanwhile
+  AtomicCounters::add(counters.ranges_retired, 1);
+  log().warn("the application unmapped the managed range at {} ({} bytes) without freeing it; it is retired",
+             static_cast<void*>(range->base()), range->bytes());
+  try {
+    std::lock_guard lock(retired_mutex_);
+    retired_.push_back(range);
+  } catch (const std::bad_alloc&) {
+    log().error("no memory to track a retired range: its device pages stay allocated");
   }
-  // ~ManagedRange unregisters (waking any thread still faulting here) and unmaps.
+}
+
+void ContextImpl::reap_retired(bool wait) noexcept {
+  std::vector<std::shared_ptr<ManagedRange>> ready;
+  {
+    std::lock_guard lock(retired_mutex_);
+    if (retired_.empty()) return;
+    for (auto it = retired_.begin(); it != retired_.end();) {
+      if (wait || (*it)->idle()) {
+        ready.push_back(std::move(*it));
+        it = retired_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (const auto& range : ready) {
+    range->wait_idle();
+    release_device_pages(*range);
+  }
+}
+
+void ContextImpl::wait_for_address_reuse(const std::byte* base, std::size_t bytes) {
+  const auto lo = reinterpret_cast<std::uintptr_t>(base);
+  // The kernel gave us this address, so whatever range had it was unmapped;
+  // its UNMAP event is read or on its way (the service applies it in
+  // microseconds). Registering before it is applied would let it hit the new range.
+  for (int round = 0;; ++round) {
+    ranges.gate().wait_applied();
+    bool live = false;
+    for (const auto& other : ranges.overlapping(lo, lo + bytes)) {
+      const auto other_lo = reinterpret_cast<std::uintptr_t>(other->base());
+      const std::size_t first = lo > other_lo ? (lo - other_lo) >> kPageShift : 0;
+      const std::size_t end = std::min(other->npages(), (lo + bytes - other_lo + kPageSize - 1) >> kPageShift);
+      if (!other->all_unmapped(first, end)) live = true;
+    }
+    if (!live) return;
+    if (round == 2000)
+      throw Error(Errc::system_error,
+                  fmt::format("allocate: the kernel reused {} while uhmm still manages it there; the application "
+                              "unmapped a managed range without free() and this kernel did not report it",
+                              static_cast<const void*>(base)));
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
 }
 
 MigrationResult ContextImpl::migrate_to_device(void* p, std::size_t bytes, OwnerId owner) {

@@ -1,6 +1,7 @@
 #include "fault_service.hpp"
 
 #include <poll.h>
+#include <sched.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -8,6 +9,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <iterator>
 
 #include <fmt/format.h>
 
@@ -27,7 +29,7 @@ void sort_unique(std::vector<std::size_t>& v) {
 
 }  // namespace
 
-FaultService::FaultService(ContextImpl& ctx) : ctx_(ctx), messages_(kMaxEventsPerRead) {
+FaultService::FaultService(ContextImpl& ctx) : ctx_(ctx), messages_(kMaxEventsPerRead), mapping_(ctx) {
   event_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (event_fd_ < 0)
     throw Error(Errc::system_error, fmt::format("eventfd for the fault service: {}", std::strerror(errno)));
@@ -57,25 +59,54 @@ void FaultService::kick() noexcept {
   [[maybe_unused]] const ssize_t n = ::write(event_fd_, &one, sizeof one);
 }
 
+std::size_t FaultService::read_messages(std::vector<Fault>& into) noexcept {
+  // The outermost read is bracketed by the gate: a user's call that follows
+  // its own munmap/madvise waits until the event it raised is applied.
+  const bool outermost = reading_depth_++ == 0;
+  if (outermost) ctx_.ranges.gate().begin();
+  // Each nesting level reads into its own buffer: an event being applied may
+  // pump while the level above still walks its messages.
+  uffd_msg local[16];
+  uffd_msg* msgs = outermost ? messages_.data() : local;
+  const std::size_t max = outermost ? messages_.size() : std::size(local);
+  std::size_t total = 0;
+  for (;;) {
+    const std::size_t n = ctx_.uffd.read_events(msgs, max);
+    for (std::size_t i = 0; i < n; ++i) {
+      const uffd_msg& m = msgs[i];
+      if (m.event != UFFD_EVENT_PAGEFAULT) {
+        mapping_.apply(m, staging_);
+        continue;
+      }
+      const bool wp = (m.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) != 0;
+      try {
+        into.push_back({static_cast<std::uintptr_t>(m.arg.pagefault.address) & ~(kPageSize - 1), wp});
+      } catch (const std::bad_alloc&) {
+        // Its thread stays asleep until some later wake of that page.
+        log().error("fault service: no memory to queue a fault at {:#x}", m.arg.pagefault.address);
+        continue;
+      }
+      if (wp) AtomicCounters::add(ctx_.counters.faults_write_protect, 1);
+    }
+    total += n;
+    if (n < max) break;
+  }
+  if (outermost) ctx_.ranges.gate().end();
+  --reading_depth_;
+  return total;
+}
+
+void FaultService::pump(void* self) noexcept {
+  auto& service = *static_cast<FaultService*>(self);
+  if (service.read_messages(service.pumped_) == 0) ::sched_yield();  // read by now; the changer runs next
+}
+
 void FaultService::run() noexcept {
+  Userfaultfd::set_thread_eagain_hook(&FaultService::pump, this);
   pollfd fds[2] = {{ctx_.uffd.fd(), POLLIN, 0}, {event_fd_, POLLIN, 0}};
   std::vector<Fault> batch;
   const auto spin = std::chrono::microseconds(ctx_.options.fault_spin_us);
-  auto read_faults = [&] {
-    std::size_t total = 0;
-    for (;;) {
-      const std::size_t n = ctx_.uffd.read_events(messages_.data(), messages_.size());
-      for (std::size_t i = 0; i < n; ++i) {
-        const uffd_msg& m = messages_[i];
-        if (m.event != UFFD_EVENT_PAGEFAULT) continue;
-        const bool wp = (m.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) != 0;
-        batch.push_back({static_cast<std::uintptr_t>(m.arg.pagefault.address) & ~(kPageSize - 1), wp});
-        if (wp) AtomicCounters::add(ctx_.counters.faults_write_protect, 1);
-      }
-      total += n;
-      if (n < messages_.size()) return total;
-    }
-  };
+  auto read_faults = [&] { return read_messages(batch); };
 
   while (!stop_.load(std::memory_order_relaxed)) {
     try {
@@ -91,13 +122,16 @@ void FaultService::run() noexcept {
         wake_unlocked_parked();
       }
       if (fds[0].revents & POLLIN) read_faults();
+      if (batch.empty()) batch.swap(pumped_);  // faults an event's ioctls read
       while (!batch.empty()) {
         AtomicCounters::add(ctx_.counters.fault_wakeups, 1);
         resolve(batch);
         batch.clear();
+        batch.swap(pumped_);  // faults read while an ioctl waited for an event
         // Faults tend to come in trains: poll a little before sleeping again.
         const auto deadline = std::chrono::steady_clock::now() + spin;
         while (batch.empty() && std::chrono::steady_clock::now() < deadline) read_faults();
+        if (batch.empty()) batch.swap(pumped_);
       }
     } catch (const std::exception& e) {
       // Only allocation can throw here; the faults in flight stay unresolved
@@ -137,11 +171,22 @@ void FaultService::resolve(std::vector<Fault>& faults) noexcept {
   while (i < faults.size()) {
     RangeSpan span = ctx_.ranges.find(reinterpret_cast<const void*>(faults[i].address));
     if (!span) {
-      // A range being freed: unregistering it wakes its faulting threads.
+      // No range here: one being freed (unregistering it wakes its faulting
+      // threads), or memory the application grew a range into in place with
+      // mremap, which stays registered: plain anonymous memory reads zeros.
+      void* page = reinterpret_cast<void*>(faults[i].address);
+      if (!faults[i].write_protect && ctx_.uffd.zeropage(page, kPageSize) != 0) ctx_.uffd.wake(page, kPageSize);
       ++i;
       continue;
     }
     ManagedRange& range = span.range();
+    if (range.any_unmapped(span.first(), span.first() + 1)) {
+      // A stale fault on a page the application unmapped since: its thread
+      // retries and gets what the address holds now.
+      ctx_.uffd.wake(reinterpret_cast<void*>(faults[i].address), kPageSize);
+      ++i;
+      continue;
+    }
     while (i < faults.size() && range.contains(reinterpret_cast<const void*>(faults[i].address))) {
       const std::size_t block = MirrorTable::block_of(range.page_of(reinterpret_cast<const void*>(faults[i].address)));
       std::size_t j = i;
@@ -160,7 +205,7 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
   const std::size_t lo = table.block_begin(block);
   const std::size_t hi = table.block_end(block);
   const bool ahead = ctx_.options.fault_ahead;
-  std::vector<std::size_t> zero, back, wake, unprotect, faulting_back;
+  std::vector<std::size_t> zero, back, wake, unprotect, faulting_back, discarded;
   std::size_t zero_faults = 0;
 
   {
@@ -168,7 +213,12 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
     for (std::size_t k = 0; k < count; ++k) {
       const std::size_t p = range.page_of(reinterpret_cast<const void*>(faults[k].address));
       const MirrorEntry e = table.entry(p);
-      if (e.locked()) {
+      if (e.locked() && !faults[k].write_protect && e.residency() == Residency::System) {
+        // Held on the host but not mapped: the application discarded it
+        // (madvise) while a migration or a copy back holds it. Zeros are its
+        // contents now; parking would deadlock a copy engine reading it.
+        discarded.push_back(p);
+      } else if (e.locked()) {
         parked_.push_back(faults[k]);
         parked_count_.fetch_add(1);  // under the block lock: an unlock after this sees it
         AtomicCounters::add(ctx_.counters.faults_parked, 1);
@@ -265,6 +315,17 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
     AtomicCounters::add(ctx_.counters.pages_fault_ahead, r.moved > faulting_moved ? r.moved - faulting_moved : 0);
     ctx_.unlock(range, back);  // counted first: a woken thread sees its fault in the counters
   }
+
+  // Write-protected, so a store waits for the holder as it would have on the
+  // page the application dropped.
+  for (std::size_t p : discarded) {
+    const int err = ctx_.uffd.zero_protected(range.page_address(p));
+    if (err != 0 && err != EEXIST)
+      log().error("fault service: mapping zeros at discarded page {} failed: {}",
+                  static_cast<void*>(range.page_address(p)), std::strerror(err));
+    ctx_.uffd.wake(range.page_address(p), kPageSize);
+  }
+  AtomicCounters::add(ctx_.counters.faults_zero_fill, discarded.size());
 
   for (std::size_t p : unprotect) ctx_.uffd.write_protect(range.page_address(p), kPageSize, false);
   ctx_.unlock(range, unprotect);

@@ -17,6 +17,8 @@
 #include <thread>
 #include <vector>
 
+#include "mapping_events.hpp"
+
 namespace uhmm::detail {
 
 class ContextImpl;
@@ -39,6 +41,12 @@ class FaultService {
   };
 
   void run() noexcept;
+  // Reads every message pending: faults go to `into`, mapping events are
+  // applied at once (mapping_events.hpp). Returns how many were read.
+  std::size_t read_messages(std::vector<Fault>& into) noexcept;
+  // The EAGAIN hook (userfaultfd.hpp): an ioctl of this thread met an unread
+  // event; read it, keeping the faults for the next batch.
+  static void pump(void* self) noexcept;
   void wake_unlocked_parked() noexcept;
   void resolve(std::vector<Fault>& faults) noexcept;
   // Resolves the faults of one block (sorted, same range and block).
@@ -50,6 +58,9 @@ class FaultService {
   std::vector<Fault> parked_;                // faults on locked pages (service thread only)
   std::atomic<std::size_t> parked_count_{0};  // its size, for the unlock listener
   std::vector<uffd_msg> messages_;
+  std::vector<Fault> pumped_;  // faults read by pump(), resolved in the next batch
+  int reading_depth_ = 0;      // read_messages() nests through pump() inside an event's ioctls
+  MappingEvents mapping_;
   std::byte* staging_ = nullptr;
   std::thread thread_;
 };

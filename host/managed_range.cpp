@@ -40,8 +40,43 @@ ManagedRange::ManagedRange(std::uint32_t id, std::size_t bytes, Userfaultfd& uff
 
 ManagedRange::~ManagedRange() {
   // Unregistering wakes any thread still sleeping on a fault in the range.
-  uffd_.unregister_range(base_, mapped_bytes_);
-  ::munmap(base_, mapped_bytes_);
+  if (!has_unmapped_.load()) {
+    uffd_.unregister_range(base_, mapped_bytes_);
+    ::munmap(base_, mapped_bytes_);
+    return;
+  }
+  try {
+    for (const auto& [first, end] : unmapped_.complement(npages())) {
+      uffd_.unregister_range(page_address(first), (end - first) * kPageSize);
+      ::munmap(page_address(first), (end - first) * kPageSize);
+    }
+  } catch (const std::bad_alloc&) {
+    // Leaves the live parts mapped: unmapping blindly could hit what the
+    // application mapped into the holes.
+  }
+}
+
+void ManagedRange::mark_unmapped(std::size_t first, std::size_t end) {
+  std::lock_guard lock(unmapped_mutex_);
+  unmapped_.add(first, std::min(end, npages()));
+  has_unmapped_.store(true);
+}
+
+bool ManagedRange::any_unmapped(std::size_t first, std::size_t end) const noexcept {
+  if (!has_unmapped_.load(std::memory_order_acquire)) return false;
+  std::lock_guard lock(unmapped_mutex_);
+  return unmapped_.intersects(first, end);
+}
+
+bool ManagedRange::all_unmapped(std::size_t first, std::size_t end) const noexcept {
+  if (!has_unmapped_.load(std::memory_order_acquire)) return false;
+  std::lock_guard lock(unmapped_mutex_);
+  return unmapped_.covers(first, end);
+}
+
+bool ManagedRange::idle() noexcept {
+  std::lock_guard lock(ops_mutex_);
+  return ops_ == 0;
 }
 
 void ManagedRange::begin_op() noexcept {

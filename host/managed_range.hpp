@@ -5,10 +5,12 @@
 
 #include <condition_variable>
 #include <cstddef>
+#include <atomic>
 #include <cstdint>
 #include <mutex>
 
 #include "mirror_table.hpp"
+#include "page_intervals.hpp"
 #include "uhmm/types.hpp"
 
 namespace uhmm::detail {
@@ -19,7 +21,8 @@ class ManagedRange {
  public:
   // Maps and registers `bytes` (a multiple of kPageSize). Throws uhmm::Error.
   ManagedRange(std::uint32_t id, std::size_t bytes, Userfaultfd& uffd);
-  // Unregisters and unmaps. Pre: no operation is in flight.
+  // Unregisters and unmaps what the application has not unmapped itself.
+  // Pre: no operation is in flight.
   ~ManagedRange();
   ManagedRange(const ManagedRange&) = delete;
   ManagedRange& operator=(const ManagedRange&) = delete;
@@ -43,6 +46,14 @@ class ManagedRange {
   void begin_op() noexcept;
   void end_op() noexcept;
   void wait_idle() noexcept;
+  bool idle() noexcept;
+
+  // Pages the application unmapped (munmap, mremap) behind uhmm's back: they
+  // are gone for good; calls on them fail and the range never unmaps them
+  // again (something else may live there now). See mapping_events.hpp.
+  void mark_unmapped(std::size_t first, std::size_t end);
+  bool any_unmapped(std::size_t first, std::size_t end) const noexcept;
+  bool all_unmapped(std::size_t first, std::size_t end) const noexcept;
 
  private:
   std::uint32_t id_;
@@ -54,6 +65,9 @@ class ManagedRange {
   std::mutex ops_mutex_;
   std::condition_variable ops_idle_;
   std::size_t ops_ = 0;
+  mutable std::mutex unmapped_mutex_;
+  PageIntervals unmapped_;
+  std::atomic<bool> has_unmapped_{false};  // fast path: most ranges never lose a page
 };
 
 }  // namespace uhmm::detail

@@ -174,11 +174,18 @@ void migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
   // Host copies of migrated pages go, one madvise per run, while still locked:
   // an access now faults and waits for the unlock below, then finds the page
   // on the device.
+  bool zapped = false;
   for_each_run(0, n, [&](std::size_t i) { return migrated(i) && from(i, Residency::System); },
                        [&](std::size_t i, std::size_t count) {
+                         zapped = true;
                          if (::madvise(range.page_address(first + i), count * kPageSize, MADV_DONTNEED) != 0)
                            log().error("dropping {} migrated host pages failed: {}", count, std::strerror(errno));
                        });
+  // Each madvise raised a REMOVE event that the fault service has read (the
+  // kernel waits for that) but may not have applied yet; it must see these
+  // pages still locked, or it would take uhmm's own zap for the
+  // application's and drop the device pages (mapping_events.hpp).
+  if (zapped) ctx.ranges.gate().wait_applied();
   // Pages that stay on the host become writable again (this wakes parked writers).
   for_each_run(0, n, [&](std::size_t i) { return !migrated(i) && from(i, Residency::System); },
                        [&](std::size_t i, std::size_t count) {
