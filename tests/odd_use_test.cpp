@@ -92,7 +92,9 @@ TEST(OddUseTest, SignalsLandingDuringSlowFaultsLeaveTheDataRight) {
   ::sigaction(SIGUSR1, &old, nullptr);
   ctx.inject_faults(ctx.device_owner(0), FaultInjection{});
   EXPECT_EQ(bad, SIZE_MAX) << "first wrong word " << bad;
+#if !defined(__SANITIZE_THREAD__)  // TSan defers handlers to its own safe points
   EXPECT_GT(signals_seen.load(), 10u);
+#endif
   expect_pattern(p, kBytes, 7);
   EXPECT_TRUE(ctx.validate()) << ctx.validate().message;
 }
