@@ -107,9 +107,11 @@ TEST(LimitsTest, ThousandsOfSmallRangesWorkFarFromTheMapCountLimit) {
     ranges.emplace_back(p, bytes);
   }
   const std::size_t maps_used = map_count() - maps_before;
+#if !defined(__SANITIZE_THREAD__)  // TSan maps shadow and meta memory for every new mapping, and keeps it
   // One mapping per range and one for its table, at most.
   EXPECT_LE(maps_used, 2 * kRanges);
   EXPECT_LT(map_count(), max_map_count() / 4) << maps_used << " mappings for " << kRanges << " ranges";
+#endif
   std::printf("%zu ranges: %zu mappings (vm.max_map_count %zu)\n", kRanges, maps_used, max_map_count());
 
   std::size_t pages = 0;
@@ -128,7 +130,9 @@ TEST(LimitsTest, ThousandsOfSmallRangesWorkFarFromTheMapCountLimit) {
   EXPECT_TRUE(ctx.validate()) << ctx.validate().message;
   for (const auto& [p, bytes] : ranges) ctx.free(p);
   EXPECT_EQ(ctx.counters().device_pages_in_use, 0u);
+#if !defined(__SANITIZE_THREAD__)
   EXPECT_LE(map_count(), maps_before + 64);  // the ranges are gone (runtimes may map a little meanwhile)
+#endif
 }
 
 TEST(LimitsTest, TeardownWithPagesOnTheDeviceRightAfterThreadsFaulted) {
