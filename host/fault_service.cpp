@@ -205,7 +205,7 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
   const std::size_t lo = table.block_begin(block);
   const std::size_t hi = table.block_end(block);
   const bool ahead = ctx_.options.fault_ahead;
-  std::vector<std::size_t> zero, back, wake, unprotect, faulting_back, discarded;
+  std::vector<std::size_t> zero, back, wake, unprotect, faulting_back;
   std::size_t zero_faults = 0;
 
   {
@@ -213,12 +213,7 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
     for (std::size_t k = 0; k < count; ++k) {
       const std::size_t p = range.page_of(reinterpret_cast<const void*>(faults[k].address));
       const MirrorEntry e = table.entry(p);
-      if (e.locked() && !faults[k].write_protect && e.residency() == Residency::System) {
-        // Held on the host but not mapped: the application discarded it
-        // (madvise) while a migration or a copy back holds it. Zeros are its
-        // contents now; parking would deadlock a copy engine reading it.
-        discarded.push_back(p);
-      } else if (e.locked()) {
+      if (e.locked()) {
         parked_.push_back(faults[k]);
         parked_count_.fetch_add(1);  // under the block lock: an unlock after this sees it
         AtomicCounters::add(ctx_.counters.faults_parked, 1);
@@ -315,17 +310,6 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
     AtomicCounters::add(ctx_.counters.pages_fault_ahead, r.moved > faulting_moved ? r.moved - faulting_moved : 0);
     ctx_.unlock(range, back);  // counted first: a woken thread sees its fault in the counters
   }
-
-  // Write-protected, so a store waits for the holder as it would have on the
-  // page the application dropped.
-  for (std::size_t p : discarded) {
-    const int err = ctx_.uffd.zero_protected(range.page_address(p));
-    if (err != 0 && err != EEXIST)
-      log().error("fault service: mapping zeros at discarded page {} failed: {}",
-                  static_cast<void*>(range.page_address(p)), std::strerror(err));
-    ctx_.uffd.wake(range.page_address(p), kPageSize);
-  }
-  AtomicCounters::add(ctx_.counters.faults_zero_fill, discarded.size());
 
   for (std::size_t p : unprotect) ctx_.uffd.write_protect(range.page_address(p), kPageSize, false);
   ctx_.unlock(range, unprotect);

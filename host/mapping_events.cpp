@@ -55,11 +55,15 @@ std::size_t MappingEvents::drop_device_pages(ManagedRange& range, std::size_t fi
         MirrorEntry& e = table.entry(p);
         // A locked page belongs to its holder; what it leaves on a device is
         // released when the range is freed or reaped.
-        if (e.locked()) continue;
-        if (e.residency() != Residency::Device && e.residency() != Residency::Duplicated) continue;
-        to_free[e.device_page().owner].push_back(e.device_page().index);
-        e = MirrorEntry(e.bits() & MirrorEntry::kPinned);  // Empty; POISONED goes with the page
-        ++dropped;
+        if (e.locked() || e.residency() == Residency::Empty) continue;
+        if (e.residency() == Residency::Device || e.residency() == Residency::Duplicated) {
+          to_free[e.device_page().owner].push_back(e.device_page().index);
+          ++dropped;
+        }
+        // Host pages become Empty too: a migration then zero-fills them on the
+        // device instead of reading a page that is gone (a copy engine reading
+        // it would fault on a page its own migration holds).
+        e = MirrorEntry(e.bits() & MirrorEntry::kPinned);  // POISONED goes with the page
       }
     }
   } catch (const std::bad_alloc&) {

@@ -4,13 +4,12 @@
 // mirror follows them. DESIGN.md ("The application changes the mapping") has
 // the rules and why; in short:
 //
-//   REMOVE  device-resident pages of the span are dropped (pool pages
-//           released, entries Empty), as the kernel zaps device-private
-//           entries; host pages stay System (their pte is gone or, after
-//           MADV_FREE, maybe not): the fault path already zero-fills an
-//           unmapped System page. Locked pages are left to their holder —
-//           uhmm's own MADV_DONTNEED in migrate_vma_finalize zaps only
-//           pages it holds locked, so it changes nothing here.
+//   REMOVE  the span's unlocked pages become Empty: device-resident ones give
+//           their pool pages back (the kernel zaps device-private entries
+//           too), host ones are zapped by the kernel right after. Locked pages
+//           are left to their holder — uhmm's own MADV_DONTNEED in
+//           migrate_vma_finalize zaps only pages it holds locked, and waits
+//           until the event is applied, so it changes nothing here.
 //   UNMAP   the span is gone for good: device pages released, entries Empty,
 //           calls on it fail; a range unmapped entirely is retired.
 //   REMAP   the moved part is retired the same way, after its device pages
@@ -41,8 +40,8 @@ class MappingEvents {
   void discard(std::uintptr_t lo, std::uintptr_t hi) noexcept;
   void unmap(std::uintptr_t lo, std::uintptr_t hi) noexcept;
   void remap(std::uintptr_t from, std::uintptr_t to, std::size_t len, std::byte* staging) noexcept;
-  // Drops the unlocked device pages of pages [first, end) of range (entries
-  // become Empty, PINNED kept); returns how many.
+  // Empties the unlocked pages [first, end) of range (device pages released,
+  // PINNED kept); returns how many device pages were dropped.
   std::size_t drop_device_pages(ManagedRange& range, std::size_t first, std::size_t end) noexcept;
   // Copies the device pages of [first, end) to the same pages displaced by
   // `shift` bytes (the range's new place after mremap).

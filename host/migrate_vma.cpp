@@ -175,7 +175,11 @@ void migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
   // an access now faults and waits for the unlock below, then finds the page
   // on the device.
   bool zapped = false;
-  for_each_run(0, n, [&](std::size_t i) { return migrated(i) && from(i, Residency::System); },
+  // Never-touched pages are zapped too: after the application's MADV_FREE (or
+  // in the moment before its MADV_DONTNEED zaps) an Empty page can still be
+  // mapped, and must not shadow its new device home.
+  auto had_host_page = [&](std::size_t i) { return from(i, Residency::System) || from(i, Residency::Empty); };
+  for_each_run(0, n, [&](std::size_t i) { return migrated(i) && had_host_page(i); },
                        [&](std::size_t i, std::size_t count) {
                          zapped = true;
                          if (::madvise(range.page_address(first + i), count * kPageSize, MADV_DONTNEED) != 0)

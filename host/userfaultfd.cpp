@@ -186,15 +186,6 @@ int Userfaultfd::poison(void* addr, std::size_t len) noexcept {
   return ioctl_retrying(fd_, UFFDIO_POISON, &p);
 }
 
-int Userfaultfd::zero_protected(void* addr) noexcept {
-  alignas(4096) static const std::byte zeros[4096] = {};
-  uffdio_copy c{};
-  c.dst = range_addr(addr);
-  c.src = range_addr(zeros);
-  c.len = sizeof zeros;
-  c.mode = UFFDIO_COPY_MODE_WP;
-  return ioctl_retrying(fd_, UFFDIO_COPY, &c);
-}
 
 std::size_t Userfaultfd::read_events(uffd_msg* msgs, std::size_t max) noexcept {
   for (;;) {

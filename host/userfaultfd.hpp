@@ -64,9 +64,6 @@ class Userfaultfd {
   // Marks the unmapped pages poisoned: an access raises SIGBUS. Waiting
   // threads sleep on until wake().
   int poison(void* addr, std::size_t len) noexcept;
-  // Maps a zero-filled, write-protected page at addr (UFFDIO_COPY with
-  // MODE_WP) and wakes its waiters: readers see zeros, writers fault again.
-  int zero_protected(void* addr) noexcept;
 
   // Reads up to max messages without blocking; returns the count (0 if none).
   std::size_t read_events(uffd_msg* msgs, std::size_t max) noexcept;
