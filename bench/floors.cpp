@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -35,8 +36,10 @@ void* map_anonymous(std::size_t bytes) {
 
 Latencies summarize(std::vector<double>& s) {
   if (s.empty()) return {};
+  double total = 0;
+  for (double v : s) total += v;
   std::sort(s.begin(), s.end());
-  return {s[s.size() / 2], s[std::min(s.size() - 1, s.size() * 99 / 100)]};
+  return {s[s.size() / 2], s[std::min(s.size() - 1, s.size() * 99 / 100)], total / static_cast<double>(s.size())};
 }
 
 double memcpy_gbps(std::size_t bytes) {
@@ -100,6 +103,46 @@ Latencies bare_userfaultfd_round_trip(std::size_t faults) {
   ::munmap(region, bytes);
   ::close(uffd);
   return summarize(samples);
+}
+
+namespace {
+
+char* g_region = nullptr;
+const char* g_source = nullptr;
+
+void resolve_in_place(int, siginfo_t* info, void*) {
+  auto* page = reinterpret_cast<char*>(reinterpret_cast<std::uintptr_t>(info->si_addr) & ~(kPage - 1));
+  ::mprotect(page, kPage, PROT_READ | PROT_WRITE);
+  std::memcpy(page, g_source, kPage);
+}
+
+}  // namespace
+
+Latencies bare_sigsegv_round_trip(std::size_t faults) {
+  const std::size_t bytes = faults * kPage;
+  g_region = static_cast<char*>(map_anonymous(bytes));
+  auto* source = static_cast<char*>(map_anonymous(kPage));
+  std::memset(source, 7, kPage);
+  std::memset(g_region, 0, bytes);  // populated: only the protection faults
+  ::mprotect(g_region, bytes, PROT_NONE);
+  g_source = source;
+  struct sigaction action{}, before{};
+  action.sa_sigaction = resolve_in_place;
+  action.sa_flags = SA_SIGINFO;
+  sigemptyset(&action.sa_mask);
+  if (::sigaction(SIGSEGV, &action, &before) != 0) throw std::runtime_error("sigaction failed");
+  std::vector<double> us;
+  us.reserve(faults);
+  for (std::size_t i = 0; i < faults; ++i) {
+    const auto t0 = Clock::now();
+    const char c = *static_cast<volatile char*>(g_region + i * kPage);
+    us.push_back(us_since(t0));
+    if (c != 7) throw std::runtime_error("bare SIGSEGV: wrong data");
+  }
+  ::sigaction(SIGSEGV, &before, nullptr);
+  ::munmap(g_region, bytes);
+  ::munmap(source, kPage);
+  return summarize(us);
 }
 
 }  // namespace uhmm::bench

@@ -3,98 +3,44 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
-#include <sys/utsname.h>
 
-#include <chrono>
-#include <cstring>
+#include <algorithm>
 #include <fstream>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "floors.hpp"
+#include "machine.hpp"
+#include "progress.hpp"
 #include "uhmm/uhmm.hpp"
+#include "workloads.hpp"
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-using uhmm::bench::Latencies;
+using namespace uhmm::bench;
+constexpr std::size_t KiB = std::size_t{1} << 10;
 constexpr std::size_t MiB = std::size_t{1} << 20;
 
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-std::string machine() {
-  std::string cpu = "unknown cpu";
-  std::ifstream info("/proc/cpuinfo");
-  for (std::string line; std::getline(info, line);)
-    if (line.rfind("model name", 0) == 0) {
-      cpu = line.substr(line.find(':') + 2);
-      break;
-    }
-  utsname u{};
-  ::uname(&u);
-  return fmt::format("{}, {} cpus, Linux {}", cpu, std::thread::hardware_concurrency(), u.release);
-}
-
+// One result. `group` and `x` place it on a plot (scripts/plot-bench.sh):
+// the group is one plot line, x its abscissa (bytes or threads).
 struct Row {
+  std::string group;
+  double x = 0;
   std::string measure;
-  std::string figure;
-  std::string floor;
-  double ratio;
+  double value = 0;
+  std::string unit;
+  std::string floor_name;  // what the floor is ("" when the row has none)
+  double floor_value = 0;
+  double ratio = 0;  // value / floor_value
 };
 
-uhmm::ContextOptions options(std::size_t pool, bool fault_ahead) {
-  uhmm::ContextOptions o = uhmm::ContextOptions::from_environment();
-  o.device_pool_bytes = pool;
-  o.fault_ahead = fault_ahead;
-  return o;
+std::string size_name(std::size_t bytes) {
+  if (bytes >= (std::size_t{1} << 30)) return fmt::format("{} GiB", bytes >> 30);
+  return bytes >= MiB ? fmt::format("{} MiB", bytes / MiB) : fmt::format("{} KiB", bytes / KiB);
 }
 
-// Migration to the device and back of `bytes`, best of a few rounds, as GB/s each way.
-std::pair<double, double> migrate_round_trip(std::size_t bytes, int rounds) {
-  uhmm::Context ctx(options(std::max(bytes, 2 * MiB) + 4 * MiB, true));
-  void* p = ctx.allocate(bytes);
-  std::memset(p, 1, bytes);
-  double to = 1e30, back = 1e30;
-  for (int r = 0; r < rounds; ++r) {
-    auto t0 = Clock::now();
-    ctx.migrate_to_device(p, bytes);
-    to = std::min(to, seconds_since(t0));
-    t0 = Clock::now();
-    ctx.migrate_to_host(p, bytes);
-    back = std::min(back, seconds_since(t0));
-  }
-  ctx.free(p);
-  return {static_cast<double>(bytes) / to / 1e9, static_cast<double>(bytes) / back / 1e9};
-}
-
-Latencies device_fault_latency(std::size_t faults) {
-  uhmm::Context ctx(options(faults * uhmm::kPageSize + 4 * MiB, /*fault_ahead=*/false));
-  auto* p = static_cast<char*>(ctx.allocate(faults * uhmm::kPageSize));
-  std::memset(p, 3, faults * uhmm::kPageSize);
-  ctx.migrate_to_device(p, faults * uhmm::kPageSize);
-  std::vector<double> us;
-  us.reserve(faults);
-  for (std::size_t i = 0; i < faults; ++i) {
-    const auto t0 = Clock::now();
-    const char c = *static_cast<volatile char*>(p + i * uhmm::kPageSize);
-    us.push_back(seconds_since(t0) * 1e6);
-    if (c != 3) throw std::runtime_error("device fault: wrong data");
-  }
-  return uhmm::bench::summarize(us);
-}
-
-double scan_gbps(std::size_t bytes, bool fault_ahead) {
-  uhmm::Context ctx(options(bytes + 4 * MiB, fault_ahead));
-  auto* p = static_cast<std::uint64_t*>(ctx.allocate(bytes));
-  std::memset(p, 5, bytes);
-  ctx.migrate_to_device(p, bytes);
-  std::uint64_t sum = 0;
-  const auto t0 = Clock::now();
-  for (std::size_t i = 0; i < bytes / 8; ++i) sum += p[i];
-  const double s = seconds_since(t0);
-  if (sum != bytes / 8 * 0x0505050505050505ull) throw std::runtime_error("scan: wrong data");
-  return static_cast<double>(bytes) / s / 1e9;
+std::string figure(double v, const std::string& unit) {
+  return unit == "faults/s" || unit == "pages/s" ? fmt::format("{:.0f} {}", v, unit) : fmt::format("{:.2f} {}", v, unit);
 }
 
 }  // namespace
@@ -103,55 +49,154 @@ int main(int argc, char** argv) {
   CLI::App app{"uhmm-bench: uhmm's costs as ratios to floors measured in the same run"};
   bool quick = false;
   std::string json_path;
-  app.add_flag("--quick", quick, "small sizes only (a smoke run)");
+  app.add_flag("--quick", quick, "small sizes only (a smoke run for CI)");
   app.add_option("--json", json_path, "also write the results as JSON to this file");
   CLI11_PARSE(app, argc, argv);
 
   try {
-    uhmm::Context probe(options(4 * MiB, true));
-    const std::string backend = probe.device_info(probe.device_owner(0)).backend;
-    fmt::print("machine: {}\nbackend: {}\n\n", machine(), backend);
+    std::string backend;
+    {
+      uhmm::ContextOptions o = uhmm::ContextOptions::from_environment();
+      o.device_pool_bytes = 4 * MiB;
+      uhmm::Context probe(o);
+      backend = probe.device_info(probe.device_owner(0)).backend;
+    }
+    const Machine machine = Machine::describe(backend);
+    fmt::print("machine: {}\n\n", machine.line());
+
+    const std::vector<std::size_t> sizes =
+        quick ? std::vector<std::size_t>{4 * KiB, 2 * MiB, 16 * MiB}
+              : std::vector<std::size_t>{4 * KiB, 64 * KiB, 2 * MiB, 64 * MiB, 256 * MiB, 1024 * MiB};
+    const std::vector<unsigned> storm_threads = quick ? std::vector<unsigned>{1, 2} : std::vector<unsigned>{1, 2, 4, 8};
+    const std::size_t faults = quick ? 500 : 4000;
+    const std::size_t random_pages = quick ? 1000 : 8192;
+    Progress progress(static_cast<unsigned>(sizes.size() + 7));
     std::vector<Row> rows;
 
-    const std::vector<std::size_t> sizes = quick ? std::vector<std::size_t>{4096, 2 * MiB, 16 * MiB}
-                                                 : std::vector<std::size_t>{4096, 64 * 1024, 2 * MiB, 64 * MiB, 256 * MiB};
+    // Migration, 2 MiB units (aligned range) and single pages (range 4 KiB into a block).
     for (std::size_t bytes : sizes) {
-      const double floor = uhmm::bench::memcpy_gbps(bytes);
-      const auto [to, back] = migrate_round_trip(bytes, quick ? 2 : 5);
-      const std::string size = bytes >= MiB ? fmt::format("{} MiB", bytes / MiB) : fmt::format("{} KiB", bytes / 1024);
-      rows.push_back({fmt::format("migrate {} to device", size), fmt::format("{:.2f} GB/s", to),
-                      fmt::format("memcpy {:.2f} GB/s", floor), to / floor});
-      rows.push_back({fmt::format("migrate {} to host", size), fmt::format("{:.2f} GB/s", back),
-                      fmt::format("memcpy {:.2f} GB/s", floor), back / floor});
+      progress.step(fmt::format("migrate {}", size_name(bytes)));
+      const double floor = memcpy_gbps(bytes);
+      const int rounds = bytes >= 256 * MiB ? 2 : quick ? 2 : 5;
+      for (bool compound : {true, false}) {
+        if (!compound && bytes < 2 * MiB) continue;  // below a block both are page moves
+        const MigrateRates r = migrate_round_trip(bytes, compound, rounds);
+        const char* blocks = compound ? "2 MiB blocks" : "4 KiB pages";
+        rows.push_back({fmt::format("to device, {}", blocks), double(bytes),
+                        fmt::format("migrate {} to device, {}", size_name(bytes), blocks), r.to_device_gbps, "GB/s",
+                        "memcpy", floor, r.to_device_gbps / floor});
+        rows.push_back({fmt::format("to host, {}", blocks), double(bytes),
+                        fmt::format("migrate {} to host, {}", size_name(bytes), blocks), r.to_host_gbps, "GB/s",
+                        "memcpy", floor, r.to_host_gbps / floor});
+      }
     }
 
-    const std::size_t faults = quick ? 500 : 4000;
-    const Latencies bare = uhmm::bench::bare_userfaultfd_round_trip(faults);
+    progress.step("fault latency (device page, bare userfaultfd, first touch)");
+    const Latencies bare = bare_userfaultfd_round_trip(faults);
     const Latencies dev = device_fault_latency(faults);
-    const double touch = uhmm::bench::first_touch_us(faults);
-    rows.push_back({"CPU fault on a device page, p50", fmt::format("{:.1f} us", dev.p50_us),
-                    fmt::format("bare uffd {:.1f} us", bare.p50_us), dev.p50_us / bare.p50_us});
-    rows.push_back({"CPU fault on a device page, p99", fmt::format("{:.1f} us", dev.p99_us),
-                    fmt::format("bare uffd {:.1f} us", bare.p99_us), dev.p99_us / bare.p99_us});
-    rows.push_back({"CPU fault on a device page, p50", fmt::format("{:.1f} us", dev.p50_us),
-                    fmt::format("first touch {:.2f} us", touch), dev.p50_us / touch});
+    const double touch = first_touch_us(faults);
+    rows.push_back({"fault latency", 50, "CPU fault on a device page, p50", dev.p50_us, "us", "bare uffd p50",
+                    bare.p50_us, dev.p50_us / bare.p50_us});
+    rows.push_back({"fault latency", 99, "CPU fault on a device page, p99", dev.p99_us, "us", "bare uffd p99",
+                    bare.p99_us, dev.p99_us / bare.p99_us});
+    rows.push_back({"fault latency vs first touch", 50, "CPU fault on a device page, p50", dev.p50_us, "us",
+                    "first touch", touch, dev.p50_us / touch});
+    // The signal fault mechanism (where userfaultfd is refused), against both floors.
+    const Latencies bare_signal = bare_sigsegv_round_trip(faults);
+    const Latencies sig = device_fault_latency(faults, "signal");
+    rows.push_back({"fault latency, signal mode", 50, "CPU fault on a device page, signal mode, p50", sig.p50_us,
+                    "us", "bare uffd p50", bare.p50_us, sig.p50_us / bare.p50_us});
+    rows.push_back({"fault latency, signal mode", 50, "CPU fault on a device page, signal mode, p50", sig.p50_us,
+                    "us", "bare SIGSEGV p50", bare_signal.p50_us, sig.p50_us / bare_signal.p50_us});
+    rows.push_back({"fault latency, signal mode", 99, "CPU fault on a device page, signal mode, p99", sig.p99_us,
+                    "us", "bare SIGSEGV p99", bare_signal.p99_us, sig.p99_us / bare_signal.p99_us});
 
+    progress.step("sequential scan");
     const std::size_t scan = quick ? 16 * MiB : 256 * MiB;
-    const double scan_floor = uhmm::bench::memcpy_gbps(scan);
+    const double scan_floor = memcpy_gbps(scan);
     for (bool ahead : {true, false}) {
       const double g = scan_gbps(scan, ahead);
-      rows.push_back({fmt::format("scan {} MiB on device, fault-ahead {}", scan / MiB, ahead ? "on" : "off"),
-                      fmt::format("{:.2f} GB/s", g), fmt::format("memcpy {:.2f} GB/s", scan_floor), g / scan_floor});
+      rows.push_back({"scan", ahead ? 1.0 : 0.0,
+                      fmt::format("scan {} on device, fault-ahead {}", size_name(scan), ahead ? "on" : "off"), g,
+                      "GB/s", "memcpy", scan_floor, g / scan_floor});
     }
 
-    fmt::print("{:<44} {:>14}  {:<24} {:>8}\n", "measure", "figure", "floor (same run)", "ratio");
-    for (const Row& r : rows) fmt::print("{:<44} {:>14}  {:<24} {:>8.3f}\n", r.measure, r.figure, r.floor, r.ratio);
+    // Rates, best of a few runs (other work on the machine only ever slows a
+    // run down). The floor, the bare round trip's rate (what one handler
+    // thread serves), is measured right before each, over as many faults.
+    const int tries = quick ? 1 : 3;
+    auto best_of = [tries](auto run) {
+      double best = 0;
+      for (int t = 0; t < tries; ++t) best = std::max(best, run());
+      return best;
+    };
+    progress.step("random 4 KiB faults");
+    for (unsigned threads : {1u, 2u}) {
+      const double bare_rate =
+          best_of([&] { return 1e6 / bare_userfaultfd_round_trip(random_pages).mean_us; });
+      const double rate = best_of([&] { return random_fault_rate(random_pages, threads); });
+      rows.push_back({"random faults", double(threads), fmt::format("random 4 KiB faults, {} thread(s)", threads),
+                      rate, "faults/s", "bare uffd (1 thread)", bare_rate, rate / bare_rate});
+    }
+
+    progress.step("fault storm, distinct pages");
+    double base_distinct = 0, base_shared = 0;
+    for (unsigned threads : storm_threads) {
+      const double rate = best_of([&] { return fault_storm_rate(random_pages, threads, /*shared=*/false); });
+      if (threads == 1) base_distinct = rate;
+      rows.push_back({"storm, distinct pages", double(threads),
+                      fmt::format("fault storm, {} threads, distinct pages", threads), rate, "pages/s",
+                      "1 thread", base_distinct, rate / base_distinct});
+    }
+    progress.step("fault storm, shared pages");
+    for (unsigned threads : storm_threads) {
+      const double rate = best_of([&] { return fault_storm_rate(random_pages, threads, /*shared=*/true); });
+      if (threads == 1) base_shared = rate;
+      rows.push_back({"storm, shared pages", double(threads),
+                      fmt::format("fault storm, {} threads, shared pages", threads), rate, "pages/s", "1 thread",
+                      base_shared, rate / base_shared});
+    }
+
+    progress.step("oversubscription");
+    // Multiples of 12 MiB: the pool is a whole number of 2 MiB chunks at 1.5x, 2x and 4x.
+    const std::size_t working_set = quick ? 24 * MiB : 192 * MiB;
+    for (bool random : {false, true}) {
+      const char* how = random ? "random" : "streaming";
+      const double in_pool = oversubscribed_gbps(working_set, 1.0, random, quick ? 3 : 5);
+      for (double factor : {1.5, 2.0, 4.0}) {
+        const double g = oversubscribed_gbps(working_set, factor, random, quick ? 3 : 5);
+        rows.push_back({fmt::format("oversubscription, {}", how), factor,
+                        fmt::format("{} at {:.1f}x the pool, {}", size_name(working_set), factor, how), g, "GB/s",
+                        "in pool", in_pool, g / in_pool});
+      }
+    }
+
+    progress.step("mirror page table memory");
+    const std::size_t mirror_range = quick ? 256 * MiB : 4096 * MiB;
+    const double per_page = mirror_bytes_per_page(mirror_range);
+    rows.push_back({"mirror memory", double(mirror_range), fmt::format("mirror bytes per page ({} range)",
+                                                                        size_name(mirror_range)),
+                    per_page, "B/page", "target 16 B/page", 16.0, per_page / 16.0});
+
+    fmt::print("\n{:<46} {:>18}  {:<30} {:>8}\n", "measure", "figure", "floor (same run)", "ratio");
+    for (const Row& r : rows)
+      fmt::print("{:<46} {:>18}  {:<30} {:>8.3f}\n", r.measure, figure(r.value, r.unit),
+                 r.floor_name + " " + figure(r.floor_value, r.unit), r.ratio);
 
     if (!json_path.empty()) {
-      nlohmann::json doc{{"machine", machine()}, {"backend", backend}, {"results", nlohmann::json::array()}};
+      nlohmann::json doc{{"machine", machine.json()}, {"quick", quick}, {"results", nlohmann::json::array()}};
       for (const Row& r : rows)
-        doc["results"].push_back({{"measure", r.measure}, {"figure", r.figure}, {"floor", r.floor}, {"ratio", r.ratio}});
-      std::ofstream(json_path) << doc.dump(2) << "\n";
+        doc["results"].push_back({{"group", r.group},
+                                  {"x", r.x},
+                                  {"measure", r.measure},
+                                  {"value", r.value},
+                                  {"unit", r.unit},
+                                  {"floor", r.floor_name},
+                                  {"floor_value", r.floor_value},
+                                  {"ratio", r.ratio}});
+      std::ofstream out(json_path);
+      out << doc.dump(2) << "\n";
+      if (!out) throw std::runtime_error("cannot write " + json_path);
     }
     return 0;
   } catch (const std::exception& e) {

@@ -55,6 +55,8 @@ class DeviceImpl final : public Device {
   // alloc_pages_left goes to the pool, the copy part to the backend when it
   // implements FaultInjectionTarget (otherwise it is logged as unsupported).
   void set_fault_injection(const FaultInjection& injection) noexcept override;
+  void set_page_limit(std::size_t pages) noexcept override { pool_.set_limit_pages(pages); }
+  std::size_t page_limit() const noexcept override { return pool_.limit_pages(); }
   Status validate() const override;
 
   PagePool& pool() noexcept { return pool_; }

@@ -1,5 +1,9 @@
-// Device discovery: turns ContextOptions into devices. Only the cpu backend is
-// built today; GPU backends will be dlopen'ed plugins chosen here.
+// Device selection: turns ContextOptions into devices. The cpu backend is built
+// in; cuda and hip are plugins (plugin_loader.hpp) probed through
+// backend_probe.hpp. UHMM_BACKEND=auto takes the first GPU backend whose
+// runtime reports a device, else the cpu backend, and logs why.
+#include <unistd.h>
+
 #include <algorithm>
 #include <cctype>
 #include <limits>
@@ -9,6 +13,7 @@
 
 #include <fmt/format.h>
 
+#include "backend_probe.hpp"
 #include "cpu/cpu_backend.hpp"
 #include "device.hpp"
 #include "uhmm/detail/device.hpp"
@@ -16,37 +21,33 @@
 #include "uhmm/error.hpp"
 
 namespace uhmm::detail {
+namespace {
 
-std::vector<std::unique_ptr<Device>> open_devices(const ContextOptions& options, PagemapLookup lookup) {
-  std::string backend = options.backend;
-  std::transform(backend.begin(), backend.end(), backend.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+// The pool of one device: UHMM_DEVICE_POOL's bytes, or its percentage of
+// `free_bytes`, in whole chunks.
+std::uint64_t pool_bytes(const ContextOptions& options, std::uint64_t free_bytes) {
+  // Split so that free_bytes * percent cannot overflow and loses nothing.
+  const std::uint64_t pct = options.device_pool_percent;
+  std::uint64_t bytes = pct > 0 ? free_bytes / 100 * pct + free_bytes % 100 * pct / 100 : options.device_pool_bytes;
+  bytes -= bytes % kChunkSize;
+  if (bytes < kChunkSize)
+    throw Error(Errc::invalid_argument,
+                fmt::format("device pool (UHMM_DEVICE_POOL={}) is {} bytes; a device needs at least one 2 MiB chunk",
+                            options.device_pool_percent > 0 ? fmt::format("{}%", options.device_pool_percent)
+                                                            : std::to_string(options.device_pool_bytes),
+                            bytes));
+  return bytes;
+}
 
-  if (backend == "cuda" || backend == "hip") {
-    throw Error(Errc::device_error,
-                fmt::format("backend '{}' (UHMM_BACKEND) is not available: this build of uhmm has no GPU "
-                            "backend yet (GPU backends will be loaded as plugins); use 'cpu' or 'auto'",
-                            options.backend));
-  }
-  if (backend != "auto" && backend != "cpu") {
-    throw Error(Errc::invalid_argument,
-                fmt::format("unknown backend '{}' (UHMM_BACKEND); accepted: auto, cpu, cuda, hip",
-                            options.backend));
-  }
-  constexpr unsigned kMaxDevices = std::numeric_limits<OwnerId>::max();  // owners 1..255
-  if (options.devices == 0 || options.devices > kMaxDevices) {
-    throw Error(Errc::invalid_argument,
-                fmt::format("devices (UHMM_DEVICES) is {}; it must be between 1 and {}", options.devices,
-                            kMaxDevices));
-  }
-  if (options.device_pool_bytes < kChunkSize) {
-    throw Error(Errc::invalid_argument,
-                fmt::format("device_pool_bytes (UHMM_DEVICE_POOL) is {}; a device needs at least one 2 MiB chunk "
-                            "({} bytes)", options.device_pool_bytes, kChunkSize));
-  }
-  if (backend == "auto") log().info("backend auto: no GPU backend in this build, using the cpu backend");
+std::uint64_t host_available_bytes() {
+  const long pages = ::sysconf(_SC_AVPHYS_PAGES);
+  const long page = ::sysconf(_SC_PAGESIZE);
+  return pages > 0 && page > 0 ? std::uint64_t(pages) * std::uint64_t(page) : 0;
+}
 
-  const std::size_t capacity_pages = options.device_pool_bytes / kPageSize;
+std::vector<std::unique_ptr<Device>> open_cpu_devices(const ContextOptions& options, const PagemapLookup& lookup) {
+  const std::uint64_t bytes = pool_bytes(options, options.device_pool_percent > 0 ? host_available_bytes() : 0);
+  const std::size_t capacity_pages = bytes / kPageSize;
   std::vector<std::unique_ptr<Device>> devices;
   devices.reserve(options.devices);
   for (unsigned d = 0; d < options.devices; ++d) {
@@ -61,6 +62,83 @@ std::vector<std::unique_ptr<Device>> open_devices(const ContextOptions& options,
                capacity_pages, capacity_pages * kPageSize);
   }
   return devices;
+}
+
+// One device per GPU the runtime reports, at most UHMM_DEVICES of them.
+std::vector<std::unique_ptr<Device>> open_gpu_devices(const BackendProbe& probe, const ContextOptions& options,
+                                                      const PagemapLookup& lookup) {
+  const std::size_t count = std::min<std::size_t>(probe.devices.size(), options.devices);
+  std::vector<std::unique_ptr<Device>> devices;
+  devices.reserve(count);
+  for (std::size_t d = 0; d < count; ++d) {
+    const PluginDeviceProperties& props = probe.devices[d];
+    const std::uint64_t bytes = pool_bytes(options, props.free_bytes);
+    char why[512] = {};
+    std::unique_ptr<Backend> backend(probe.plugin->create_backend(static_cast<int>(d), bytes, why, sizeof why));
+    if (!backend)
+      throw Error(Errc::device_error, fmt::format("{} device {} ({}): {}", probe.name, d, props.name, why));
+    const auto owner = static_cast<OwnerId>(d + 1);
+    const std::size_t capacity_pages = bytes / kPageSize;
+    devices.push_back(std::make_unique<DeviceImpl>(std::move(backend), capacity_pages, owner, lookup));
+    log().info("device {}: {} device {} '{}' (pci {}), pool up to {} pages ({} bytes, {} free)", owner, probe.name,
+               d, props.name, props.pci_bus_id, capacity_pages, bytes, props.free_bytes);
+  }
+  return devices;
+}
+
+std::string lower(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return s;
+}
+
+}  // namespace
+
+std::vector<std::unique_ptr<Device>> open_devices(const ContextOptions& options, PagemapLookup lookup) {
+  const std::string backend = lower(options.backend);
+  const bool gpu = backend == "cuda" || backend == "hip";
+  if (!gpu && backend != "auto" && backend != "cpu") {
+    throw Error(Errc::invalid_argument,
+                fmt::format("unknown backend '{}' (UHMM_BACKEND); accepted: auto, cpu, cuda, hip",
+                            options.backend));
+  }
+  constexpr unsigned kMaxDevices = std::numeric_limits<OwnerId>::max();  // owners 1..255
+  if (options.devices == 0 || options.devices > kMaxDevices) {
+    throw Error(Errc::invalid_argument,
+                fmt::format("devices (UHMM_DEVICES) is {}; it must be between 1 and {}", options.devices,
+                            kMaxDevices));
+  }
+  if (options.device_pool_percent > 100) {
+    throw Error(Errc::invalid_argument,
+                fmt::format("device_pool_percent (UHMM_DEVICE_POOL) is {}; it must be between 1 and 100",
+                            options.device_pool_percent));
+  }
+  if (options.device_pool_percent == 0 && options.device_pool_bytes < kChunkSize) {
+    throw Error(Errc::invalid_argument,
+                fmt::format("device_pool_bytes (UHMM_DEVICE_POOL) is {}; a device needs at least one 2 MiB chunk "
+                            "({} bytes)", options.device_pool_bytes, kChunkSize));
+  }
+
+  if (gpu) {
+    BackendProbe probe = probe_backend(backend, options.plugin_dir);
+    if (!probe.available())
+      throw Error(Errc::device_error,
+                  fmt::format("backend '{}' (UHMM_BACKEND) is not available: {}; use 'cpu' or 'auto'",
+                              options.backend, probe.why));
+    return open_gpu_devices(probe, options, lookup);
+  }
+  if (backend == "auto") {
+    std::string why;
+    for (const char* name : kGpuBackends) {
+      BackendProbe probe = probe_backend(name, options.plugin_dir);
+      if (probe.available()) {
+        log().info("backend auto: {} ({} device(s), plugin {})", name, probe.devices.size(), probe.plugin_path);
+        return open_gpu_devices(probe, options, lookup);
+      }
+      why += fmt::format("; {}", probe.why);
+    }
+    log().info("backend auto: using the cpu backend{}", why);
+  }
+  return open_cpu_devices(options, lookup);
 }
 
 }  // namespace uhmm::detail

@@ -23,7 +23,7 @@ Status oom(std::string message) noexcept {
 }  // namespace
 
 PagePool::PagePool(Backend& backend, std::size_t capacity_pages)
-    : backend_(backend), capacity_pages_(std::min(capacity_pages, kMaxPages)) {
+    : backend_(backend), capacity_pages_(std::min(capacity_pages, kMaxPages)), limit_pages_(capacity_pages_) {
   chunks_.reserve((capacity_pages_ + kPagesPerChunk - 1) / kPagesPerChunk);
 }
 
@@ -89,9 +89,30 @@ Status PagePool::take_injection(std::size_t pages) noexcept {
   return Status::ok();
 }
 
+Status PagePool::check_limit(std::size_t pages) const noexcept {
+  // At full capacity, grow() reports exhaustion in its own words.
+  if (limit_pages_ == capacity_pages_ || in_use_ + pages <= limit_pages_) return Status::ok();
+  try {
+    return oom(fmt::format("device pool limited to {} pages: {} in use", limit_pages_, in_use_));
+  } catch (...) {
+    return oom({});
+  }
+}
+
+void PagePool::set_limit_pages(std::size_t pages) noexcept {
+  std::lock_guard lock(mutex_);
+  limit_pages_ = std::min(pages, capacity_pages_);
+}
+
+std::size_t PagePool::limit_pages() const noexcept {
+  std::lock_guard lock(mutex_);
+  return limit_pages_;
+}
+
 Status PagePool::allocate_page(DevicePageIndex* out) noexcept {
   if (out == nullptr) return {Errc::invalid_argument, "device pool: allocate_page: null output pointer"};
   std::lock_guard lock(mutex_);
+  if (Status s = check_limit(1); !s) return s;
   if (Status s = take_injection(1); !s) return s;
   std::uint32_t c = 0;
   if (!partial_.empty()) {
@@ -118,6 +139,7 @@ Status PagePool::allocate_page(DevicePageIndex* out) noexcept {
 Status PagePool::allocate_chunk(DevicePageIndex* first) noexcept {
   if (first == nullptr) return {Errc::invalid_argument, "device pool: allocate_chunk: null output pointer"};
   std::lock_guard lock(mutex_);
+  if (Status s = check_limit(kPagesPerChunk); !s) return s;
   if (Status s = take_injection(kPagesPerChunk); !s) return s;
   std::uint32_t c = 0;
   // Only a chunk whose every slot is usable can hold a compound run.

@@ -50,6 +50,11 @@ class PagePool {
 
   std::size_t pages_in_use() const noexcept;
   std::size_t capacity_pages() const noexcept { return capacity_pages_; }
+  // A cap below the capacity (a shrunk pool): allocations that would take
+  // pages in use above it fail with out_of_memory. Pages already in use above
+  // it stay until freed (the host layer evicts them). Clamped to the capacity.
+  void set_limit_pages(std::size_t pages) noexcept;
+  std::size_t limit_pages() const noexcept;
   std::size_t chunks() const noexcept;
   // Chunks with every usable page free (compound candidates).
   std::size_t free_chunks() const noexcept;
@@ -75,6 +80,7 @@ class PagePool {
   Status grow() noexcept;  // under mutex_
   void note_chunk(std::uint32_t c) noexcept;  // files chunk c in partial_ / empty_; under mutex_
   Status take_injection(std::size_t pages) noexcept;  // under mutex_
+  Status check_limit(std::size_t pages) const noexcept;  // under mutex_
 
   Backend& backend_;
   const std::size_t capacity_pages_;
@@ -83,6 +89,7 @@ class PagePool {
   std::set<std::uint32_t> partial_;  // some pages used, some free
   std::set<std::uint32_t> empty_;    // every usable page free
   std::size_t in_use_ = 0;
+  std::size_t limit_pages_;  // <= capacity_pages_
   std::size_t invalid_frees_ = 0;
   std::int64_t alloc_pages_left_ = -1;
 };

@@ -7,19 +7,14 @@
 #include <string>
 
 #include "context_impl.hpp"
+#include "stats_report.hpp"
 
 namespace uhmm {
 
 Context::Context() : Context(ContextOptions::from_environment()) {}
 Context::Context(const ContextOptions& options) : impl_(std::make_unique<detail::ContextImpl>(options)) {}
 Context::~Context() {
-  if (!impl_->options.print_stats) return;
-  const Counters c = counters();
-  std::string out = "uhmm counters:\n";
-#define UHMM_PRINT_COUNTER(name) out += fmt::format("  {:<28} {:>14}\n", #name, c.name);
-  UHMM_COUNTERS(UHMM_PRINT_COUNTER)
-#undef UHMM_PRINT_COUNTER
-  std::fputs(out.c_str(), stderr);
+  if (impl_->options.print_stats) std::fputs(detail::stats_report(counters(), latency()).c_str(), stderr);
 }
 
 void* Context::allocate(std::size_t bytes) { return impl_->allocate(bytes); }
@@ -27,6 +22,7 @@ void Context::free(void* base) { impl_->free(base); }
 std::size_t Context::range_size(const void* base) const { return impl_->ranges.size_of(base, "range_size"); }
 
 std::size_t Context::device_count() const noexcept { return impl_->device_count(); }
+const char* Context::fault_mode() const noexcept { return impl_->mechanism->name(); }
 
 OwnerId Context::device_owner(std::size_t i) const {
   if (i >= impl_->device_count())
@@ -37,6 +33,9 @@ OwnerId Context::device_owner(std::size_t i) const {
 
 DeviceInfo Context::device_info(OwnerId owner) const { return impl_->device(owner, "device_info").info(); }
 Backend& Context::backend(OwnerId owner) { return impl_->device(owner, "backend").backend(); }
+std::size_t Context::set_device_pool_limit(OwnerId owner, std::size_t bytes) {
+  return impl_->set_device_pool_limit(owner, bytes);
+}
 void Context::inject_faults(OwnerId owner, const FaultInjection& injection) {
   impl_->device(owner, "inject_faults").set_fault_injection(injection);
 }
@@ -57,6 +56,8 @@ void Context::unpin(void* p, std::size_t bytes) { impl_->set_pinned(p, bytes, fa
 std::vector<PageState> Context::residency(const void* p, std::size_t bytes) const {
   return impl_->residency(p, bytes);
 }
+
+Latencies Context::latency() const { return impl_->observer.latencies(); }
 
 Counters Context::counters() const {
   impl_->ranges.gate().wait_applied();  // counts what the caller's own munmap/madvise did

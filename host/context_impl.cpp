@@ -6,20 +6,26 @@
 
 #include <fmt/format.h>
 
+#include "eviction.hpp"
 #include "fault_service.hpp"
 #include "uhmm/detail/log.hpp"
 #include "uhmm/migrate.hpp"
 
 namespace uhmm::detail {
 
-ContextImpl::ContextImpl(const ContextOptions& opts) : options(opts) {
+ContextImpl::ContextImpl(const ContextOptions& opts) : options(opts), mechanism(open_fault_mechanism(options)) {
   devices_ = open_devices(options, [this](OwnerId owner) { return pagemap(owner); });
   if (devices_.empty()) throw Error(Errc::device_error, "no device was opened");
-  for (const auto& d : devices_) rmaps_.push_back(std::make_unique<ReverseMap>(d->capacity_pages()));
+  std::vector<std::size_t> capacities;
+  for (const auto& d : devices_) {
+    rmaps_.push_back(std::make_unique<ReverseMap>(d->capacity_pages()));
+    capacities.push_back(d->capacity_pages());
+  }
+  recency = std::make_unique<AccessRecency>(capacities);
   staging_ = std::make_unique<StagingPool>(devices_.front()->backend());
   faults_ = std::make_unique<FaultService>(*this);
-  log().info("context ready: {} device(s) on the {} backend, fault-ahead {}", devices_.size(),
-             devices_.front()->info().backend, options.fault_ahead ? "on" : "off");
+  log().info("context ready: {} device(s) on the {} backend, fault-ahead {}, {} faults", devices_.size(),
+             devices_.front()->info().backend, options.fault_ahead ? "on" : "off", mechanism->name());
 }
 
 ContextImpl::~ContextImpl() {
@@ -58,7 +64,7 @@ void* ContextImpl::allocate(std::size_t bytes) {
   const std::size_t rounded = (bytes + kPageSize - 1) & ~(kPageSize - 1);
   reap_retired(/*wait=*/false);
   try {
-    auto range = std::make_shared<ManagedRange>(next_range_id_.fetch_add(1), rounded, uffd);
+    auto range = std::make_shared<ManagedRange>(next_range_id_.fetch_add(1), rounded, *mechanism);
     void* base = range->base();
     wait_for_address_reuse(range->base(), range->bytes());
     ranges.add(std::move(range));
@@ -79,7 +85,8 @@ void ContextImpl::free(void* base) {
   // unmaps what the application left mapped.
 }
 
-void ContextImpl::release_device_pages(ManagedRange& range) noexcept {
+std::size_t ContextImpl::release_device_pages(ManagedRange& range) noexcept {
+  std::size_t released = 0;
   auto& table = range.table();
   for (std::size_t block = 0; block < table.nblocks(); ++block) {
     // One block at a time: a huge range's list would cost more than its table.
@@ -100,6 +107,7 @@ void ContextImpl::release_device_pages(ManagedRange& range) noexcept {
       }
     }
     std::sort(to_free.begin(), to_free.end());
+    released += to_free.size();
     std::vector<DevicePageIndex> indices;
     for (std::size_t i = 0; i < to_free.size();) {
       const OwnerId owner = to_free[i].first;
@@ -115,6 +123,7 @@ void ContextImpl::release_device_pages(ManagedRange& range) noexcept {
       devices_[owner - 1]->page_free(indices);
     }
   }
+  return released;
 }
 
 void ContextImpl::retire(const std::shared_ptr<ManagedRange>& range) noexcept {
@@ -130,11 +139,11 @@ void ContextImpl::retire(const std::shared_ptr<ManagedRange>& range) noexcept {
   }
 }
 
-void ContextImpl::reap_retired(bool wait) noexcept {
+std::size_t ContextImpl::reap_retired(bool wait) noexcept {
   std::vector<std::shared_ptr<ManagedRange>> ready;
   {
     std::lock_guard lock(retired_mutex_);
-    if (retired_.empty()) return;
+    if (retired_.empty()) return 0;
     for (auto it = retired_.begin(); it != retired_.end();) {
       if (wait || (*it)->idle()) {
         ready.push_back(std::move(*it));
@@ -144,10 +153,12 @@ void ContextImpl::reap_retired(bool wait) noexcept {
       }
     }
   }
+  std::size_t released = 0;
   for (const auto& range : ready) {
     range->wait_idle();
-    release_device_pages(*range);
+    released += release_device_pages(*range);
   }
+  return released;
 }
 
 void ContextImpl::wait_for_address_reuse(const std::byte* base, std::size_t bytes) {
@@ -165,7 +176,8 @@ void ContextImpl::wait_for_address_reuse(const std::byte* base, std::size_t byte
       if (!other->all_unmapped(first, end)) live = true;
     }
     if (!live) return;
-    if (round == 2000)
+    // Without mapping events (signal mode) no UNMAP is coming: fail at once.
+    if (round == (mechanism->follows_mapping_changes() ? 2000 : 0))
       throw Error(Errc::system_error,
                   fmt::format("allocate: the kernel reused {} while uhmm still manages it there; the application "
                               "unmapped a managed range without free() and this kernel did not report it",
@@ -175,14 +187,15 @@ void ContextImpl::wait_for_address_reuse(const std::byte* base, std::size_t byte
 }
 
 MigrationResult ContextImpl::migrate_to_device(void* p, std::size_t bytes, OwnerId owner) {
+  const std::uint64_t start_ns = now_ns();
   Device& dev = device(owner, "migrate_to_device");
   const RangeSpan span = ranges.resolve(p, bytes, "migrate_to_device");  // validates before anything changes
   const auto& table = span.range().table();
-  MigrationResult result;
-  result.pages = span.count();
   enum : std::uint8_t { kUntouched, kMoved, kFailed };
   std::vector<std::uint8_t> outcome(span.count(), kUntouched);
   std::vector<std::uint64_t> src(span.count()), dst(span.count());
+  Status failure;        // of the latest pass that left pages behind, in any round
+  Status round_failure;  // the same, in this round only
 
   // One pass per source: host and never-touched pages first, then the pages of
   // each other device (selected by owner, copied device to device).
@@ -195,7 +208,9 @@ MigrationResult ContextImpl::migrate_to_device(void* p, std::size_t bytes, Owner
     args.flags = flags;
     args.pgmap_owner = from;
     migrate_vma_setup(*this, args);
+    const std::uint64_t copy_start = now_ns();
     const Status copied = args.cpages > 0 ? dev.alloc_and_copy(args) : Status{};
+    AtomicCounters::add(counters.copy_ns_to_device, args.cpages > 0 ? now_ns() - copy_start : 0);
     migrate_vma_pages(*this, args);
     migrate_vma_finalize(*this, args);
     // src[i] now: MIGRATE for pages that moved; other bits without MIGRATE for
@@ -206,26 +221,49 @@ MigrationResult ContextImpl::migrate_to_device(void* p, std::size_t bytes, Owner
       else if (src[i] != 0) outcome[i] = kFailed, ++failed;
     }
     if (failed > 0) {
-      const Status why = copied ? Status{Errc::device_error, "pages were not migrated"} : copied;
-      AtomicCounters::add(why.code == Errc::out_of_memory ? counters.alloc_failures : counters.copy_failures,
-                          why.code == Errc::out_of_memory ? failed : 1);
-      if (result.status) result.status = why;
+      round_failure = copied ? Status{Errc::device_error, "pages were not migrated"} : copied;
+      if (round_failure.code != Errc::out_of_memory) AtomicCounters::add(counters.copy_failures, 1);
+      failure = round_failure;
     }
   };
-  pass(MIGRATE_VMA_SELECT_SYSTEM | MIGRATE_VMA_FAULT | MIGRATE_VMA_SELECT_COMPOUND, kNoOwner);
-  for (OwnerId other = 1; other <= devices_.size(); ++other) {
-    if (other == dev.owner()) continue;
-    bool present = false;
-    for (std::size_t q = span.first(); q < span.end() && !present; ++q) {
-      std::lock_guard lock(table.block_mutex(MirrorTable::block_of(q)));
-      const MirrorEntry e = table.entry(q);
-      present = e.residency() == Residency::Device && e.device_page().owner == other;
+  auto all_passes = [&] {
+    pass(MIGRATE_VMA_SELECT_SYSTEM | MIGRATE_VMA_FAULT | MIGRATE_VMA_SELECT_COMPOUND, kNoOwner);
+    for (OwnerId other = 1; other <= devices_.size(); ++other) {
+      if (other == dev.owner()) continue;
+      bool present = false;
+      for (std::size_t q = span.first(); q < span.end() && !present; ++q) {
+        std::lock_guard lock(table.block_mutex(MirrorTable::block_of(q)));
+        const MirrorEntry e = table.entry(q);
+        present = e.residency() == Residency::Device && e.device_page().owner == other;
+      }
+      if (present) pass(MIGRATE_VMA_SELECT_DEVICE_PRIVATE, other);
     }
-    if (present) pass(MIGRATE_VMA_SELECT_DEVICE_PRIVATE, other);
+  };
+
+  // A full pool: evict the least recently used chunks, never this request's
+  // own pages, and run the passes again for what is left. A request larger
+  // than the pool migrates what fits; the rest fails with out_of_memory. The
+  // rounds are bounded: under contention other threads may take the room
+  // each round frees (each round still moves pages for someone).
+  constexpr int kEvictionRounds = 16;
+  const EvictionGuard guard{span.range().id(), span.first(), span.end()};
+  for (int round = 0;; ++round) {
+    round_failure = Status{};
+    all_passes();
+    const auto left = static_cast<std::size_t>(std::count(outcome.begin(), outcome.end(), kFailed));
+    if (left == 0 || round_failure.code != Errc::out_of_memory || !options.evict || round + 1 == kEvictionRounds)
+      break;
+    // Ranges the application unmapped hold device pages no registered range
+    // names (eviction cannot find them by id): releasing those makes room first.
+    if (reap_retired(/*wait=*/false) == 0 && make_room(*this, dev.owner(), left, &guard).pages == 0) break;
   }
 
   // Per page, the last pass that selected it decides (a page another thread
-  // moved between passes may be taken twice, and counts once).
+  // moved between passes may be taken twice, and counts once). Pages already
+  // here are used by this request too: their chunks count as recently used.
+  MigrationResult result;
+  result.pages = span.count();
+  const std::uint64_t now = recency->tick();
   for (std::size_t i = 0; i < span.count(); ++i) {
     if (outcome[i] == kMoved) ++result.migrated;
     if (outcome[i] == kFailed) ++result.failed;
@@ -235,8 +273,29 @@ MigrationResult ContextImpl::migrate_to_device(void* p, std::size_t bytes, Owner
     const MirrorEntry e = table.entry(page);
     const bool there = e.residency() == Residency::Device && e.device_page().owner == dev.owner() && !e.locked();
     there ? ++result.already : ++result.skipped;
+    if (there) recency->touch(e.device_page(), now);
   }
+  // A page that failed in an earlier round and was locked by someone else in
+  // the later ones failed for that round's reason.
+  if (result.failed > 0) {
+    result.status = failure ? Status{Errc::device_error, "pages were not migrated"} : failure;
+    if (result.status.code == Errc::out_of_memory) AtomicCounters::add(counters.alloc_failures, result.failed);
+  }
+  observer.migrated_to_device(start_ns, dev.owner(), result);
   return result;
+}
+
+std::size_t ContextImpl::set_device_pool_limit(OwnerId owner, std::size_t bytes) {
+  Device& dev = device(owner, "set_device_pool_limit");
+  const std::size_t capacity = dev.capacity_pages() * kPageSize;
+  if (bytes > capacity)
+    throw Error(Errc::invalid_argument,
+                fmt::format("set_device_pool_limit: {} bytes is more than device {}'s pool of {} bytes "
+                            "(device_pool_bytes); a pool cannot grow past it",
+                            bytes, dev.owner(), capacity));
+  // Cap first, so that no migration fills what the eviction empties.
+  dev.set_page_limit(bytes / kPageSize);
+  return evict_down_to(*this, dev.owner(), bytes / kPageSize).pages;
 }
 
 std::vector<PageState> ContextImpl::residency(const void* p, std::size_t bytes) const {

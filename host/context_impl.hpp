@@ -10,14 +10,16 @@
 #include <string_view>
 #include <vector>
 
+#include "access_recency.hpp"
 #include "atomic_counters.hpp"
+#include "observer.hpp"
 #include "range_registry.hpp"
 #include "reverse_map.hpp"
 #include "staging_pool.hpp"
 #include "uhmm/context.hpp"
 #include "uhmm/detail/device.hpp"
+#include "fault_mechanism.hpp"
 #include "unlock_events.hpp"
-#include "userfaultfd.hpp"
 
 namespace uhmm::detail {
 
@@ -35,6 +37,20 @@ class ContextImpl {
   MigrationResult migrate_to_device(void* p, std::size_t bytes, OwnerId owner);
   MigrationResult migrate_to_host(void* p, std::size_t bytes);
   std::size_t migrate_device_range(OwnerId owner, DevicePageIndex first, std::size_t npages);
+  // migrate_device_range's work, on arguments already checked: moves every
+  // unlocked live page of owner in [first, first + npages) back to host. With
+  // `wait` it also waits for locked pages (migrate_device_range, pool
+  // shrink); without, it skips them (eviction under pressure, whose caller may
+  // hold page locks itself). Pages whose copy fails stay on the device.
+  struct DeviceRangeEviction {
+    std::size_t moved = 0;
+    std::size_t failed = 0;
+    bool skipped_locked = false;  // without wait: some pages were locked and left
+    Status status;                // why pages failed (ok when none did)
+  };
+  DeviceRangeEviction evict_device_range(OwnerId owner, DevicePageIndex first, std::size_t npages, bool wait);
+  // Caps owner's pool at `bytes` and evicts down to it (Context::set_device_pool_limit).
+  std::size_t set_device_pool_limit(OwnerId owner, std::size_t bytes);
   std::vector<PageState> residency(const void* p, std::size_t bytes) const;
   // Sets or clears PINNED; pinning then brings the span's device pages back.
   MigrationResult set_pinned(void* p, std::size_t bytes, bool pinned);
@@ -64,8 +80,9 @@ class ContextImpl {
   // from the registry at once, so its address can be reused; what it still
   // holds on a device is released once no operation uses it (reap_retired).
   void retire(const std::shared_ptr<ManagedRange>& range) noexcept;
-  // Releases retired ranges no operation uses any more; with `wait`, all of them.
-  void reap_retired(bool wait) noexcept;
+  // Releases retired ranges no operation uses any more; with `wait`, all of
+  // them. Returns how many device pages went back to their pools.
+  std::size_t reap_retired(bool wait) noexcept;
 
   // Validates the mirror tables and the pools (expensive; checked builds call
   // it after every operation through check_invariants()). With `quiescent`
@@ -75,10 +92,14 @@ class ContextImpl {
   void check_invariants() const;
 
   const ContextOptions options;
-  Userfaultfd uffd;
+  // How faults reach the fault service and pages reach the range (declared
+  // before the ranges: it outlives them).
+  const std::unique_ptr<FaultMechanism> mechanism;
   RangeRegistry ranges;
   AtomicCounters counters;
+  Observer observer{options.trace_path};
   UnlockEvents unlocks;
+  std::unique_ptr<AccessRecency> recency;  // set once the devices are open
 
  private:
   std::vector<std::unique_ptr<Device>> devices_;
@@ -89,9 +110,9 @@ class ContextImpl {
   std::mutex retired_mutex_;
   std::vector<std::shared_ptr<ManagedRange>> retired_;
 
-  // Gives every device page a range still names back to its pool; the entries
-  // become Empty. Pre: no operation uses the range.
-  void release_device_pages(ManagedRange& range) noexcept;
+  // Gives every device page a range still names back to its pool (returns how
+  // many); the entries become Empty. Pre: no operation uses the range.
+  std::size_t release_device_pages(ManagedRange& range) noexcept;
   // Waits until no live part of a registered range overlaps [base, base + bytes)
   // (the application unmapped it and the event is on its way); throws if that
   // never happens.

@@ -1,6 +1,7 @@
 #include "fault_service.hpp"
 
 #include <poll.h>
+#include <pthread.h>
 #include <sched.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -15,6 +16,9 @@
 
 #include "context_impl.hpp"
 #include "page_runs.hpp"
+#include "signal_fault_handler.hpp"
+#include "userfaultfd.hpp"
+#include "userfaultfd_mechanism.hpp"
 #include "uhmm/detail/log.hpp"
 
 namespace uhmm::detail {
@@ -29,7 +33,11 @@ void sort_unique(std::vector<std::size_t>& v) {
 
 }  // namespace
 
-FaultService::FaultService(ContextImpl& ctx) : ctx_(ctx), messages_(kMaxEventsPerRead), mapping_(ctx) {
+FaultService::FaultService(ContextImpl& ctx) : ctx_(ctx), events_(kMaxEventsPerRead) {
+  // Mapping events are a userfaultfd feature: only that mechanism reports them.
+  if (ctx.mechanism->follows_mapping_changes())
+    if (auto* u = dynamic_cast<UserfaultfdMechanism*>(ctx.mechanism.get()))
+      mapping_ = std::make_unique<MappingEvents>(ctx, u->uffd());
   event_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (event_fd_ < 0)
     throw Error(Errc::system_error, fmt::format("eventfd for the fault service: {}", std::strerror(errno)));
@@ -65,28 +73,29 @@ std::size_t FaultService::read_messages(std::vector<Fault>& into) noexcept {
   const bool outermost = reading_depth_++ == 0;
   if (outermost) ctx_.ranges.gate().begin();
   // Each nesting level reads into its own buffer: an event being applied may
-  // pump while the level above still walks its messages.
-  uffd_msg local[16];
-  uffd_msg* msgs = outermost ? messages_.data() : local;
-  const std::size_t max = outermost ? messages_.size() : std::size(local);
+  // pump while the level above still walks its events.
+  FaultEvent local[16];
+  FaultEvent* events = outermost ? events_.data() : local;
+  const std::size_t max = outermost ? events_.size() : std::size(local);
+  FaultMechanism& mechanism = *ctx_.mechanism;
   std::size_t total = 0;
   for (;;) {
-    const std::size_t n = ctx_.uffd.read_events(msgs, max);
+    const std::size_t n = mechanism.read_faults(events, max);
+    const std::uint64_t read_ns = n > 0 ? now_ns() : 0;
     for (std::size_t i = 0; i < n; ++i) {
-      const uffd_msg& m = msgs[i];
-      if (m.event != UFFD_EVENT_PAGEFAULT) {
-        mapping_.apply(m, staging_);
+      const FaultEvent& e = events[i];
+      if (e.kind != FaultEvent::Kind::fault) {
+        if (mapping_) mapping_->apply(e, staging_);
         continue;
       }
-      const bool wp = (m.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) != 0;
       try {
-        into.push_back({static_cast<std::uintptr_t>(m.arg.pagefault.address) & ~(kPageSize - 1), wp});
+        into.push_back({e.address, e.write_protect, read_ns});
       } catch (const std::bad_alloc&) {
         // Its thread stays asleep until some later wake of that page.
-        log().error("fault service: no memory to queue a fault at {:#x}", m.arg.pagefault.address);
+        log().error("fault service: no memory to queue a fault at {:#x}", e.address);
         continue;
       }
-      if (wp) AtomicCounters::add(ctx_.counters.faults_write_protect, 1);
+      if (e.write_protect) AtomicCounters::add(ctx_.counters.faults_write_protect, 1);
     }
     total += n;
     if (n < max) break;
@@ -102,8 +111,14 @@ void FaultService::pump(void* self) noexcept {
 }
 
 void FaultService::run() noexcept {
-  Userfaultfd::set_thread_eagain_hook(&FaultService::pump, this);
-  pollfd fds[2] = {{ctx_.uffd.fd(), POLLIN, 0}, {event_fd_, POLLIN, 0}};
+  ::pthread_setname_np(::pthread_self(), "uhmm-faults");  // its track's name in traces and debuggers
+  // A fault this thread took on managed memory would wait on itself.
+  signal_faults::mark_service_thread();
+  // With mapping events, this thread's own ioctls may meet an unread event
+  // (EAGAIN): it reads it itself (userfaultfd.hpp).
+  if (mapping_) Userfaultfd::set_thread_eagain_hook(&FaultService::pump, this);
+  FaultMechanism& mechanism = *ctx_.mechanism;
+  pollfd fds[2] = {{mechanism.poll_fd(), POLLIN, 0}, {event_fd_, POLLIN, 0}};
   std::vector<Fault> batch;
   const auto spin = std::chrono::microseconds(ctx_.options.fault_spin_us);
   auto read_faults = [&] { return read_messages(batch); };
@@ -159,7 +174,7 @@ void FaultService::wake_unlocked_parked() noexcept {
     if (locked)
       parked_[kept++] = f;
     else
-      ctx_.uffd.wake(reinterpret_cast<void*>(f.address), kPageSize);
+      ctx_.mechanism->wake(f.address, kPageSize);
   }
   parked_count_.fetch_sub(parked_.size() - kept);
   parked_.resize(kept);
@@ -174,8 +189,7 @@ void FaultService::resolve(std::vector<Fault>& faults) noexcept {
       // No range here: one being freed (unregistering it wakes its faulting
       // threads), or memory the application grew a range into in place with
       // mremap, which stays registered: plain anonymous memory reads zeros.
-      void* page = reinterpret_cast<void*>(faults[i].address);
-      if (!faults[i].write_protect && ctx_.uffd.zeropage(page, kPageSize) != 0) ctx_.uffd.wake(page, kPageSize);
+      if (mapping_) mapping_->fault_outside_ranges(faults[i].address, faults[i].write_protect);
       ++i;
       continue;
     }
@@ -183,7 +197,7 @@ void FaultService::resolve(std::vector<Fault>& faults) noexcept {
     if (range.any_unmapped(span.first(), span.first() + 1)) {
       // A stale fault on a page the application unmapped since: its thread
       // retries and gets what the address holds now.
-      ctx_.uffd.wake(reinterpret_cast<void*>(faults[i].address), kPageSize);
+      ctx_.mechanism->wake(faults[i].address, kPageSize);
       ++i;
       continue;
     }
@@ -204,9 +218,16 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
   auto& table = range.table();
   const std::size_t lo = table.block_begin(block);
   const std::size_t hi = table.block_end(block);
-  const bool ahead = ctx_.options.fault_ahead;
+  FaultMechanism& mechanism = *ctx_.mechanism;
+  // Coarse (the signal mechanism near its mapping budget): open the whole
+  // block, so that it merges into one protection run again.
+  const bool coarse = mechanism.coarse();
+  const bool ahead = ctx_.options.fault_ahead || coarse;
+  const bool open_block = ahead && mechanism.closes_idle_host_pages();
   std::vector<std::size_t> zero, back, wake, unprotect, faulting_back;
   std::size_t zero_faults = 0;
+  const std::span<const Fault> observed(faults, count);
+  const auto page_of = [&](std::uintptr_t a) { return range.page_of(reinterpret_cast<const void*>(a)); };
 
   {
     std::lock_guard lock(table.block_mutex(block));
@@ -220,7 +241,7 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
       } else if (e.has(MirrorEntry::kPoisoned)) {
         // The poison marker answers the retry with SIGBUS; a kernel without
         // UFFDIO_POISON leaves the thread blocked rather than looping.
-        if (ctx_.uffd.has_poison()) wake.push_back(p);
+        if (mechanism.has_poison()) wake.push_back(p);
       } else if (faults[k].write_protect) {
         // The migration that protected the page is over: either the page stayed
         // (unprotect) or it moved (wake: the retry faults as MISSING).
@@ -232,7 +253,9 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
         // Empty, or System but unmapped (the application dropped it): zeros.
         // A page mapped already answers EEXIST and its thread is just woken.
         zero.push_back(p);
-        ++zero_faults;
+        // A host page the signal mechanism closed is reopened with its block
+        // below (unprotect): no zero fill.
+        if (!(open_block && e.residency() == Residency::System)) ++zero_faults;
       }
     }
     if (ahead && !zero.empty())
@@ -243,10 +266,16 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
         const MirrorEntry e = table.entry(p);
         if (e.residency() == Residency::Device && !e.locked() && !e.has(MirrorEntry::kPoisoned)) back.push_back(p);
       }
+    if (open_block)
+      for (std::size_t p = lo; p < hi; ++p) {
+        const MirrorEntry e = table.entry(p);
+        if (e.residency() == Residency::System && !e.locked() && !e.has(MirrorEntry::kPoisoned)) unprotect.push_back(p);
+      }
     sort_unique(zero);
     sort_unique(back);
     sort_unique(faulting_back);
     sort_unique(unprotect);
+    sort_unique(wake);
     // A page with a stale MISSING fault next to its WP fault is mapped: the
     // unprotect (which wakes) answers both.
     std::erase_if(zero, [&](std::size_t p) { return std::binary_search(unprotect.begin(), unprotect.end(), p); });
@@ -259,18 +288,18 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
     for (std::size_t p : unprotect) table.entry(p).set(MirrorEntry::kLocked);
   }
 
-  // Zeros: one UFFDIO_ZEROPAGE per run; a run with a mapped page goes page by page.
+  // Zeros: one install per run; a run with a mapped page goes page by page.
   std::size_t spurious = 0;
   for (std::size_t k = 0; k < zero.size();) {
     std::size_t run = 1;
     while (k + run < zero.size() && zero[k + run] == zero[k] + run) ++run;
-    if (ctx_.uffd.zeropage(range.page_address(zero[k]), run * kPageSize, /*wake=*/false) != 0) {
+    if (mechanism.install_zeros(range, zero[k], run) != 0) {
       for (std::size_t q = zero[k]; q < zero[k] + run; ++q) {
-        const int err = ctx_.uffd.zeropage(range.page_address(q), kPageSize, /*wake=*/false);
+        const int err = mechanism.install_zeros(range, q, 1);
         if (err == EEXIST) {
           ++spurious;
         } else if (err != 0) {
-          log().error("fault service: UFFDIO_ZEROPAGE at {} failed: {}", static_cast<void*>(range.page_address(q)),
+          log().error("fault service: mapping zeros at {} failed: {}", static_cast<void*>(range.page_address(q)),
                       std::strerror(err));
         }
       }
@@ -284,7 +313,6 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
   }
   AtomicCounters::add(ctx_.counters.faults_zero_fill, zero_faults > spurious ? zero_faults - spurious : 0);
   AtomicCounters::add(ctx_.counters.faults_spurious, spurious);
-  ctx_.unlock(range, zero);
 
   if (!back.empty()) {
     const ContextImpl::BackResult r = ctx_.bring_back(range, back, staging_);
@@ -292,12 +320,15 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
       if (!std::binary_search(faulting_back.begin(), faulting_back.end(), p)) continue;
       // The page cannot come back: the faulting access gets SIGBUS, like the
       // kernel's answer to a failed migrate_to_ram; the data stays on the device.
-      std::lock_guard lock(table.block_mutex(block));
-      table.entry(p).set(MirrorEntry::kPoisoned);
+      {
+        std::lock_guard lock(table.block_mutex(block));
+        table.entry(p).set(MirrorEntry::kPoisoned);
+      }
       AtomicCounters::add(ctx_.counters.pages_lost, 1);
       log().critical("page {} could not be brought back from its device ({}); accesses to it raise SIGBUS",
                      static_cast<void*>(range.page_address(p)), r.status.message);
-      if (const int err = ctx_.uffd.poison(range.page_address(p), kPageSize); err != 0)
+      // Outside the block lock: the signal mechanism takes block locks under its own.
+      if (const int err = mechanism.poison(range, p, 1); err != 0)
         log().critical("poisoning page {} failed ({}): its faulting thread stays blocked",
                        static_cast<void*>(range.page_address(p)), std::strerror(err));
     }
@@ -308,12 +339,31 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
                                    }));
     AtomicCounters::add(ctx_.counters.faults_from_device, faulting_moved);
     AtomicCounters::add(ctx_.counters.pages_fault_ahead, r.moved > faulting_moved ? r.moved - faulting_moved : 0);
-    ctx_.unlock(range, back);  // counted first: a woken thread sees its fault in the counters
+    // The CPU uses this block now: what stays of it on a device is recent.
+    ctx_.recency->touch_block(table, block);
   }
 
-  for (std::size_t p : unprotect) ctx_.uffd.write_protect(range.page_address(p), kPageSize, false);
-  ctx_.unlock(range, unprotect);
-  for (std::size_t p : wake) ctx_.uffd.wake(range.page_address(p), kPageSize);
+  for (std::size_t k = 0; k < unprotect.size();) {
+    std::size_t run = 1;
+    while (k + run < unprotect.size() && unprotect[k + run] == unprotect[k] + run) ++run;
+    mechanism.write_protect(range, unprotect[k], run, false);
+    k += run;
+  }
+  // One unlock for every page held here, after the counters: a woken thread
+  // sees its fault counted and finds nothing of this resolution still locked
+  // (a migration it starts next would skip a locked page).
+  std::vector<std::size_t> held;
+  held.reserve(zero.size() + back.size() + unprotect.size());
+  held.insert(held.end(), zero.begin(), zero.end());
+  held.insert(held.end(), back.begin(), back.end());
+  held.insert(held.end(), unprotect.begin(), unprotect.end());
+  sort_unique(held);
+  ctx_.unlock(range, held);
+  for (std::size_t p : wake) mechanism.wake(reinterpret_cast<std::uintptr_t>(range.page_address(p)), kPageSize);
+  ctx_.observer.faults_resolved(FaultKind::zero_fill, observed, zero, false, page_of);
+  ctx_.observer.faults_resolved(FaultKind::from_device, observed, faulting_back, false, page_of);
+  ctx_.observer.faults_resolved(FaultKind::write_protect, observed, unprotect, true, page_of);
+  ctx_.observer.faults_resolved(FaultKind::write_protect, observed, wake, true, page_of);
 }
 
 }  // namespace uhmm::detail

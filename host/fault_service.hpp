@@ -1,5 +1,5 @@
-// The CPU fault service: one thread reading userfaultfd events in batches and
-// resolving each by its page's state (the kernel's do_swap_page +
+// The CPU fault service: one thread reading faults in batches from the fault
+// mechanism (userfaultfd or signal) and resolving each by its page's state (the kernel's do_swap_page +
 // migrate_to_ram for device-private pages).
 //
 // Cost on these machines is thread hand-offs (DESIGN.md), so the service
@@ -9,14 +9,14 @@
 // touch maps zeros over the whole block's never-touched pages.
 #pragma once
 
-#include <linux/userfaultfd.h>
-
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <thread>
 #include <vector>
 
+#include "fault_mechanism.hpp"
 #include "mapping_events.hpp"
 
 namespace uhmm::detail {
@@ -38,6 +38,7 @@ class FaultService {
   struct Fault {
     std::uintptr_t address;
     bool write_protect;  // a store to a write-protected page
+    std::uint64_t read_ns = 0;  // when the service read it: its latency starts here
   };
 
   void run() noexcept;
@@ -57,10 +58,10 @@ class FaultService {
   std::atomic<bool> stop_{false};
   std::vector<Fault> parked_;                // faults on locked pages (service thread only)
   std::atomic<std::size_t> parked_count_{0};  // its size, for the unlock listener
-  std::vector<uffd_msg> messages_;
+  std::vector<FaultEvent> events_;
   std::vector<Fault> pumped_;  // faults read by pump(), resolved in the next batch
   int reading_depth_ = 0;      // read_messages() nests through pump() inside an event's ioctls
-  MappingEvents mapping_;
+  std::unique_ptr<MappingEvents> mapping_;  // userfaultfd with mapping events only
   std::byte* staging_ = nullptr;
   std::thread thread_;
 };

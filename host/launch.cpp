@@ -2,6 +2,8 @@
 // device, their pages locked for the kernel's duration (CPU accesses park
 // until it ends, migrations skip them) and a device page table is built for
 // each; then the kernel runs on the device's stream.
+#include <algorithm>
+
 #include <fmt/format.h>
 
 #include "context_impl.hpp"
@@ -9,6 +11,8 @@
 
 namespace uhmm {
 namespace {
+
+constexpr std::size_t kMigrateTries = 4;
 
 // The pages of one span, locked on the device for a kernel.
 struct HeldSpan {
@@ -49,17 +53,27 @@ void Context::launch_impl(OwnerId device, std::size_t n, std::span<const SpanReq
   try {
     for (std::size_t k = 0; k < spans.size(); ++k) {
       auto& h = held[k];
-      ctx.migrate_to_device(pages[k].first, pages[k].second, dev.owner());
       auto& table = h.span.range().table();
       h.table.assign(h.span.count(), 0);
-      for (std::size_t q = h.span.first(); q < h.span.end(); ++q) {
-        std::lock_guard lock(table.block_mutex(detail::MirrorTable::block_of(q)));
-        detail::MirrorEntry& e = table.entry(q);
-        if (e.residency() != Residency::Device || e.device_page().owner != dev.owner() || e.locked()) continue;
-        e.set(detail::MirrorEntry::kLocked | detail::MirrorEntry::kDirty);
-        h.held.push_back(q);
-        h.table[q - h.span.first()] = dev.address_of(e.device_page().index);
+      // Migrate, then lock what arrived. Another thread's eviction may take
+      // pages between the two steps (they are unlocked then): migrate again
+      // while that brings pages, so a kernel whose spans fit gets them all.
+      for (std::size_t tries = 0; tries < kMigrateTries && h.held.size() < h.span.count(); ++tries) {
+        const std::size_t before = h.held.size();
+        ctx.migrate_to_device(pages[k].first, pages[k].second, dev.owner());
+        const std::uint64_t now = ctx.recency->tick();  // a kernel's spans are its working set: recently used
+        for (std::size_t q = h.span.first(); q < h.span.end(); ++q) {
+          std::lock_guard lock(table.block_mutex(detail::MirrorTable::block_of(q)));
+          detail::MirrorEntry& e = table.entry(q);
+          if (e.residency() != Residency::Device || e.device_page().owner != dev.owner() || e.locked()) continue;
+          e.set(detail::MirrorEntry::kLocked | detail::MirrorEntry::kDirty);
+          h.held.push_back(q);
+          ctx.recency->touch(e.device_page(), now);
+          h.table[q - h.span.first()] = dev.address_of(e.device_page().index);
+        }
+        if (h.held.size() == before) break;
       }
+      std::sort(h.held.begin(), h.held.end());
       tables[k] = DevicePageTable{h.table.data(), h.table.size(),
                                   static_cast<std::size_t>(static_cast<const std::byte*>(spans[k].data) - pages[k].first),
                                   spans[k].bytes};

@@ -1,28 +1,29 @@
-// A managed range: an anonymous private mapping, 2 MiB aligned, registered with
-// userfaultfd, and its mirror page table. Operations on a range count
+// A managed range: a 2 MiB-aligned mapping whose faults reach the fault service
+// (its RangeMapping, made by the context's FaultMechanism), and its mirror
+// page table. Operations on a range count
 // themselves in, so that free() can wait until none is left.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstddef>
-#include <atomic>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 
+#include "fault_mechanism.hpp"
 #include "mirror_table.hpp"
 #include "page_intervals.hpp"
 #include "uhmm/types.hpp"
 
 namespace uhmm::detail {
 
-class Userfaultfd;
-
 class ManagedRange {
  public:
-  // Maps and registers `bytes` (a multiple of kPageSize). Throws uhmm::Error.
-  ManagedRange(std::uint32_t id, std::size_t bytes, Userfaultfd& uffd);
-  // Unregisters and unmaps what the application has not unmapped itself.
-  // Pre: no operation is in flight.
+  // Maps `bytes` (a multiple of kPageSize) through the mechanism. Throws uhmm::Error.
+  ManagedRange(std::uint32_t id, std::size_t bytes, FaultMechanism& mechanism);
+  // Unmaps what the application has not unmapped itself (waking any thread
+  // still faulting here). Pre: no operation is in flight.
   ~ManagedRange();
   ManagedRange(const ManagedRange&) = delete;
   ManagedRange& operator=(const ManagedRange&) = delete;
@@ -40,6 +41,7 @@ class ManagedRange {
     return p >= base_ && p < base_ + bytes_;
   }
   MirrorTable& table() noexcept { return table_; }
+  RangeMapping& mapping() const noexcept { return *mapping_; }
   const MirrorTable& table() const noexcept { return table_; }
 
   // Operation accounting (see RangeRegistry): begin under the registry lock.
@@ -57,11 +59,10 @@ class ManagedRange {
 
  private:
   std::uint32_t id_;
-  std::byte* base_ = nullptr;
-  std::size_t bytes_;
-  std::size_t mapped_bytes_ = 0;
-  Userfaultfd& uffd_;
   MirrorTable table_;
+  std::unique_ptr<RangeMapping> mapping_;
+  std::byte* base_;
+  std::size_t bytes_;
   std::mutex ops_mutex_;
   std::condition_variable ops_idle_;
   std::size_t ops_ = 0;

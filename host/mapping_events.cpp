@@ -10,6 +10,7 @@
 #include "context_impl.hpp"
 #include "uhmm/detail/log.hpp"
 #include "uhmm/migrate.hpp"
+#include "userfaultfd.hpp"
 
 namespace uhmm::detail {
 namespace {
@@ -25,20 +26,25 @@ std::pair<std::size_t, std::size_t> pages_within(const ManagedRange& range, std:
 
 }  // namespace
 
-void MappingEvents::apply(const uffd_msg& msg, std::byte* staging) noexcept {
-  switch (msg.event) {
-    case UFFD_EVENT_REMOVE:
-      discard(msg.arg.remove.start, msg.arg.remove.end);
+void MappingEvents::apply(const FaultEvent& event, std::byte* staging) noexcept {
+  switch (event.kind) {
+    case FaultEvent::Kind::remove:
+      discard(event.address, event.end);
       break;
-    case UFFD_EVENT_UNMAP:
-      unmap(msg.arg.remove.start, msg.arg.remove.end);
+    case FaultEvent::Kind::unmap:
+      unmap(event.address, event.end);
       break;
-    case UFFD_EVENT_REMAP:
-      remap(msg.arg.remap.from, msg.arg.remap.to, msg.arg.remap.len, staging);
+    case FaultEvent::Kind::remap:
+      remap(event.address, event.to, event.end - event.address, staging);
       break;
-    default:
+    case FaultEvent::Kind::fault:
       break;
   }
+}
+
+void MappingEvents::fault_outside_ranges(std::uintptr_t address, bool write_protect) noexcept {
+  void* page = reinterpret_cast<void*>(address);
+  if (!write_protect && uffd_.zeropage(page, kPageSize) != 0) uffd_.wake(page, kPageSize);
 }
 
 std::size_t MappingEvents::drop_device_pages(ManagedRange& range, std::size_t first, std::size_t end) noexcept {
@@ -137,7 +143,7 @@ void MappingEvents::copy_out(ManagedRange& range, std::size_t first, std::size_t
       BatchResult r = ctx_.pagemap(where[k].owner)->copy_to_ram(std::span(&index, 1), dst);
       if (r.pages_done != 1) r = ctx_.pagemap(where[k].owner)->copy_to_ram(std::span(&index, 1), dst);
       std::byte* target = range.page_address(pages[k]) + shift;
-      const int err = r.pages_done == 1 ? ctx_.uffd.copy(target, slot, kPageSize, nullptr) : EIO;
+      const int err = r.pages_done == 1 ? uffd_.copy(target, slot, kPageSize, nullptr) : EIO;
       if (err != 0 && err != EEXIST) {
         ++lost;
         log().critical("mremap moved managed page {} to {}, but its data could not be copied from the device ({}); "
@@ -174,7 +180,7 @@ void MappingEvents::remap(std::uintptr_t from, std::uintptr_t to, std::size_t le
   // The new place stays registered with this userfaultfd (EVENT_REMAP keeps
   // it); unregistering makes it ordinary memory and wakes any thread that
   // faulted there meanwhile.
-  if (const int err = ctx_.uffd.unregister_range(reinterpret_cast<void*>(to), len); err != 0)
+  if (const int err = uffd_.unregister_range(reinterpret_cast<void*>(to), len); err != 0)
     log().error("unregistering the moved mapping at {} failed: {}", reinterpret_cast<void*>(to), std::strerror(err));
 }
 

@@ -17,24 +17,31 @@
 //           becomes ordinary memory holding all the data.
 #pragma once
 
-#include <linux/userfaultfd.h>
-
 #include <cstddef>
 #include <cstdint>
+
+#include "fault_mechanism.hpp"
 
 namespace uhmm::detail {
 
 class ContextImpl;
 class ManagedRange;
+class Userfaultfd;
 
 class MappingEvents {
  public:
-  explicit MappingEvents(ContextImpl& ctx) noexcept : ctx_(ctx) {}
+  // Userfaultfd mode only (the userfaultfd mechanism reports these events;
+  // the signal mechanism has none): `uffd` is that mechanism's descriptor.
+  MappingEvents(ContextImpl& ctx, Userfaultfd& uffd) noexcept : ctx_(ctx), uffd_(uffd) {}
 
-  // Applies one REMOVE, UNMAP or REMAP message (others are ignored). The
+  // Applies one remove, unmap or remap event (faults are ignored). The
   // fault-service thread only, right after reading it; never throws and never
   // waits for a page lock. `staging` is the service's block-sized buffer.
-  void apply(const uffd_msg& msg, std::byte* staging) noexcept;
+  void apply(const FaultEvent& event, std::byte* staging) noexcept;
+  // A fault where no live range is: memory the application grew a range into
+  // in place with mremap stays registered, and plain anonymous memory reads
+  // zeros there (a range being freed wakes its own faulting threads).
+  void fault_outside_ranges(std::uintptr_t address, bool write_protect) noexcept;
 
  private:
   void discard(std::uintptr_t lo, std::uintptr_t hi) noexcept;
@@ -49,6 +56,7 @@ class MappingEvents {
                 std::byte* staging) noexcept;
 
   ContextImpl& ctx_;
+  Userfaultfd& uffd_;
 };
 
 }  // namespace uhmm::detail

@@ -1,6 +1,6 @@
 // Migration back to host RAM (the kernel's migrate_to_ram): device pages are
-// copied into a staging block, then mapped into the managed range with
-// UFFDIO_COPY, which also wakes threads waiting on them. Used by the CPU fault
+// copied into a staging block, then installed in the managed range by the
+// fault mechanism (UFFDIO_COPY, or a copy through the signal mechanism's alias). Used by the CPU fault
 // service, Context::migrate_to_host and migrate_device_range.
 #include <algorithm>
 #include <cerrno>
@@ -19,6 +19,7 @@ ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<c
                                                 std::byte* staging) noexcept {
   BackResult out;
   if (pages.empty()) return out;
+  const std::uint64_t start_ns = now_ns();
   auto& table = range.table();
   const std::size_t block = MirrorTable::block_of(pages.front());
   const std::size_t base = table.block_begin(block);
@@ -46,8 +47,10 @@ ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<c
     // One retry of what failed: an injected or transient copy fault must not
     // cost data while a second attempt can still succeed.
     for (int attempt = 0; attempt < 2 && done < indices.size(); ++attempt) {
+      const std::uint64_t copy_start = now_ns();
       const BatchResult r = devices_[owner - 1]->copy_to_ram(std::span(indices).subspan(done),
                                                              std::span<std::byte* const>(dst).subspan(done));
+      AtomicCounters::add(counters.copy_ns_to_host, now_ns() - copy_start);
       done += std::min(r.pages_done, indices.size() - done);
       if (!r.status) {
         AtomicCounters::add(counters.copy_failures, 1);
@@ -61,21 +64,19 @@ ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<c
     for (std::size_t k = 0; k < done; ++k) ok[which[k] - base] = 1;
   }
 
-  // Map what arrived, one UFFDIO_COPY per contiguous run.
+  // Map what arrived, one install per contiguous run.
   for_each_run(base, end, [&](std::size_t p) { return ok[p - base] != 0; },
                [&](std::size_t p, std::size_t count) {
                  std::size_t copied = 0;
-                 const int err = uffd.copy(range.page_address(p), staging + (p - base) * kPageSize,
-                                           count * kPageSize, &copied, /*wake=*/false);
+                 const int err = mechanism->install_copy(range, p, count, staging + (p - base) * kPageSize, &copied);
                  if (err == 0) return;
                  // EEXIST: something mapped a page we hold locked (the application
                  // remapped the range); map the others page by page.
                  for (std::size_t q = p + copied / kPageSize; q < p + count; ++q) {
-                   const int e = uffd.copy(range.page_address(q), staging + (q - base) * kPageSize, kPageSize,
-                                           nullptr, /*wake=*/false);
+                   const int e = mechanism->install_copy(range, q, 1, staging + (q - base) * kPageSize, nullptr);
                    if (e != 0 && e != EEXIST) {
                      ok[q - base] = 0;
-                     out.status = {Errc::system_error, fmt::format("UFFDIO_COPY at {} failed: {}",
+                     out.status = {Errc::system_error, fmt::format("installing the page at {} failed: {}",
                                                                    static_cast<void*>(range.page_address(q)),
                                                                    std::strerror(e))};
                    }
@@ -102,6 +103,8 @@ ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<c
   }
   AtomicCounters::add(counters.pages_to_host, out.moved);
   AtomicCounters::add(counters.bytes_to_host, out.moved * kPageSize);
+  observer.migrated_to_host(start_ns, reinterpret_cast<std::uintptr_t>(range.page_address(pages.front())), pages.size(),
+                            out.moved);
   return out;
 }
 
@@ -123,7 +126,7 @@ void ContextImpl::unlock(ManagedRange& range, std::span<const std::size_t> pages
   for (std::size_t i = 0; i < pages.size();) {
     std::size_t run = 1;
     while (i + run < pages.size() && pages[i + run] == pages[i] + run) ++run;
-    uffd.wake(range.page_address(pages[i]), run * kPageSize);
+    mechanism->wake(reinterpret_cast<std::uintptr_t>(range.page_address(pages[i])), run * kPageSize);
     i += run;
   }
 }
@@ -174,12 +177,22 @@ std::size_t ContextImpl::migrate_device_range(OwnerId owner, DevicePageIndex fir
   if (first >= dev.capacity_pages() || npages > dev.capacity_pages() - first)
     throw Error(Errc::out_of_range, fmt::format("migrate_device_range: pages [{}, +{}) exceed device {}'s {} pages",
                                                 first, npages, owner, dev.capacity_pages()));
+  const DeviceRangeEviction r = evict_device_range(owner, first, npages, /*wait=*/true);
+  if (!r.status) r.status.raise_if_error();
+  return r.moved;
+}
+
+ContextImpl::DeviceRangeEviction ContextImpl::evict_device_range(OwnerId owner, DevicePageIndex first,
+                                                                 std::size_t npages, bool wait) {
+  DeviceRangeEviction out;
+  const std::uint64_t start_ns = now_ns();
   StagingBuffer staging(*staging_);
-  if (staging.get() == nullptr) throw OutOfMemory("migrate_device_range: no host memory for a staging buffer");
+  if (staging.get() == nullptr) {
+    out.status = {Errc::out_of_memory, "evicting device pages: no host memory for a staging buffer"};
+    return out;
+  }
   ReverseMap& map = rmap(owner);
-  std::size_t moved = 0;
   std::vector<std::uint8_t> gave_up(npages, 0);  // pages whose copy failed: reported, not retried forever
-  Status failure;
   for (;;) {
     const std::uint64_t generation = unlocks.generation();
     bool waiting = false;
@@ -187,6 +200,9 @@ std::size_t ContextImpl::migrate_device_range(OwnerId owner, DevicePageIndex fir
     for (std::size_t k = 0; k < npages; ++k) {
       const auto target = map.get(static_cast<DevicePageIndex>(first + k));
       if (!target || gave_up[k]) continue;
+      // The range may be being freed, or retired (the application unmapped
+      // it): then it is gone from the registry (its pages are released, not
+      // copied: free() or reap_retired()), or this span keeps it alive until done.
       RangeSpan span = ranges.find_by_id(target->range_id);
       if (!span) continue;
       auto& range = span.range();
@@ -216,19 +232,21 @@ std::size_t ContextImpl::migrate_device_range(OwnerId owner, DevicePageIndex fir
         // Still on the device, still authoritative: report it, don't spin on it.
         std::lock_guard lock(table.block_mutex(block));
         gave_up[table.entry(q).device_page().index - first] = 1;
+        ++out.failed;
       }
       unlock(range, taken);
-      moved += back.moved;
+      out.moved += back.moved;
       progressed = progressed || back.moved > 0;
-      if (!back.status && failure) failure = back.status;
+      if (!back.status && out.status) out.status = back.status;
     }
-    if (!waiting && !progressed) break;
+    out.skipped_locked = waiting;
+    if (!wait || (!waiting && !progressed)) break;
     if (waiting && !progressed) unlocks.wait_after(generation);
   }
-  AtomicCounters::add(counters.device_evictions, moved);
+  AtomicCounters::add(counters.device_evictions, out.moved);
+  observer.evicted(start_ns, owner, first, npages, out.moved);
   check_invariants();
-  if (!failure) failure.raise_if_error();
-  return moved;
+  return out;
 }
 
 }  // namespace uhmm::detail

@@ -1,8 +1,6 @@
 // Migration to a device: migrate_vma_setup / _pages / _finalize (one walk of
 // the mirror table collects, locks and write-protects; the driver copies; the
 // new homes are recorded; host copies are dropped in contiguous runs).
-#include <sys/mman.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
@@ -112,7 +110,7 @@ void migrate_vma_setup(ContextImpl& ctx, MigrateVma& a) {
         return session->selected[i] && (a.src[i] & MIGRATE_PFN_VALID) && !(a.src[i] & MIGRATE_PFN_DEVICE);
       },
       [&](std::size_t i, std::size_t count) {
-        const int err = ctx.uffd.write_protect(range.page_address(first + i), count * kPageSize, true);
+        const int err = ctx.mechanism->write_protect(range, first + i, count, true);
         if (err == 0) return;
         log().error("write-protecting {} pages at {} failed ({}): they stay on the host", count,
                     static_cast<void*>(range.page_address(first + i)), std::strerror(err));
@@ -138,6 +136,7 @@ std::size_t migrate_vma_pages(ContextImpl& ctx, MigrateVma& a) {
   const std::size_t first = s.span.first();
   const std::size_t n = s.span.count();
   std::size_t migrated = 0;
+  const std::uint64_t now = ctx.recency->tick();  // a migration onto a device is a use of its chunks
   for (std::size_t block = table.block_of(first); block <= table.block_of(first + n - 1); ++block) {
     const std::size_t lo = std::max(first, table.block_begin(block));
     const std::size_t hi = std::min(first + n, table.block_end(block));
@@ -153,6 +152,7 @@ std::size_t migrate_vma_pages(ContextImpl& ctx, MigrateVma& a) {
       const DevicePage page = migrate_pfn_to_device_page(a.dst[i]);
       table.entry(p).move_to(MirrorEntry::device(page));
       ctx.rmap(page.owner).set(page.index, {range.id(), static_cast<std::uint32_t>(p)});
+      ctx.recency->touch(page, now);
       ++migrated;
     }
   }
@@ -171,29 +171,34 @@ void migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
   auto migrated = [&](std::size_t i) { return s.pages_done && s.selected[i] && (a.src[i] & MIGRATE_PFN_MIGRATE); };
   auto from = [&](std::size_t i, Residency r) { return s.selected[i] && s.source[i] == static_cast<std::uint8_t>(r); };
 
-  // Host copies of migrated pages go, one madvise per run, while still locked:
+  // Host copies of migrated pages go, one call per run, while still locked:
   // an access now faults and waits for the unlock below, then finds the page
   // on the device.
   bool zapped = false;
-  // Never-touched pages are zapped too: after the application's MADV_FREE (or
-  // in the moment before its MADV_DONTNEED zaps) an Empty page can still be
-  // mapped, and must not shadow its new device home.
-  auto had_host_page = [&](std::size_t i) { return from(i, Residency::System) || from(i, Residency::Empty); };
+  // Never-touched pages are zapped too where the application's madvise is
+  // followed: after its MADV_FREE (or in the moment before its MADV_DONTNEED
+  // zaps) an Empty page can still be mapped, and must not shadow its new
+  // device home. (In signal mode an Empty page is never open.)
+  const bool follows = ctx.mechanism->follows_mapping_changes();
+  auto had_host_page = [&](std::size_t i) {
+    return from(i, Residency::System) || (follows && from(i, Residency::Empty));
+  };
   for_each_run(0, n, [&](std::size_t i) { return migrated(i) && had_host_page(i); },
                        [&](std::size_t i, std::size_t count) {
                          zapped = true;
-                         if (::madvise(range.page_address(first + i), count * kPageSize, MADV_DONTNEED) != 0)
-                           log().error("dropping {} migrated host pages failed: {}", count, std::strerror(errno));
+                         if (const int err = ctx.mechanism->drop(range, first + i, count); err != 0)
+                           log().error("dropping {} migrated host pages failed: {}", count, std::strerror(err));
                        });
-  // Each madvise raised a REMOVE event that the fault service has read (the
-  // kernel waits for that) but may not have applied yet; it must see these
-  // pages still locked, or it would take uhmm's own zap for the
-  // application's and drop the device pages (mapping_events.hpp).
-  if (zapped) ctx.ranges.gate().wait_applied();
+  // With mapping events, each drop (MADV_DONTNEED) raised a REMOVE event that
+  // the fault service has read (the kernel waits for that) but may not have
+  // applied yet; it must see these pages still locked, or it would take
+  // uhmm's own zap for the application's and drop the device pages
+  // (mapping_events.hpp).
+  if (zapped && follows) ctx.ranges.gate().wait_applied();
   // Pages that stay on the host become writable again (this wakes parked writers).
   for_each_run(0, n, [&](std::size_t i) { return !migrated(i) && from(i, Residency::System); },
                        [&](std::size_t i, std::size_t count) {
-                         ctx.uffd.write_protect(range.page_address(first + i), count * kPageSize, false);
+                         ctx.mechanism->write_protect(range, first + i, count, false);
                        });
 
   // Device pages that back nothing now: destinations of failed pages, and the

@@ -74,8 +74,17 @@ const Option kOptions[] = {
      }},
     {"UHMM_DEVICE_POOL",
      [](ContextOptions& o, std::string_view n, std::string_view v) {
+       // "50%": a share of the device's free memory, sized when the device opens.
+       if (!v.empty() && v.back() == '%') {
+         constexpr std::string_view expected = "a percentage of free device memory from 1% to 100%";
+         const auto pct = parse_unsigned(n, v, expected, v.substr(0, v.size() - 1));
+         if (pct < 1 || pct > 100) bad(n, v, expected);
+         o.device_pool_percent = static_cast<unsigned>(pct);
+         return;
+       }
        o.device_pool_bytes = parse_size(n, v);
        if (o.device_pool_bytes < kChunkSize) bad(n, v, "at least 2M (one chunk)");
+       o.device_pool_percent = 0;
      }},
     {"UHMM_DEVICES",
      [](ContextOptions& o, std::string_view n, std::string_view v) {
@@ -83,6 +92,13 @@ const Option kOptions[] = {
        if (d < 1 || d > 255) bad(n, v, "a device count from 1 to 255");
        o.devices = static_cast<unsigned>(d);
      }},
+    {"UHMM_EVICT", [](ContextOptions& o, std::string_view n, std::string_view v) { o.evict = parse_bool(n, v); }},
+    {"UHMM_PLUGIN_DIR",
+     [](ContextOptions& o, std::string_view n, std::string_view v) {
+       if (v.empty()) bad(n, v, "a directory holding libuhmm-backend-<name>.so");
+       o.plugin_dir = std::string(v);
+     }},
+    {"UHMM_TRACE", [](ContextOptions& o, std::string_view, std::string_view v) { o.trace_path = v; }},
     {"UHMM_STATS", [](ContextOptions& o, std::string_view n, std::string_view v) { o.print_stats = parse_bool(n, v); }},
     {"UHMM_FAULT_AHEAD", [](ContextOptions& o, std::string_view n, std::string_view v) { o.fault_ahead = parse_bool(n, v); }},
     {"UHMM_FAULT_SPIN_US",
@@ -90,6 +106,12 @@ const Option kOptions[] = {
        const auto us = parse_unsigned(n, v, "microseconds from 0 to 100000");
        if (us > 100000) bad(n, v, "microseconds from 0 to 100000");
        o.fault_spin_us = static_cast<unsigned>(us);
+     }},
+    {"UHMM_FAULT_MODE",
+     [](ContextOptions& o, std::string_view n, std::string_view v) {
+       const std::string mode = lower(v);
+       if (mode != "auto" && mode != "userfaultfd" && mode != "signal") bad(n, v, "auto, userfaultfd or signal");
+       o.fault_mode = mode;
      }},
     {"UHMM_CPU_COPY_THREADS",
      [](ContextOptions& o, std::string_view n, std::string_view v) {

@@ -66,12 +66,12 @@ int open_syscall(std::string& why) {
   return static_cast<int>(fd);
 }
 
+}  // namespace
+
 int open_userfaultfd(std::string& why) {
   const int fd = open_device_node(why);
   return fd >= 0 ? fd : open_syscall(why);
 }
-
-}  // namespace
 
 Userfaultfd::Userfaultfd() {
   // The device node works for users in its group without the sysctl; the

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 namespace uhmm::detail {
 
@@ -21,6 +22,10 @@ struct uffdio_poison {
 };
 #define UFFDIO_POISON _IOWR(UFFDIO, _UFFDIO_POISON, struct uffdio_poison)
 #endif
+
+// Opens a userfaultfd (the device node, else the syscall) whose API is not yet
+// negotiated; -1 with the reasons appended to `why` ("what: error; ").
+int open_userfaultfd(std::string& why);
 
 class Userfaultfd {
  public:

@@ -4,7 +4,8 @@
 #   scripts/test.sh --sanitize=address build-asan/     UHMM_SANITIZE="address;undefined"
 #   scripts/test.sh --sanitize=thread  build-tsan/     UHMM_SANITIZE=thread
 #   scripts/test.sh --checked          build-checked/  UHMM_EXPENSIVE_CHECKS=ON
-#   scripts/test.sh --all              the four above in turn (what CI runs)
+#   scripts/test.sh --fault-mode=signal build/         the plain tests again, UHMM_FAULT_MODE=signal
+#   scripts/test.sh --all              the five above in turn (what CI runs)
 # Per-test timeouts are set by the tests themselves. With --all every
 # configuration runs even after one fails; the exit code is non-zero if any did.
 set -euo pipefail
@@ -12,7 +13,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
 usage() {
-  sed -n '2,9s/^# \{0,1\}//p' "$0" >&2
+  sed -n '2,10s/^# \{0,1\}//p' "$0" >&2
   exit 2
 }
 
@@ -22,7 +23,8 @@ for arg in "$@"; do
     --sanitize=address) configs+=(address) ;;
     --sanitize=thread) configs+=(thread) ;;
     --checked) configs+=(checked) ;;
-    --all) configs+=(plain address thread checked) ;;
+    --fault-mode=signal) configs+=(signal) ;;
+    --all) configs+=(plain signal address thread checked) ;;
     -h | --help) usage ;;
     *) echo "test.sh: unknown option '$arg'" >&2; usage ;;
   esac
@@ -54,6 +56,10 @@ fi
 
 # Benchmarks measure nothing useful under sanitizers or expensive checks, so
 # those builds leave them out (and save CI time); tests, samples and tools stay.
+# The CUDA and HIP plugins (nvcc / hipcc) are compiled by the plain build only:
+# sanitizer builds turn them off (driver/gpu/CMakeLists.txt, AUTO under
+# UHMM_SANITIZE) and the checked build passes UHMM_CUDA=OFF UHMM_HIP=OFF. No
+# GPU runs in CI, so the other builds would only compile them again.
 run_config() {
   local config=$1 dir args=(-DUHMM_WERROR=ON) wrap=()
   case "$config" in
@@ -78,7 +84,14 @@ run_config() {
       ;;
     checked)
       dir=build-checked
-      args+=(-DUHMM_EXPENSIVE_CHECKS=ON -DUHMM_BUILD_BENCH=OFF)
+      # GPU plugins only in the plain build (see below).
+      args+=(-DUHMM_EXPENSIVE_CHECKS=ON -DUHMM_BUILD_BENCH=OFF -DUHMM_CUDA=OFF -DUHMM_HIP=OFF)
+      ;;
+    signal)
+      # The plain build (up to date after the plain pass: no rebuild), every
+      # context on the SIGSEGV + mprotect fault path.
+      dir=build
+      export UHMM_FAULT_MODE=signal
       ;;
   esac
   echo "==== test.sh: $config ($dir) ===="

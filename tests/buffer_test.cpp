@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <utility>
 #include <vector>
@@ -22,6 +23,7 @@ ContextOptions cpu_options(std::size_t pool = 32 * MiB) {
   ContextOptions o;
   o.backend = "cpu";
   o.device_pool_bytes = pool;
+  if (const char* mode = std::getenv("UHMM_FAULT_MODE")) o.fault_mode = mode;  // scripts/test.sh --fault-mode
   return o;
 }
 

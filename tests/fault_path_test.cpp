@@ -44,8 +44,10 @@ TEST(FaultPathDeathTest, APageThatCannotComeBackRaisesSigbusInTheFaultingThread)
       ::testing::KilledBySignal(SIGBUS), "could not be brought back");
 }
 
-TEST(FaultPath, AnUnprivilegedProcessGetsAClearErrorWhenUserfaultfdIsRefused) {
-  if (::geteuid() != 0) GTEST_SKIP() << "needs root to drop to an unprivileged user";
+// Runs `body` in a child that dropped to an unprivileged user; returns what it
+// reported through a pipe, or skips when userfaultfd is not refused there.
+template <class Body>
+std::string as_unprivileged_user(Body body) {
   if (access("/proc/sys/vm/unprivileged_userfaultfd", R_OK) == 0) {
     FILE* f = std::fopen("/proc/sys/vm/unprivileged_userfaultfd", "r");
     int allowed = 0;
@@ -53,12 +55,12 @@ TEST(FaultPath, AnUnprivilegedProcessGetsAClearErrorWhenUserfaultfdIsRefused) {
       if (std::fscanf(f, "%d", &allowed) != 1) allowed = 0;
       std::fclose(f);
     }
-    if (allowed != 0) GTEST_SKIP() << "vm.unprivileged_userfaultfd=1: unprivileged users may use it here";
+    if (allowed != 0) return "skip: vm.unprivileged_userfaultfd=1: unprivileged users may use it here";
   }
   int pipefd[2];
-  ASSERT_EQ(::pipe(pipefd), 0);
+  if (::pipe(pipefd) != 0) return "pipe failed";
   const pid_t child = ::fork();
-  ASSERT_GE(child, 0);
+  if (child < 0) return "fork failed";
   if (child == 0) {
     ::close(pipefd[0]);
     std::string report = "no error";
@@ -66,7 +68,7 @@ TEST(FaultPath, AnUnprivilegedProcessGetsAClearErrorWhenUserfaultfdIsRefused) {
       report = "setuid failed";
     } else {
       try {
-        Context ctx(cpu_options());
+        report = body();
       } catch (const Error& e) {
         report = std::string(to_string(e.code())) + "|" + e.what();
       }
@@ -81,9 +83,37 @@ TEST(FaultPath, AnUnprivilegedProcessGetsAClearErrorWhenUserfaultfdIsRefused) {
   ::close(pipefd[0]);
   int status = 0;
   ::waitpid(child, &status, 0);
+  return report;
+}
+
+TEST(FaultPath, AnUnprivilegedProcessGetsAClearErrorWhenUserfaultfdIsForcedAndRefused) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to drop to an unprivileged user";
+  const std::string report = as_unprivileged_user([] {
+    ContextOptions o = cpu_options();
+    o.fault_mode = "userfaultfd";
+    Context ctx(o);
+    return std::string("no error");
+  });
+  if (report.rfind("skip: ", 0) == 0) GTEST_SKIP() << report.substr(6);
   EXPECT_EQ(report.rfind("userfaultfd unavailable|", 0), 0u) << report;
   EXPECT_NE(report.find("vm.unprivileged_userfaultfd=1"), std::string::npos) << report;
   EXPECT_NE(report.find("seccomp"), std::string::npos) << report;
+}
+
+TEST(FaultPath, WhereUserfaultfdIsRefusedAutoFallsBackToSignalsAndKeepsTheData) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to drop to an unprivileged user";
+  const std::string report = as_unprivileged_user([] {
+    ContextOptions o = cpu_options();
+    o.fault_mode = "auto";
+    Context ctx(o);
+    auto* p = static_cast<std::uint64_t*>(ctx.allocate(2 * MiB));
+    fill(p, 2 * MiB, 22);
+    if (ctx.migrate_to_device(p, 2 * MiB).migrated != 2 * MiB / kPageSize) return std::string("migration failed");
+    if (first_mismatch(p, 2 * MiB, 22) != SIZE_MAX) return std::string("wrong data after faulting back");
+    return std::string("mode ") + ctx.fault_mode();
+  });
+  if (report.rfind("skip: ", 0) == 0) GTEST_SKIP() << report.substr(6);
+  EXPECT_EQ(report, "mode signal");
 }
 
 }  // namespace

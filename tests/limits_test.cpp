@@ -10,6 +10,7 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -108,8 +109,11 @@ TEST(LimitsTest, ThousandsOfSmallRangesWorkFarFromTheMapCountLimit) {
   }
   const std::size_t maps_used = map_count() - maps_before;
 #if !defined(__SANITIZE_THREAD__)  // TSan maps shadow and meta memory for every new mapping, and keeps it
-  // One mapping per range and one for its table, at most.
-  EXPECT_LE(maps_used, 2 * kRanges);
+  // One mapping per range and one for its table, at most; signal mode also maps
+  // each range's memfd a second time (the alias uhmm fills pages through) and
+  // keeps a protection table per range (signal_mechanism.cpp; 3 measured).
+  const std::size_t per_range = std::string_view(ctx.fault_mode()) == "signal" ? 4 : 2;
+  EXPECT_LE(maps_used, per_range * kRanges);
   EXPECT_LT(map_count(), max_map_count() / 4) << maps_used << " mappings for " << kRanges << " ranges";
 #endif
   std::printf("%zu ranges: %zu mappings (vm.max_map_count %zu)\n", kRanges, maps_used, max_map_count());

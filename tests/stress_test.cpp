@@ -90,14 +90,27 @@ TEST(Stress, FourThreadsWithInjectedFailures) {
   EXPECT_GT(r.counters.alloc_failures + r.counters.copy_failures, 0u) << "nothing was injected";
 }
 
-TEST(Stress, OversubscribedSmallPool) {
-  // Four 4 MiB ranges against a 4 MiB pool: migrations partly fail with
-  // out_of_memory, evictions make room, every value stays exact.
+TEST(Stress, OversubscribedSmallPoolWithoutEviction) {
+  // Four 4 MiB ranges against a 4 MiB pool, UHMM_EVICT=0: migrations partly
+  // fail with out_of_memory, explicit evictions make room, every value stays exact.
   StressConfig c = base(606, 4, 6000);
   c.pool_bytes = 4 * MiB;
+  c.evict = false;
   ASSERT_TRUE(c.oversubscribed());
   const StressReport r = run_and_check(c);
   EXPECT_GT(r.counters.alloc_failures, 0u) << "the pool never ran out";
+  EXPECT_EQ(r.counters.device_eviction_chunks, 0u);
+}
+
+TEST(Stress, OversubscribedSmallPoolEvictsUnderPressure) {
+  // The same with eviction on: migrations to the full pool evict the least
+  // recently used chunks of the other threads' ranges while those threads
+  // fault, migrate, launch kernels on and free them; every value stays exact.
+  StressConfig c = base(616, 4, 6000);
+  c.pool_bytes = 4 * MiB;
+  ASSERT_TRUE(c.oversubscribed());
+  const StressReport r = run_and_check(c);
+  EXPECT_GT(r.counters.device_eviction_chunks, 0u) << "the pool never had to evict";
 }
 
 TEST(Stress, TwoDevicesThreeThreads) {

@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -15,12 +16,20 @@ namespace uhmm::test {
 
 inline constexpr std::size_t MiB = std::size_t{1} << 20;
 
+// The fault mode the suite runs in: UHMM_FAULT_MODE (scripts/test.sh
+// --fault-mode=signal runs every test a second time with signal), else auto.
+inline std::string test_fault_mode() {
+  const char* mode = std::getenv("UHMM_FAULT_MODE");
+  return mode != nullptr ? mode : "auto";
+}
+
 inline ContextOptions cpu_options(std::size_t pool_bytes = 64 * MiB, bool fault_ahead = true, unsigned devices = 1) {
   ContextOptions o;
   o.backend = "cpu";
   o.device_pool_bytes = pool_bytes;
   o.fault_ahead = fault_ahead;
   o.devices = devices;
+  o.fault_mode = test_fault_mode();
   return o;
 }
 

@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <cstring>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -36,6 +37,13 @@ class UnmapEventsTest : public ::testing::Test {
     fill(bystander, kBytes, 99);
     ASSERT_EQ(ctx.migrate_to_device(bystander, kBytes / 2).migrated, kPages / 2);
   }
+  // The application's madvise/munmap/mremap is followed through userfaultfd's
+  // mapping events only.
+  bool events_followed() const { return std::string_view(ctx.fault_mode()) != "signal"; }
+  static constexpr const char* kNoEvents =
+      "signal fault mode: the application's madvise/munmap/mremap of managed memory is not followed (no "
+      "userfaultfd mapping events; docs/DESIGN.md, \"The signal fault mechanism\")";
+
   void expect_bystander_intact() {
     expect_pattern(bystander, kBytes, 99);  // faults the device half back
     EXPECT_TRUE(ctx.validate()) << ctx.validate().message;
@@ -56,6 +64,7 @@ TEST_F(UnmapEventsTest, UhmmsOwnDontneedInFinalizeKeepsTheMigratedPages) {
 }
 
 TEST_F(UnmapEventsTest, DontneedDropsDevicePagesToThePoolAndTheyReadAsZeros) {
+  if (!events_followed()) GTEST_SKIP() << kNoEvents;
   void* p = ctx.allocate(kBytes);
   fill(p, kBytes, 2);
   ASSERT_EQ(ctx.migrate_to_device(p, kBytes / 2).migrated, kPages / 2);
@@ -83,6 +92,7 @@ TEST_F(UnmapEventsTest, DontneedDropsDevicePagesToThePoolAndTheyReadAsZeros) {
 }
 
 TEST_F(UnmapEventsTest, HostPagesDiscardedThenMigratedArriveAsZeros) {
+  if (!events_followed()) GTEST_SKIP() << kNoEvents;
   void* p = ctx.allocate(kBytes);
   fill(p, kBytes, 4);
   ASSERT_EQ(::madvise(p, kBytes, MADV_DONTNEED), 0);
@@ -95,6 +105,7 @@ TEST_F(UnmapEventsTest, HostPagesDiscardedThenMigratedArriveAsZeros) {
 }
 
 TEST_F(UnmapEventsTest, MunmapOfPartOfARangeFailsCallsThereAndKeepsTheRest) {
+  if (!events_followed()) GTEST_SKIP() << kNoEvents;
   void* p = ctx.allocate(kBytes);
   fill(p, kBytes, 5);
   ASSERT_EQ(ctx.migrate_to_device(p, kBytes).migrated, kPages);
@@ -130,6 +141,7 @@ TEST_F(UnmapEventsTest, MunmapOfPartOfARangeFailsCallsThereAndKeepsTheRest) {
 }
 
 TEST_F(UnmapEventsTest, MunmapOfAWholeRangeRetiresItAndItsAddressCanBeReused) {
+  if (!events_followed()) GTEST_SKIP() << kNoEvents;
   void* p = ctx.allocate(kBytes);
   fill(p, kBytes, 6);
   ASSERT_EQ(ctx.migrate_to_device(p, kBytes).migrated, kPages);
@@ -159,6 +171,7 @@ TEST_F(UnmapEventsTest, MunmapOfAWholeRangeRetiresItAndItsAddressCanBeReused) {
 }
 
 TEST_F(UnmapEventsTest, MremapMovesEveryPageIncludingDeviceOnesToOrdinaryMemory) {
+  if (!events_followed()) GTEST_SKIP() << kNoEvents;
   void* p = ctx.allocate(kBytes);
   fill(p, kBytes, 8);
   ASSERT_EQ(ctx.migrate_to_device(p, kBytes / 2).migrated, kPages / 2);
@@ -181,6 +194,7 @@ TEST_F(UnmapEventsTest, MremapMovesEveryPageIncludingDeviceOnesToOrdinaryMemory)
 }
 
 TEST_F(UnmapEventsTest, ApplicationDontneedRacingMigrationsOfAnotherRangeLosesNothingThere) {
+  if (!events_followed()) GTEST_SKIP() << kNoEvents;
   void* p = ctx.allocate(kBytes);
   fill(p, kBytes, 10);
   void* scratch = ctx.allocate(kBytes);

@@ -13,6 +13,7 @@
 #include "uhmm/backend.hpp"
 #include "uhmm/counters.hpp"
 #include "uhmm/export.hpp"
+#include "uhmm/latency.hpp"
 #include "uhmm/types.hpp"
 #include "uhmm/device_span.hpp"
 
@@ -24,13 +25,23 @@ class StreamImpl;
 }  // namespace detail
 
 struct UHMM_EXPORT ContextOptions {
-  std::string backend = "auto";       // UHMM_BACKEND: auto | cpu
+  std::string backend = "auto";       // UHMM_BACKEND: auto | cpu | cuda | hip
   std::size_t device_pool_bytes = std::size_t{256} << 20;  // UHMM_DEVICE_POOL, per device
-  unsigned devices = 1;               // UHMM_DEVICES: cpu-backend devices to emulate
+  unsigned device_pool_percent = 0;   // UHMM_DEVICE_POOL=N%: N% of free device memory instead (0: bytes)
+  unsigned devices = 1;               // UHMM_DEVICES: cpu devices to emulate / most GPUs to use
+  std::string plugin_dir;             // UHMM_PLUGIN_DIR: where GPU backend plugins are (empty: beside libuhmm)
   bool fault_ahead = true;            // UHMM_FAULT_AHEAD: bring a faulting page's block neighbours back too
   unsigned fault_spin_us = 0;         // UHMM_FAULT_SPIN_US: fault service polls this long before sleeping
   unsigned cpu_copy_threads = 1;      // UHMM_CPU_COPY_THREADS: cpu-backend workers per stream
   bool print_stats = false;           // UHMM_STATS: print the counters to stderr when the context ends
+  // UHMM_EVICT: a migration to a full device pool evicts the least recently
+  // used device chunks back to host (oversubscription). Off: the pages that do
+  // not fit fail with Errc::out_of_memory and stay where they are.
+  bool evict = true;
+  std::string trace_path;             // UHMM_TRACE: write a Chrome/Perfetto trace here (empty: none)
+  // UHMM_FAULT_MODE: how CPU faults are caught. auto: userfaultfd, else (when
+  // refused) SIGSEGV + mprotect with a log line; userfaultfd | signal: forced.
+  std::string fault_mode = "auto";
 
   // Defaults overridden by the UHMM_* environment variables above; throws
   // uhmm::Error naming the variable when a value is malformed.
@@ -90,12 +101,22 @@ class UHMM_EXPORT Context {
   // Size in bytes of the range starting at base (rounded to pages).
   std::size_t range_size(const void* base) const;
 
+  // "userfaultfd" or "signal": the fault mechanism this context runs on.
+  const char* fault_mode() const noexcept;
+
   std::size_t device_count() const noexcept;
   // The owner id of device i (devices are numbered 0..device_count()-1).
   OwnerId device_owner(std::size_t i = 0) const;
   DeviceInfo device_info(OwnerId owner) const;
   // The device's backend, for driver-level work (advanced).
   Backend& backend(OwnerId owner);
+  // Shrinks (or grows back, up to device_pool_bytes) the pages owner's pool
+  // may hand out, then evicts its least recently used chunks until the pages
+  // in use fit: their data comes back to host RAM. Returns the pages evicted.
+  // Waits for pages that migrations or kernels hold. Throws uhmm::Error:
+  // invalid_argument for an unknown owner or more bytes than the pool has,
+  // device_error when pages whose copy back failed keep it above the limit.
+  std::size_t set_device_pool_limit(OwnerId owner, std::size_t bytes);
   // Test hooks: failures injected into owner's pool and copy engine.
   void inject_faults(OwnerId owner, const FaultInjection& injection);
 
@@ -121,6 +142,8 @@ class UHMM_EXPORT Context {
   std::vector<PageState> residency(const void* p, std::size_t bytes) const;
 
   Counters counters() const;
+  // Latency histograms of faults by kind and of migrations each way.
+  Latencies latency() const;
 
   // Checks the mirror page tables and the device pools for consistency (walks
   // everything: for tests and debugging). Call it while no operation runs on

@@ -13,6 +13,8 @@
   X(pages_to_host)                                                                               \
   X(bytes_to_host)                                                                               \
   X(compound_migrations) /* 2 MiB runs moved as one unit */                                      \
+  X(copy_ns_to_device)   /* time spent in device copies (allocation included) to the device */   \
+  X(copy_ns_to_host)     /* time spent in device copies back to host staging */                  \
   /* CPU faults serviced, by kind. */                                                            \
   X(faults_zero_fill)     /* first touch of never-populated pages */                             \
   X(faults_from_device)   /* a page brought back from a device (migrate_to_ram) */               \
@@ -23,7 +25,9 @@
   X(pages_fault_ahead)    /* neighbours brought back with a faulting page */                     \
   /* Device pool. */                                                                             \
   X(device_pages_in_use)                                                                         \
-  X(device_evictions) /* pages moved back by migrate_device_range */                             \
+  X(device_evictions) /* pages moved back by migrate_device_range (and eviction, which uses it) */ \
+  X(device_eviction_chunks) /* chunks evicted to make room or shrink a pool */                   \
+  X(device_eviction_bytes)  /* bytes those evictions moved back to host */                       \
   /* Failures. */                                                                                \
   X(alloc_failures) /* device pages that could not be allocated */                               \
   X(copy_failures)  /* copy batches that failed */                                               \

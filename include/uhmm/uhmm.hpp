@@ -6,6 +6,7 @@
 #include "uhmm/context.hpp"
 #include "uhmm/counters.hpp"
 #include "uhmm/error.hpp"
+#include "uhmm/latency.hpp"
 #include "uhmm/migrate.hpp"
 #include "uhmm/types.hpp"
 #include "uhmm/device_span.hpp"

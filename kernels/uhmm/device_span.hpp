@@ -47,7 +47,9 @@ class device_span {
 
  private:
   UHMM_HOST_DEVICE static void fault([[maybe_unused]] std::size_t byte_offset) {
-#if UHMM_IN_DEVICE_CODE
+#if UHMM_IN_DEVICE_CODE && defined(__HIP_DEVICE_COMPILE__)
+    __builtin_trap();  // HIP has no __trap; the kernel aborts the same way
+#elif UHMM_IN_DEVICE_CODE
     __trap();
 #else
     throw DeviceFaultException{byte_offset};

@@ -229,6 +229,9 @@ ContextOptions Harness::options_of(const StressConfig& cfg) {
   o.device_pool_bytes = cfg.pool_bytes;
   o.devices = cfg.devices;
   o.fault_ahead = cfg.fault_ahead;
+  o.evict = cfg.evict;
+  // scripts/test.sh --fault-mode=signal runs the stress test on the signal path too.
+  if (const char* mode = std::getenv("UHMM_FAULT_MODE")) o.fault_mode = mode;
   return o;
 }
 
@@ -881,9 +884,9 @@ bool StressConfig::oversubscribed() const noexcept { return std::size_t{ranges} 
 std::string StressConfig::describe() const {
   return fmt::format(
       "seed={} threads={} ops_per_thread={} duration_s={} ranges={} range_pages={} pool_bytes={} devices={} "
-      "fault_ahead={} inject_failures={}{}",
+      "fault_ahead={} inject_failures={} evict={}{}",
       seed, threads, ops_per_thread, duration_s, ranges, range_pages, pool_bytes, devices, fault_ahead,
-      inject_failures, oversubscribed() ? " (oversubscribed)" : "");
+      inject_failures, evict, oversubscribed() ? " (oversubscribed)" : "");
 }
 
 const char* to_string(Op op) noexcept {

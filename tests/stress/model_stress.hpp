@@ -75,6 +75,7 @@ struct StressConfig {
   unsigned devices = 1;                            // cpu-backend devices
   bool fault_ahead = true;
   bool inject_failures = false;
+  bool evict = true;  // ContextOptions::evict: a full pool evicts its least recently used chunks
   std::size_t log_records = 64;  // records kept per thread (ring buffer)
   // A thread stuck this long in one operation is reported (config and logs on
   // stderr) and the process exits with status 3: a hang names its operation.

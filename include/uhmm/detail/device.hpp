@@ -17,6 +17,11 @@ class Device : public DevicePagemap {
   virtual Backend& backend() noexcept = 0;
   virtual DeviceInfo info() const = 0;
   virtual void set_fault_injection(const FaultInjection& injection) noexcept = 0;
+  // Caps the pages the pool hands out (at most capacity_pages()): a shrunk
+  // pool. Allocations above the cap fail with out_of_memory; pages in use
+  // above it are the caller's to evict.
+  virtual void set_page_limit(std::size_t pages) noexcept = 0;
+  virtual std::size_t page_limit() const noexcept = 0;
   // Checks the pool's free lists and counts (expensive; tests and checked builds).
   virtual Status validate() const = 0;
 };

@@ -1,0 +1,28 @@
+// Built by nvcc for the cuda plugin and by hipcc (as HIP) for the hip plugin.
+#if UHMM_GPU_HIP
+#include <hip/hip_runtime.h>
+#endif
+
+#include "copy_kernels.hpp"
+#include "uhmm/launch.hpp"
+
+namespace uhmm::gpu {
+
+gpuError_t enqueue_gather_scatter(gpuStream_t stream, const kernels::PageList& list) noexcept {
+  const kernels::GatherScatterPages body{list};
+  launch(stream, body.size(), body);
+  return gpuGetLastError();
+}
+
+gpuError_t copy_kernels_loadable() noexcept {
+#if UHMM_GPU_HIP
+  hipFuncAttributes attributes{};
+  return hipFuncGetAttributes(&attributes,
+                              reinterpret_cast<const void*>(&index_space_kernel<kernels::GatherScatterPages>));
+#else
+  cudaFuncAttributes attributes{};
+  return cudaFuncGetAttributes(&attributes, index_space_kernel<kernels::GatherScatterPages>);
+#endif
+}
+
+}  // namespace uhmm::gpu

@@ -1,0 +1,561 @@
+#include "gpu_backend.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <utility>
+
+#include <fmt/format.h>
+
+#include "copy_kernels.hpp"
+#include "gpu_status.hpp"
+
+namespace uhmm::gpu {
+namespace {
+
+void* as_pointer(std::uint64_t address) noexcept {
+  return reinterpret_cast<void*>(static_cast<std::uintptr_t>(address));
+}
+std::uint64_t as_address(const void* p) noexcept {
+  return static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(p));
+}
+
+Status invalid(std::string message) noexcept { return {Errc::invalid_argument, std::move(message)}; }
+
+// Host memcpys run by the stream (staging fill / drain), in stream order.
+struct HostCopies {
+  std::vector<std::pair<void*, const void*>> pages;  // dst <- src, kPageSize each
+};
+void run_host_copies(void* user) {
+  std::unique_ptr<HostCopies> job(static_cast<HostCopies*>(user));
+  for (const auto& [dst, src] : job->pages) std::memcpy(dst, src, kPageSize);
+}
+
+// Writes a batch's result when the stream reaches it.
+struct ResultWrite {
+  BatchResult* result;
+  std::size_t pages_done;
+};
+void run_result_write(void* user) {
+  std::unique_ptr<ResultWrite> job(static_cast<ResultWrite*>(user));
+  job->result->status = Status::ok();
+  job->result->pages_done = job->pages_done;
+}
+
+// True for the error a runtime gives while the process is exiting: teardown
+// then has nothing left to release.
+bool unloading(gpuError_t error) noexcept { return error == gpuErrorRuntimeUnloading; }
+
+}  // namespace
+
+struct GpuBackend::Stream {
+  gpuStream_t handle = nullptr;
+  std::byte* staging = nullptr;  // pinned, options_.staging_pages pages
+  std::mutex enqueue_mutex;      // one batch at a time: batches share the staging buffer
+};
+
+GpuBackend::GpuBackend(const GpuBackendOptions& options) : options_(options) {
+  options_.pool_bytes -= options_.pool_bytes % kChunkSize;
+  options_.slab_bytes = std::max<std::uint64_t>(kChunkSize, options_.slab_bytes - options_.slab_bytes % kChunkSize);
+  options_.staging_pages = std::max<std::size_t>(1, options_.staging_pages);
+}
+
+std::unique_ptr<GpuBackend> GpuBackend::create(const GpuBackendOptions& options, std::string* why) noexcept {
+  try {
+    std::unique_ptr<GpuBackend> backend(new GpuBackend(options));
+    if (Status s = backend->set_device(); !s) {
+      *why = s.message;
+      return nullptr;
+    }
+    gpuDeviceProp props{};
+    if (Status s = UHMM_GPU_STATUS(gpuGetDeviceProperties(&props, options.device)); !s) {
+      *why = s.message;
+      return nullptr;
+    }
+    backend->name_ = props.name;
+    // The kernel path is taken only when this plugin has code for the device's architecture.
+    const Status kernels = UHMM_GPU_STATUS(copy_kernels_loadable());
+    backend->copy_kernels_ = static_cast<bool>(kernels);
+    backend->capabilities_ = kCapPeerCopy | (backend->copy_kernels_ ? kCapCopyKernels : 0u);
+    return backend;
+  } catch (const std::exception& e) {
+    *why = e.what();
+    return nullptr;
+  }
+}
+
+GpuBackend::~GpuBackend() {
+  if (unloading(gpuSetDevice(options_.device))) return;  // the runtime already released everything
+  for (auto& [id, stream] : streams_) {
+    (void)gpuStreamSynchronize(stream->handle);
+    (void)gpuStreamDestroy(stream->handle);
+    (void)gpuFreeHost(stream->staging);
+  }
+  for (auto& [id, event] : events_) (void)gpuEventDestroy(event);
+  for (void* slab : slabs_) (void)gpuFree(slab);
+  for (auto& [base, bytes] : pinned_) (void)gpuFreeHost(as_pointer(base));
+}
+
+Status GpuBackend::set_device() const noexcept {
+  UHMM_GPU_TRY(gpuSetDevice(options_.device));
+  return Status::ok();
+}
+
+DeviceInfo GpuBackend::info() const {
+  return DeviceInfo{kBackendName, name_, options_.pool_bytes, capabilities_};
+}
+
+// ---- device memory: chunks from slabs ----
+
+Status GpuBackend::allocate_chunk(DeviceAddress* out) noexcept {
+  if (out == nullptr) return invalid("allocate_chunk: null output");
+  std::lock_guard lock(chunks_mutex_);
+  if (free_chunks_.empty()) {
+    if (reserved_bytes_ + kChunkSize > options_.pool_bytes)
+      return {Errc::out_of_memory, fmt::format("{} device {}: the pool limit of {} bytes is reached", kBackendName,
+                                               options_.device, options_.pool_bytes)};
+    UHMM_GPU_TRY(gpuSetDevice(options_.device));
+    // A slab of whole chunks; one chunk more when the runtime's alignment is
+    // below kChunkSize. Near a full device, fall back to a single chunk.
+    std::uint64_t want = std::min(options_.slab_bytes, options_.pool_bytes - reserved_bytes_);
+    void* slab = nullptr;
+    gpuError_t error = gpuSuccess;
+    for (;;) {
+      error = gpuMalloc(&slab, want + kChunkSize);
+      if (error == gpuSuccess || want == kChunkSize || error != gpuErrorMemoryAllocation) break;
+      (void)gpuGetLastError();
+      want = kChunkSize;
+    }
+    if (Status s = UHMM_GPU_STATUS(error); !s) {
+      if (s.code == Errc::out_of_memory)
+        s.message = fmt::format("{} device {}: device memory exhausted: {}", kBackendName, options_.device, s.message);
+      return s;
+    }
+    try {
+      slabs_.push_back(slab);
+      const std::uint64_t base = (as_address(slab) + kChunkSize - 1) / kChunkSize * kChunkSize;
+      slab_bytes_.emplace(base, want);
+      // Lowest chunk on top of the stack.
+      for (std::uint64_t c = want / kChunkSize; c-- > 0;) free_chunks_.push_back(base + c * kChunkSize);
+    } catch (...) {
+      (void)gpuFree(slab);
+      return {Errc::out_of_memory, "allocate_chunk: host memory exhausted"};
+    }
+    reserved_bytes_ += want;
+  }
+  *out = free_chunks_.back();
+  free_chunks_.pop_back();
+  return Status::ok();
+}
+
+void GpuBackend::free_chunk(DeviceAddress chunk) noexcept {
+  std::lock_guard lock(chunks_mutex_);
+  if (chunk % kChunkSize != 0) return;
+  try {
+    free_chunks_.push_back(chunk);
+  } catch (...) {
+    // Lost to this pool until destruction; the slab is still freed then.
+  }
+}
+
+bool GpuBackend::owns_chunk_page(DeviceAddress page) const noexcept {
+  std::lock_guard lock(chunks_mutex_);
+  auto it = slab_bytes_.upper_bound(page);
+  if (it == slab_bytes_.begin()) return false;
+  --it;
+  return page < it->first + it->second;
+}
+
+// ---- pinned host memory ----
+
+Status GpuBackend::allocate_host(std::size_t bytes, void** out) noexcept {
+  if (out == nullptr) return invalid("allocate_host: null output");
+  if (bytes == 0) return {Errc::zero_length, "allocate_host: 0 bytes"};
+  UHMM_GPU_TRY(gpuSetDevice(options_.device));
+  void* p = nullptr;
+  UHMM_GPU_TRY(gpuHostAlloc(&p, bytes, gpuHostAllocPortableMapped));
+  try {
+    std::lock_guard lock(host_mutex_);
+    pinned_.emplace(as_address(p), bytes);
+  } catch (...) {
+    (void)gpuFreeHost(p);
+    return {Errc::out_of_memory, "allocate_host: host memory exhausted"};
+  }
+  *out = p;
+  return Status::ok();
+}
+
+void GpuBackend::free_host(void* p) noexcept {
+  {
+    std::lock_guard lock(host_mutex_);
+    if (pinned_.erase(as_address(p)) == 0) return;  // not ours: ignored
+  }
+  (void)gpuFreeHost(p);
+}
+
+bool GpuBackend::is_pinned(const void* p) const noexcept {
+  const auto a = as_address(p);
+  std::lock_guard lock(host_mutex_);
+  auto it = pinned_.upper_bound(a);
+  if (it == pinned_.begin()) return false;
+  --it;
+  return a + kPageSize <= it->first + it->second;
+}
+
+// ---- streams and events ----
+
+Status GpuBackend::create_stream(StreamId* out) noexcept {
+  if (out == nullptr) return invalid("create_stream: null output");
+  if (Status s = set_device(); !s) return s;
+  std::shared_ptr<Stream> stream;
+  try {
+    stream = std::make_shared<Stream>();
+  } catch (...) {
+    return {Errc::out_of_memory, "create_stream: host memory exhausted"};
+  }
+  UHMM_GPU_TRY(gpuStreamCreateWithFlags(&stream->handle, gpuStreamNonBlocking));
+  void* staging = nullptr;
+  if (Status s = UHMM_GPU_STATUS(gpuHostAlloc(&staging, options_.staging_pages * kPageSize, gpuHostAllocPortableMapped));
+      !s) {
+    (void)gpuStreamDestroy(stream->handle);
+    return s;
+  }
+  stream->staging = static_cast<std::byte*>(staging);
+  try {
+    std::lock_guard lock(streams_mutex_);
+    *out = next_stream_++;
+    streams_.emplace(*out, stream);
+  } catch (...) {
+    (void)gpuStreamDestroy(stream->handle);
+    (void)gpuFreeHost(staging);
+    return {Errc::out_of_memory, "create_stream: host memory exhausted"};
+  }
+  return Status::ok();
+}
+
+void GpuBackend::destroy_stream(StreamId id) noexcept {
+  std::shared_ptr<Stream> stream;
+  {
+    std::lock_guard lock(streams_mutex_);
+    auto it = streams_.find(id);
+    if (it == streams_.end()) return;
+    stream = std::move(it->second);
+    streams_.erase(it);
+  }
+  if (unloading(gpuSetDevice(options_.device))) return;
+  (void)gpuStreamSynchronize(stream->handle);
+  (void)gpuStreamDestroy(stream->handle);
+  (void)gpuFreeHost(stream->staging);
+}
+
+std::shared_ptr<GpuBackend::Stream> GpuBackend::find_stream(StreamId id, Status* error) const noexcept {
+  std::lock_guard lock(streams_mutex_);
+  auto it = streams_.find(id);
+  if (it != streams_.end()) return it->second;
+  *error = invalid(fmt::format("{}: unknown stream {}", kBackendName, id));
+  return nullptr;
+}
+
+Status GpuBackend::synchronize(StreamId id) noexcept {
+  Status error;
+  auto stream = find_stream(id, &error);
+  if (!stream) return error;
+  UHMM_GPU_TRY(gpuSetDevice(options_.device));
+  // An asynchronous failure (a faulting copy kernel) is the runtime's sticky
+  // error, reported here; enqueue failures were returned by the batch call.
+  UHMM_GPU_TRY(gpuStreamSynchronize(stream->handle));
+  return Status::ok();
+}
+
+Status GpuBackend::create_event(EventId* out) noexcept {
+  if (out == nullptr) return invalid("create_event: null output");
+  UHMM_GPU_TRY(gpuSetDevice(options_.device));
+  gpuEvent_t event = nullptr;
+  UHMM_GPU_TRY(gpuEventCreateWithFlags(&event, gpuEventDisableTiming));
+  try {
+    std::lock_guard lock(streams_mutex_);
+    *out = next_event_++;
+    events_.emplace(*out, event);
+  } catch (...) {
+    (void)gpuEventDestroy(event);
+    return {Errc::out_of_memory, "create_event: host memory exhausted"};
+  }
+  return Status::ok();
+}
+
+void GpuBackend::destroy_event(EventId id) noexcept {
+  gpuEvent_t event = nullptr;
+  {
+    std::lock_guard lock(streams_mutex_);
+    auto it = events_.find(id);
+    if (it == events_.end()) return;
+    event = it->second;
+    events_.erase(it);
+  }
+  // The runtime defers the release while queued work still refers to it.
+  (void)gpuEventDestroy(event);
+}
+
+Status GpuBackend::record_event(StreamId stream_id, EventId event_id) noexcept {
+  Status error;
+  auto stream = find_stream(stream_id, &error);
+  if (!stream) return error;
+  gpuEvent_t event = nullptr;
+  {
+    std::lock_guard lock(streams_mutex_);
+    auto it = events_.find(event_id);
+    if (it == events_.end()) return invalid(fmt::format("{}: unknown event {}", kBackendName, event_id));
+    event = it->second;
+  }
+  UHMM_GPU_TRY(gpuSetDevice(options_.device));
+  UHMM_GPU_TRY(gpuEventRecord(event, stream->handle));
+  return Status::ok();
+}
+
+Status GpuBackend::stream_wait_event(StreamId stream_id, EventId event_id) noexcept {
+  Status error;
+  auto stream = find_stream(stream_id, &error);
+  if (!stream) return error;
+  gpuEvent_t event = nullptr;
+  {
+    std::lock_guard lock(streams_mutex_);
+    auto it = events_.find(event_id);
+    if (it == events_.end()) return invalid(fmt::format("{}: unknown event {}", kBackendName, event_id));
+    event = it->second;
+  }
+  UHMM_GPU_TRY(gpuSetDevice(options_.device));
+  UHMM_GPU_TRY(gpuStreamWaitEvent(stream->handle, event, 0));
+  return Status::ok();
+}
+
+Status GpuBackend::synchronize_event(EventId event_id) noexcept {
+  gpuEvent_t event = nullptr;
+  {
+    std::lock_guard lock(streams_mutex_);
+    auto it = events_.find(event_id);
+    if (it == events_.end()) return invalid(fmt::format("{}: unknown event {}", kBackendName, event_id));
+    event = it->second;
+  }
+  UHMM_GPU_TRY(gpuSetDevice(options_.device));
+  UHMM_GPU_TRY(gpuEventSynchronize(event));
+  return Status::ok();
+}
+
+Status GpuBackend::launch(StreamId, std::size_t, HostKernel, BatchResult*) noexcept {
+  return invalid(fmt::format("launch: the {} backend runs no host kernels (kCapHostKernels is off)", kBackendName));
+}
+
+// ---- batched copies ----
+
+// Enqueues moves[0, n): runs of adjacent pages coalesced, then one DMA per run
+// or, for scattered batches on a backend with copy kernels, gather/scatter
+// launches of up to PageList::kMaxPages pages. kernel_may_read is false when a
+// source is another device's memory, which only DMA reaches without peer
+// access. *enqueued counts the pages whose work is queued.
+Status GpuBackend::move_pages(Stream& stream, const Move* moves, std::size_t n, bool kernel_may_read,
+                              std::size_t* enqueued) noexcept {
+  const auto adjacent = [&](std::size_t i) {
+    return moves[i].dst == moves[i - 1].dst + kPageSize &&
+           ((moves[i].src == 0 && moves[i - 1].src == 0) ||
+            (moves[i - 1].src != 0 && moves[i].src == moves[i - 1].src + kPageSize));
+  };
+  std::size_t runs = n > 0 ? 1 : 0;
+  for (std::size_t i = 1; i < n; ++i) runs += adjacent(i) ? 0 : 1;
+
+  if (copy_kernels_ && kernel_may_read && runs >= options_.kernel_min_runs) {
+    kernels::PageList list;
+    for (std::size_t i = 0; i < n;) {
+      list.count = static_cast<std::uint32_t>(std::min(n - i, kernels::PageList::kMaxPages));
+      for (std::uint32_t k = 0; k < list.count; ++k) {
+        list.dst[k] = moves[i + k].dst;
+        list.src[k] = moves[i + k].src;
+      }
+      UHMM_GPU_TRY(enqueue_gather_scatter(stream.handle, list));
+      i += list.count;
+      *enqueued = i;
+    }
+    return Status::ok();
+  }
+  for (std::size_t first = 0; first < n;) {
+    std::size_t last = first + 1;
+    while (last < n && adjacent(last)) ++last;
+    const std::size_t bytes = (last - first) * kPageSize;
+    if (moves[first].src == 0)
+      UHMM_GPU_TRY(gpuMemsetAsync(as_pointer(moves[first].dst), 0, bytes, stream.handle));
+    else
+      UHMM_GPU_TRY(gpuMemcpyAsync(as_pointer(moves[first].dst), as_pointer(moves[first].src), bytes,
+                                  gpuMemcpyDefault, stream.handle));
+    first = last;
+    *enqueued = first;
+  }
+  return Status::ok();
+}
+
+// Runs a batch. With staging, host pages go through the stream's pinned
+// buffer a buffer-full at a time: fill (host function), then copy out (source
+// staged); or copy in, then drain (destination staged). Stream order keeps a
+// buffer-full from being refilled before it is consumed.
+Status GpuBackend::run_batch(Stream& stream, const std::vector<Move>& moves, Staging staging,
+                             BatchResult* result, bool kernel_may_read) noexcept {
+  if (Status s = set_device(); !s) return s;
+  std::lock_guard lock(stream.enqueue_mutex);
+  std::size_t done = 0;
+  Status status;
+  if (staging == Staging::none) {
+    status = move_pages(stream, moves.data(), moves.size(), kernel_may_read, &done);
+    return finish_batch(stream, std::move(status), done, result);
+  }
+  try {
+    std::vector<Move> staged;
+    for (std::size_t first = 0; first < moves.size() && status; first += options_.staging_pages) {
+      const std::size_t count = std::min(options_.staging_pages, moves.size() - first);
+      auto job = std::make_unique<HostCopies>();
+      job->pages.reserve(count);
+      staged.assign(moves.begin() + static_cast<std::ptrdiff_t>(first),
+                    moves.begin() + static_cast<std::ptrdiff_t>(first + count));
+      for (std::size_t k = 0; k < count; ++k) {
+        std::byte* slot = stream.staging + k * kPageSize;
+        if (staging == Staging::source) {
+          job->pages.emplace_back(slot, as_pointer(staged[k].src));
+          staged[k].src = as_address(slot);
+        } else {
+          job->pages.emplace_back(as_pointer(staged[k].dst), slot);
+          staged[k].dst = as_address(slot);
+        }
+      }
+      std::size_t enqueued = 0;
+      if (staging == Staging::source) {
+        status = UHMM_GPU_STATUS(gpuEnqueueHostFn<run_host_copies>(stream.handle, job.get()));
+        if (!status) break;
+        job.release();  // the host function owns it now
+        status = move_pages(stream, staged.data(), count, true, &enqueued);
+        done = first + enqueued;
+      } else {
+        status = move_pages(stream, staged.data(), count, true, &enqueued);
+        if (!status) {
+          // The pages copied into staging never reach the host.
+          break;
+        }
+        status = UHMM_GPU_STATUS(gpuEnqueueHostFn<run_host_copies>(stream.handle, job.get()));
+        if (!status) break;
+        job.release();
+        done = first + count;
+      }
+    }
+  } catch (...) {
+    status = {Errc::out_of_memory, "copy: host memory exhausted"};
+  }
+  return finish_batch(stream, std::move(status), done, result);
+}
+
+// Queues the write of `result` after the batch, or, on failure, waits for the
+// pages queued so far and writes it now.
+Status GpuBackend::finish_batch(Stream& stream, Status status, std::size_t done, BatchResult* result) noexcept {
+  if (status && result != nullptr) {
+    auto job = std::unique_ptr<ResultWrite>(new (std::nothrow) ResultWrite{result, done});
+    if (!job) {
+      status = {Errc::out_of_memory, "copy: host memory exhausted"};
+    } else {
+      status = UHMM_GPU_STATUS(gpuEnqueueHostFn<run_result_write>(stream.handle, job.get()));
+      if (status) job.release();
+    }
+  }
+  if (status) return status;
+  (void)gpuStreamSynchronize(stream.handle);
+  if (result != nullptr) {
+    result->status = status;
+    result->pages_done = done;
+  }
+  return status;
+}
+
+Status GpuBackend::copy_to_device(StreamId id, std::span<const HostToDevicePage> pages,
+                                  BatchResult* result) noexcept {
+  Status error;
+  auto stream = find_stream(id, &error);
+  if (!stream) return error;
+  bool all_pinned = true;
+  std::vector<Move> moves;
+  try {
+    moves.reserve(pages.size());
+    for (std::size_t i = 0; i < pages.size(); ++i) {
+      const auto& p = pages[i];
+      if (p.host == nullptr || as_address(p.host) % kPageSize != 0 || p.device % kPageSize != 0 ||
+          !owns_chunk_page(p.device))
+        return invalid(fmt::format("copy_to_device: page {} (host {}, device {:#x}) is null, unaligned or not "
+                                   "this device's memory", i, p.host, p.device));
+      all_pinned = all_pinned && is_pinned(p.host);
+      moves.push_back({p.device, as_address(p.host)});
+    }
+  } catch (...) {
+    return {Errc::out_of_memory, "copy_to_device: host memory exhausted"};
+  }
+  return run_batch(*stream, moves, all_pinned ? Staging::none : Staging::source, result);
+}
+
+Status GpuBackend::copy_to_host(StreamId id, std::span<const DeviceToHostPage> pages, BatchResult* result) noexcept {
+  Status error;
+  auto stream = find_stream(id, &error);
+  if (!stream) return error;
+  bool all_pinned = true;
+  std::vector<Move> moves;
+  try {
+    moves.reserve(pages.size());
+    for (std::size_t i = 0; i < pages.size(); ++i) {
+      const auto& p = pages[i];
+      if (p.host == nullptr || as_address(p.host) % kPageSize != 0 || p.device % kPageSize != 0 ||
+          !owns_chunk_page(p.device))
+        return invalid(fmt::format("copy_to_host: page {} (device {:#x}, host {}) is null, unaligned or not this "
+                                   "device's memory", i, p.device, p.host));
+      all_pinned = all_pinned && is_pinned(p.host);
+      moves.push_back({as_address(p.host), p.device});
+    }
+  } catch (...) {
+    return {Errc::out_of_memory, "copy_to_host: host memory exhausted"};
+  }
+  return run_batch(*stream, moves, all_pinned ? Staging::none : Staging::destination, result);
+}
+
+Status GpuBackend::copy_device_to_device(StreamId id, std::span<const DeviceToDevicePage> pages,
+                                         BatchResult* result) noexcept {
+  Status error;
+  auto stream = find_stream(id, &error);
+  if (!stream) return error;
+  std::vector<Move> moves;
+  bool all_local = true;
+  try {
+    moves.reserve(pages.size());
+    for (std::size_t i = 0; i < pages.size(); ++i) {
+      const auto& p = pages[i];
+      all_local = all_local && owns_chunk_page(p.src);
+      // The source may be another device's page (peer copy through unified addressing).
+      if (p.src == 0 || p.src % kPageSize != 0 || p.dst % kPageSize != 0 || !owns_chunk_page(p.dst))
+        return invalid(fmt::format("copy_device_to_device: page {} ({:#x} -> {:#x}) is null, unaligned or not "
+                                   "this device's memory", i, p.src, p.dst));
+      moves.push_back({p.dst, p.src});
+    }
+  } catch (...) {
+    return {Errc::out_of_memory, "copy_device_to_device: host memory exhausted"};
+  }
+  return run_batch(*stream, moves, Staging::none, result, all_local);
+}
+
+Status GpuBackend::zero_device(StreamId id, std::span<const DeviceAddress> pages, BatchResult* result) noexcept {
+  Status error;
+  auto stream = find_stream(id, &error);
+  if (!stream) return error;
+  std::vector<Move> moves;
+  try {
+    moves.reserve(pages.size());
+    for (std::size_t i = 0; i < pages.size(); ++i) {
+      if (pages[i] % kPageSize != 0 || !owns_chunk_page(pages[i]))
+        return invalid(fmt::format("zero_device: page {} ({:#x}) is unaligned or not this device's memory", i,
+                                   pages[i]));
+      moves.push_back({pages[i], 0});
+    }
+  } catch (...) {
+    return {Errc::out_of_memory, "zero_device: host memory exhausted"};
+  }
+  return run_batch(*stream, moves, Staging::none, result);
+}
+
+}  // namespace uhmm::gpu

@@ -1,0 +1,117 @@
+// The GPU backend, written once for CUDA and HIP over the shim of
+// gpu_runtime.hpp and compiled once per vendor into its plugin.
+//
+// Device memory: a pool of 2 MiB chunks carved from large device allocations
+// (slabs), grown on demand up to the pool limit; freed chunks go back to the
+// free list and slabs are returned when the backend is destroyed (as nouveau
+// keeps its chunks). Copies: each batch is coalesced into contiguous runs, then
+// moved by one of two paths chosen once per backend: DMA (one async memcpy per
+// run) or, when the plugin carries kernels for the device, the gather/scatter
+// kernel of kernels/uhmm/page_gather.hpp for scattered batches. Host pages that
+// are not pinned (allocate_host) pass through the stream's pinned staging
+// buffer, filled and drained by host functions in stream order.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "gpu_runtime.hpp"
+#include "uhmm/backend.hpp"
+
+namespace uhmm::gpu {
+
+struct GpuBackendOptions {
+  int device = 0;
+  std::uint64_t pool_bytes = 0;                           // chunks never exceed this
+  std::uint64_t slab_bytes = std::uint64_t{256} << 20;    // device allocation size (whole chunks)
+  std::size_t staging_pages = 512;                        // pinned staging per stream (2 MiB)
+  std::size_t kernel_min_runs = 8;                        // fewer runs than this: DMA per run
+};
+
+class GpuBackend final : public Backend {
+ public:
+  // Selects the device and checks the copy kernels; throws nothing: a backend
+  // that cannot be made comes back as nullptr with `why`.
+  static std::unique_ptr<GpuBackend> create(const GpuBackendOptions& options, std::string* why) noexcept;
+  // Waits for and destroys every stream and event, then frees the slabs and
+  // pinned memory; never throws, and tolerates a runtime that is unloading.
+  ~GpuBackend() override;
+  GpuBackend(const GpuBackend&) = delete;
+  GpuBackend& operator=(const GpuBackend&) = delete;
+
+  DeviceInfo info() const override;
+  Status allocate_chunk(DeviceAddress* out) noexcept override;
+  void free_chunk(DeviceAddress chunk) noexcept override;
+  Status allocate_host(std::size_t bytes, void** out) noexcept override;
+  void free_host(void* p) noexcept override;
+  Status create_stream(StreamId* out) noexcept override;
+  void destroy_stream(StreamId stream) noexcept override;
+  // A failure while enqueueing page k waits for pages [0, k) and writes
+  // result = {failure, k} before returning the failure. Argument errors
+  // (unknown stream, null or unaligned address) queue nothing.
+  Status copy_to_device(StreamId stream, std::span<const HostToDevicePage> pages,
+                        BatchResult* result) noexcept override;
+  Status copy_to_host(StreamId stream, std::span<const DeviceToHostPage> pages,
+                      BatchResult* result) noexcept override;
+  Status copy_device_to_device(StreamId stream, std::span<const DeviceToDevicePage> pages,
+                               BatchResult* result) noexcept override;
+  Status zero_device(StreamId stream, std::span<const DeviceAddress> pages,
+                     BatchResult* result) noexcept override;
+  // Host kernels do not run on a GPU (no kCapHostKernels): Errc::invalid_argument.
+  Status launch(StreamId stream, std::size_t n, HostKernel kernel, BatchResult* result) noexcept override;
+  Status synchronize(StreamId stream) noexcept override;
+  Status create_event(EventId* out) noexcept override;
+  void destroy_event(EventId event) noexcept override;
+  Status record_event(StreamId stream, EventId event) noexcept override;
+  Status stream_wait_event(StreamId stream, EventId event) noexcept override;
+  Status synchronize_event(EventId event) noexcept override;
+
+ private:
+  struct Stream;
+  // One page to move: dst <- src (src 0: zero-fill).
+  struct Move {
+    std::uint64_t dst;
+    std::uint64_t src;
+  };
+  // Which side of a batch is unpinned host memory, moved through staging.
+  enum class Staging { none, source, destination };
+
+  explicit GpuBackend(const GpuBackendOptions& options);
+  Status set_device() const noexcept;
+  std::shared_ptr<Stream> find_stream(StreamId id, Status* error) const noexcept;
+  bool is_pinned(const void* p) const noexcept;
+  bool owns_chunk_page(DeviceAddress page) const noexcept;
+  Status run_batch(Stream& stream, const std::vector<Move>& moves, Staging staging, BatchResult* result,
+                   bool kernel_may_read = true) noexcept;
+  Status move_pages(Stream& stream, const Move* moves, std::size_t n, bool kernel_may_read,
+                    std::size_t* enqueued) noexcept;
+  Status finish_batch(Stream& stream, Status status, std::size_t done, BatchResult* result) noexcept;
+
+  GpuBackendOptions options_;
+  std::string name_;
+  std::uint32_t capabilities_ = 0;
+  bool copy_kernels_ = false;
+
+  mutable std::mutex chunks_mutex_;
+  std::vector<void*> slabs_;
+  std::vector<DeviceAddress> free_chunks_;
+  std::map<DeviceAddress, std::size_t> slab_bytes_;  // slab base -> bytes
+  std::uint64_t reserved_bytes_ = 0;
+
+  mutable std::mutex host_mutex_;
+  std::map<std::uintptr_t, std::size_t> pinned_;  // allocate_host base -> bytes
+
+  mutable std::mutex streams_mutex_;
+  StreamId next_stream_ = 1;
+  std::unordered_map<StreamId, std::shared_ptr<Stream>> streams_;
+  EventId next_event_ = 1;
+  std::unordered_map<EventId, gpuEvent_t> events_;
+};
+
+}  // namespace uhmm::gpu

@@ -1,0 +1,76 @@
+// The plugin's exported entry point (plugin_abi.hpp): device count and
+// properties straight from the runtime, and GpuBackend construction.
+#include <cctype>
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include <fmt/format.h>
+
+#include "../plugin_abi.hpp"
+#include "copy_kernels.hpp"
+#include "gpu_backend.hpp"
+#include "gpu_status.hpp"
+
+namespace uhmm::gpu {
+namespace {
+
+void write_why(const std::string& text, char* why, std::size_t why_size) noexcept {
+  if (why == nullptr || why_size == 0) return;
+  std::snprintf(why, why_size, "%s", text.c_str());
+}
+
+int device_count(char* why, std::size_t why_size) noexcept {
+  int count = 0;
+  const gpuError_t error = gpuGetDeviceCount(&count);
+  if (error != gpuSuccess) {
+    // Without a driver or device the runtime says so here ("no CUDA-capable device is detected").
+    write_why(fmt::format("{}GetDeviceCount: {} ({})", kBackendName, gpuGetErrorName(error), gpuGetErrorString(error)),
+              why, why_size);
+    (void)gpuGetLastError();
+    return -1;
+  }
+  return count;
+}
+
+bool device_properties(int index, detail::PluginDeviceProperties* out, char* why, std::size_t why_size) noexcept {
+  gpuDeviceProp props{};
+  Status s = UHMM_GPU_STATUS(gpuGetDeviceProperties(&props, index));
+  if (s) s = UHMM_GPU_STATUS(gpuSetDevice(index));
+  std::size_t free_bytes = 0, total_bytes = 0;
+  if (s) s = UHMM_GPU_STATUS(gpuMemGetInfo(&free_bytes, &total_bytes));
+  if (s) s = UHMM_GPU_STATUS(gpuDeviceGetPCIBusId(out->pci_bus_id, sizeof out->pci_bus_id, index));
+  if (!s) {
+    write_why(s.message, why, why_size);
+    return false;
+  }
+  std::snprintf(out->name, sizeof out->name, "%s", props.name);
+  // The runtime spells the bus id in capitals; libdrm in lower case.
+  for (char* c = out->pci_bus_id; *c != '\0'; ++c) *c = static_cast<char>(std::tolower(static_cast<unsigned char>(*c)));
+  out->total_bytes = total_bytes;
+  out->free_bytes = free_bytes;
+  out->capabilities = kCapPeerCopy | (copy_kernels_loadable() == gpuSuccess ? kCapCopyKernels : 0u);
+  (void)gpuGetLastError();
+  return true;
+}
+
+Backend* create_backend(int index, std::uint64_t pool_bytes, char* why, std::size_t why_size) noexcept {
+  GpuBackendOptions options;
+  options.device = index;
+  options.pool_bytes = pool_bytes;
+  std::string reason;
+  auto backend = GpuBackend::create(options, &reason);
+  if (!backend) write_why(reason, why, why_size);
+  return backend.release();
+}
+
+constexpr detail::BackendPlugin kPlugin{detail::kPluginAbiVersion, kBackendName, device_count, device_properties,
+                                        create_backend};
+
+}  // namespace
+}  // namespace uhmm::gpu
+
+extern "C" __attribute__((visibility("default"))) const uhmm::detail::BackendPlugin* uhmm_backend_plugin(
+    std::uint32_t abi_version) {
+  return abi_version == uhmm::detail::kPluginAbiVersion ? &uhmm::gpu::kPlugin : nullptr;
+}

@@ -1,0 +1,100 @@
+// The vendor shim: the few CUDA / HIP runtime calls the GPU backend makes, under
+// one set of gpu* names, so gpu_backend.cpp is written once and compiled twice
+// (UHMM_GPU_HIP=0 for CUDA, 1 for HIP). The two runtime APIs match call for call.
+#pragma once
+
+#if UHMM_GPU_HIP
+#ifndef __HIP_PLATFORM_AMD__
+#define __HIP_PLATFORM_AMD__ 1
+#endif
+#include <hip/hip_runtime_api.h>
+#else
+#include <cuda_runtime_api.h>
+#endif
+
+namespace uhmm::gpu {
+
+#if UHMM_GPU_HIP
+inline constexpr const char* kBackendName = "hip";
+using gpuError_t = hipError_t;
+using gpuStream_t = hipStream_t;
+using gpuEvent_t = hipEvent_t;
+using gpuDeviceProp = hipDeviceProp_t;
+inline constexpr gpuError_t gpuSuccess = hipSuccess;
+inline constexpr gpuError_t gpuErrorMemoryAllocation = hipErrorOutOfMemory;
+inline constexpr gpuError_t gpuErrorNoDevice = hipErrorNoDevice;
+inline constexpr gpuError_t gpuErrorRuntimeUnloading = hipErrorDeinitialized;
+inline constexpr gpuError_t gpuErrorNotReady = hipErrorNotReady;
+inline constexpr unsigned gpuStreamNonBlocking = hipStreamNonBlocking;
+inline constexpr unsigned gpuEventDisableTiming = hipEventDisableTiming;
+inline constexpr unsigned gpuHostAllocPortableMapped = hipHostMallocPortable | hipHostMallocMapped;
+inline constexpr auto gpuMemcpyDefault = hipMemcpyDefault;
+#define UHMM_GPU_API(name) hip##name
+#else
+inline constexpr const char* kBackendName = "cuda";
+using gpuError_t = cudaError_t;
+using gpuStream_t = cudaStream_t;
+using gpuEvent_t = cudaEvent_t;
+using gpuDeviceProp = cudaDeviceProp;
+inline constexpr gpuError_t gpuSuccess = cudaSuccess;
+inline constexpr gpuError_t gpuErrorMemoryAllocation = cudaErrorMemoryAllocation;
+inline constexpr gpuError_t gpuErrorNoDevice = cudaErrorNoDevice;
+inline constexpr gpuError_t gpuErrorRuntimeUnloading = cudaErrorCudartUnloading;
+inline constexpr gpuError_t gpuErrorNotReady = cudaErrorNotReady;
+inline constexpr unsigned gpuStreamNonBlocking = cudaStreamNonBlocking;
+inline constexpr unsigned gpuEventDisableTiming = cudaEventDisableTiming;
+inline constexpr unsigned gpuHostAllocPortableMapped = cudaHostAllocPortable | cudaHostAllocMapped;
+inline constexpr auto gpuMemcpyDefault = cudaMemcpyDefault;
+#define UHMM_GPU_API(name) cuda##name
+#endif
+
+// gpuX(...) is cudaX(...) or hipX(...).
+#define gpuGetDeviceCount UHMM_GPU_API(GetDeviceCount)
+#define gpuGetDeviceProperties UHMM_GPU_API(GetDeviceProperties)
+#define gpuDeviceGetPCIBusId UHMM_GPU_API(DeviceGetPCIBusId)
+#define gpuSetDevice UHMM_GPU_API(SetDevice)
+#define gpuMemGetInfo UHMM_GPU_API(MemGetInfo)
+#define gpuMalloc UHMM_GPU_API(Malloc)
+#define gpuFree UHMM_GPU_API(Free)
+#define gpuStreamCreateWithFlags UHMM_GPU_API(StreamCreateWithFlags)
+#define gpuStreamDestroy UHMM_GPU_API(StreamDestroy)
+#define gpuStreamSynchronize UHMM_GPU_API(StreamSynchronize)
+#define gpuStreamWaitEvent UHMM_GPU_API(StreamWaitEvent)
+#define gpuEventCreateWithFlags UHMM_GPU_API(EventCreateWithFlags)
+#define gpuEventDestroy UHMM_GPU_API(EventDestroy)
+#define gpuEventRecord UHMM_GPU_API(EventRecord)
+#define gpuEventSynchronize UHMM_GPU_API(EventSynchronize)
+#define gpuMemcpyAsync UHMM_GPU_API(MemcpyAsync)
+#define gpuMemsetAsync UHMM_GPU_API(MemsetAsync)
+#define gpuGetErrorName UHMM_GPU_API(GetErrorName)
+#define gpuGetErrorString UHMM_GPU_API(GetErrorString)
+#define gpuGetLastError UHMM_GPU_API(GetLastError)
+#if UHMM_GPU_HIP
+#define gpuHostAlloc hipHostMalloc
+#define gpuFreeHost hipHostFree
+#else
+#define gpuHostAlloc cudaHostAlloc
+#define gpuFreeHost cudaFreeHost
+#endif
+
+// A host function run by the stream in order (staging fill/drain, result
+// writes); it must not call the runtime. ROCm 5.2 has no hipLaunchHostFunc, so
+// HIP uses a stream callback, which runs in order as well.
+using gpuHostFn = void (*)(void* user);
+#if UHMM_GPU_HIP
+template <gpuHostFn F>
+void hip_stream_callback(hipStream_t, hipError_t, void* user) {
+  F(user);
+}
+template <gpuHostFn F>
+gpuError_t gpuEnqueueHostFn(gpuStream_t stream, void* user) {
+  return hipStreamAddCallback(stream, hip_stream_callback<F>, user, 0);
+}
+#else
+template <gpuHostFn F>
+gpuError_t gpuEnqueueHostFn(gpuStream_t stream, void* user) {
+  return cudaLaunchHostFunc(stream, F, user);
+}
+#endif
+
+}  // namespace uhmm::gpu

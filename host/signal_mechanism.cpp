@@ -1,0 +1,322 @@
+#include "signal_mechanism.hpp"
+
+#include <fcntl.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <mutex>
+
+#include <fmt/format.h>
+
+#include "block_aligned_mapping.hpp"
+#include "managed_range.hpp"
+#include "signal_fault_handler.hpp"
+#include "uhmm/detail/log.hpp"
+
+namespace uhmm::detail {
+namespace {
+
+using signal_faults::Protection;
+
+// Protection runs beyond the first of each range, over the whole process.
+std::atomic<long> g_extra_runs{0};
+long g_budget = 0;
+int g_poison_fd = -1;  // an empty memfd: a page mapped from it raises SIGBUS
+std::once_flag g_setup;
+
+long read_long(const char* path, long fallback) {
+  long v = fallback;
+  if (FILE* f = std::fopen(path, "r")) {
+    if (std::fscanf(f, "%ld", &v) != 1) v = fallback;
+    std::fclose(f);
+  }
+  return v;
+}
+
+long count_mappings() {
+  long lines = 0;
+  if (FILE* f = std::fopen("/proc/self/maps", "r")) {
+    for (int c; (c = std::fgetc(f)) != EOF;) lines += c == '\n';
+    std::fclose(f);
+  }
+  return lines;
+}
+
+void setup_process() {
+  const long limit = read_long("/proc/sys/vm/max_map_count", 65530);
+  // Half of what is left: the application and its libraries keep the rest.
+  g_budget = std::max<long>(1024, (limit - count_mappings()) / 2);
+  g_poison_fd = ::memfd_create("uhmm-poison", MFD_CLOEXEC);
+  if (g_poison_fd < 0) log().error("signal fault mechanism: memfd for poisoned pages: {}", std::strerror(errno));
+}
+
+int prot_bits(std::uint8_t p) {
+  switch (p) {
+    case signal_faults::kRead: return PROT_READ;
+    case signal_faults::kReadWrite:
+    case signal_faults::kPoison: return PROT_READ | PROT_WRITE;
+    default: return PROT_NONE;
+  }
+}
+
+}  // namespace
+
+// One range: the application's view, the alias, and each page's protection.
+class SignalMapping final : public RangeMapping {
+ public:
+  SignalMapping(std::uint32_t queue, int event_fd, std::size_t bytes) {
+    bytes_ = bytes;
+    npages_ = bytes / kPageSize;
+    const int fd = ::memfd_create("uhmm-managed-range", MFD_CLOEXEC);
+    if (fd < 0) throw Error(Errc::system_error, fmt::format("memfd_create for a managed range: {}", std::strerror(errno)));
+    std::string failed;
+    if (::ftruncate(fd, static_cast<off_t>(bytes)) != 0) failed = fmt::format("ftruncate: {}", std::strerror(errno));
+    try {
+      if (failed.empty()) base_ = map_block_aligned(bytes, PROT_NONE);
+    } catch (...) {
+      ::close(fd);
+      throw;
+    }
+    // The mappings keep the memfd alive: the descriptor is not kept, so ranges
+    // cost no file descriptors.
+    if (failed.empty() &&
+        ::mmap(base_, bytes, PROT_NONE, MAP_SHARED | MAP_FIXED | MAP_NORESERVE, fd, 0) == MAP_FAILED)
+      failed = fmt::format("mmap of the application's view: {}", std::strerror(errno));
+    void* alias = MAP_FAILED;
+    if (failed.empty()) {
+      alias = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
+      if (alias == MAP_FAILED) failed = fmt::format("mmap of the alias: {}", std::strerror(errno));
+    }
+    ::close(fd);
+    void* prot = MAP_FAILED;
+    if (failed.empty()) {
+      prot = ::mmap(nullptr, npages_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+      if (prot == MAP_FAILED) failed = fmt::format("mmap of the protection table: {}", std::strerror(errno));
+    }
+    // Children of fork() do not inherit managed ranges (as in userfaultfd mode).
+    if (failed.empty() && (::madvise(base_, bytes, MADV_DONTFORK) != 0 || ::madvise(alias, bytes, MADV_DONTFORK) != 0))
+      failed = fmt::format("madvise(MADV_DONTFORK): {}", std::strerror(errno));
+    if (failed.empty()) {
+      alias_ = static_cast<std::byte*>(alias);
+      prot_ = static_cast<std::uint8_t*>(prot);  // zeros: every page kNone
+      try {
+        signal_faults::add_range({reinterpret_cast<std::uintptr_t>(base_),
+                                  reinterpret_cast<std::uintptr_t>(base_) + bytes, queue, event_fd, prot_});
+        return;
+      } catch (const std::bad_alloc&) {
+        failed = "no memory to register it with the SIGSEGV handler";
+      }
+    }
+    if (base_ != nullptr) ::munmap(base_, bytes);
+    if (alias != MAP_FAILED) ::munmap(alias, bytes);
+    if (prot != MAP_FAILED) ::munmap(prot, npages_);
+    throw Error(Errc::system_error, fmt::format("setting up a {}-byte managed range for the signal fault mechanism "
+                                                "failed: {}",
+                                                bytes, failed));
+  }
+
+  ~SignalMapping() override {
+    // After this no handler looks at the range, and its waiting threads retry
+    // (and find it unmapped, as after a userfaultfd range is unregistered).
+    signal_faults::remove_range(reinterpret_cast<std::uintptr_t>(base_));
+    g_extra_runs.fetch_sub(runs_ - 1);
+    ::munmap(base_, bytes_);
+    ::munmap(alias_, bytes_);
+    ::munmap(prot_, npages_);
+  }
+
+  std::byte* alias(std::size_t page) const noexcept { return alias_ + page * kPageSize; }
+  std::uint8_t protection(std::size_t page) const noexcept {
+    return std::atomic_ref<std::uint8_t>(prot_[page]).load(std::memory_order_relaxed);
+  }
+
+  // Gives pages [first, first + count) the protection `to`; the caller holds
+  // their LOCKED bits. `may_defer`: an upgrade that would split a run may be
+  // left undone while the process is coarse (the page stays protected and the
+  // fault service opens it, with its whole block, when it is touched).
+  int set(ManagedRange& range, std::size_t first, std::size_t count, std::uint8_t to, bool may_defer) noexcept {
+    std::lock_guard lock(mutex_);
+    const bool coarse = g_extra_runs.load(std::memory_order_relaxed) > g_budget;
+    if (coarse && may_defer && to == signal_faults::kReadWrite && !signal_faults::on_service_thread() &&
+        run_delta(first, count, to) > 0)
+      return 0;
+    if (const int err = apply(first, count, to); err != 0) return err;
+    if (coarse && to != signal_faults::kReadWrite && to != signal_faults::kPoison) widen(range, first, count, to);
+    return 0;
+  }
+
+ private:
+  // Change in the number of runs if [first, first + count) became `to`.
+  long run_delta(std::size_t first, std::size_t count, std::uint8_t to) const noexcept {
+    long before = 0, after = 0;
+    const std::size_t lo = first > 0 ? first - 1 : 0;
+    const std::size_t hi = std::min(first + count, npages_ - 1);  // boundaries i|i+1 for i in [lo, hi)
+    for (std::size_t i = lo; i < hi; ++i) {
+      before += protection(i) != protection(i + 1);
+      const std::uint8_t a = i >= first && i < first + count ? to : protection(i);
+      const std::uint8_t b = i + 1 >= first && i + 1 < first + count ? to : protection(i + 1);
+      after += a != b;
+    }
+    return after - before;
+  }
+
+  // Under mutex_: the system calls, then the table and the run count.
+  int apply(std::size_t first, std::size_t count, std::uint8_t to) noexcept {
+    std::byte* at = base_ + first * kPageSize;
+    const std::size_t len = count * kPageSize;
+    bool poisoned = false;
+    for (std::size_t p = first; p < first + count && !poisoned; ++p) poisoned = protection(p) == signal_faults::kPoison;
+    if (to == signal_faults::kPoison) {
+      if (g_poison_fd < 0) return ENOTSUP;
+      if (::mmap(at, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, g_poison_fd, 0) == MAP_FAILED) return errno;
+      ::madvise(at, len, MADV_DONTFORK);
+    } else if (poisoned) {
+      // Back from poison: map the memfd's pages here again (a second mapping
+      // of the alias's pages, which mremap makes from a shared mapping).
+      if (::mremap(alias(first), 0, len, MREMAP_MAYMOVE | MREMAP_FIXED, at) == MAP_FAILED) return errno;
+      ::madvise(at, len, MADV_DONTFORK);
+      if (::mprotect(at, len, prot_bits(to)) != 0) return errno;
+    } else if (::mprotect(at, len, prot_bits(to)) != 0) {
+      return errno;
+    }
+    const long delta = run_delta(first, count, to);
+    for (std::size_t p = first; p < first + count; ++p)
+      std::atomic_ref<std::uint8_t>(prot_[p]).store(to, std::memory_order_relaxed);
+    runs_ += delta;
+    g_extra_runs.fetch_add(delta, std::memory_order_relaxed);
+    return 0;
+  }
+
+  // Coarse: lowers every unlocked page of the run's blocks to `to` too, so a
+  // block holds one protection instead of one per page. Lowering is always
+  // safe (an access faults and the fault service opens the page again);
+  // locked pages are left to their holders (a migration's copy reads them).
+  void widen(ManagedRange& range, std::size_t first, std::size_t count, std::uint8_t to) noexcept {
+    auto& table = range.table();
+    bool lower[kPagesPerBlock];
+    for (std::size_t block = MirrorTable::block_of(first); block <= MirrorTable::block_of(first + count - 1); ++block) {
+      const std::size_t lo = table.block_begin(block), hi = table.block_end(block);
+      {
+        std::lock_guard block_lock(table.block_mutex(block));
+        for (std::size_t p = lo; p < hi; ++p) {
+          const std::uint8_t now = protection(p);
+          lower[p - lo] = (p < first || p >= first + count) && now > to && now != signal_faults::kPoison &&
+                          !table.entry(p).locked();
+        }
+      }
+      for (std::size_t p = lo; p < hi;) {
+        if (!lower[p - lo]) {
+          ++p;
+          continue;
+        }
+        std::size_t q = p;
+        while (q < hi && lower[q - lo]) ++q;
+        if (const int err = apply(p, q - p, to); err != 0)
+          log().warn("signal fault mechanism: lowering {} pages at {} failed: {}", q - p,
+                     static_cast<void*>(base_ + p * kPageSize), std::strerror(err));
+        p = q;
+      }
+    }
+  }
+
+  std::size_t npages_ = 0;
+  std::byte* alias_ = nullptr;
+  std::uint8_t* prot_ = nullptr;
+  std::mutex mutex_;  // mprotect, table and run count of this range change together
+  long runs_ = 1;
+};
+
+namespace {
+
+SignalMapping& mapping_of(ManagedRange& range) noexcept { return static_cast<SignalMapping&>(range.mapping()); }
+
+}  // namespace
+
+SignalMechanism::SignalMechanism() {
+  std::call_once(g_setup, setup_process);
+  signal_faults::install();
+  event_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (event_fd_ < 0)
+    throw Error(Errc::system_error, fmt::format("eventfd for the signal fault mechanism: {}", std::strerror(errno)));
+  queue_ = signal_faults::new_queue();
+}
+
+SignalMechanism::~SignalMechanism() {
+  // Every range was removed (and with it every handler that could post here).
+  ::close(event_fd_);
+}
+
+std::unique_ptr<RangeMapping> SignalMechanism::map_range(std::size_t bytes) {
+  return std::make_unique<SignalMapping>(queue_, event_fd_, bytes);
+}
+
+std::size_t SignalMechanism::read_faults(FaultEvent* out, std::size_t max) noexcept {
+  // Drain the wake-up first: a fault posted after this read kicks it again.
+  std::uint64_t count;
+  [[maybe_unused]] const ssize_t n = ::read(event_fd_, &count, sizeof count);
+  return signal_faults::take(queue_, out, max);
+}
+
+int SignalMechanism::install_zeros(ManagedRange& range, std::size_t first, std::size_t count) noexcept {
+  // A page that has no host copy is a hole in the memfd (never written, or
+  // dropped with its hole punched), so opening it shows zeros.
+  SignalMapping& m = mapping_of(range);
+  for (std::size_t p = first; p < first + count; ++p)
+    if (m.protection(p) != signal_faults::kNone) return EEXIST;
+  return m.set(range, first, count, signal_faults::kReadWrite, /*may_defer=*/false);
+}
+
+int SignalMechanism::install_copy(ManagedRange& range, std::size_t first, std::size_t count, const std::byte* src,
+                                  std::size_t* copied) noexcept {
+  SignalMapping& m = mapping_of(range);
+  std::size_t n = 0;
+  while (n < count && (m.protection(first + n) == signal_faults::kNone ||
+                       m.protection(first + n) == signal_faults::kPoison))
+    ++n;
+  int err = 0;
+  if (n > 0) {
+    std::memcpy(m.alias(first), src, n * kPageSize);
+    err = m.set(range, first, n, signal_faults::kReadWrite, /*may_defer=*/true);
+  }
+  if (copied != nullptr) *copied = err == 0 ? n * kPageSize : 0;
+  return err != 0 ? err : n < count ? EEXIST : 0;
+}
+
+int SignalMechanism::write_protect(ManagedRange& range, std::size_t first, std::size_t count, bool protect) noexcept {
+  const int err = mapping_of(range).set(range, first, count, protect ? signal_faults::kRead : signal_faults::kReadWrite,
+                                        /*may_defer=*/!protect);
+  // The fault service unlocks and wakes these pages itself, once the mirror
+  // is final; a wake here would let a thread run while they are still locked.
+  if (!protect && !signal_faults::on_service_thread())
+    wake(reinterpret_cast<std::uintptr_t>(range.page_address(first)), count * kPageSize);
+  return err;
+}
+
+int SignalMechanism::drop(ManagedRange& range, std::size_t first, std::size_t count) noexcept {
+  SignalMapping& m = mapping_of(range);
+  // Protect first: nobody may see the hole the punch leaves as zeros.
+  if (const int err = m.set(range, first, count, signal_faults::kNone, false); err != 0) return err;
+  return ::madvise(m.alias(first), count * kPageSize, MADV_REMOVE) == 0 ? 0 : errno;
+}
+
+int SignalMechanism::poison(ManagedRange& range, std::size_t first, std::size_t count) noexcept {
+  return mapping_of(range).set(range, first, count, signal_faults::kPoison, false);
+}
+
+int SignalMechanism::wake(std::uintptr_t addr, std::size_t len) noexcept {
+  signal_faults::wake(queue_, addr, len);
+  return 0;
+}
+
+bool SignalMechanism::coarse() const noexcept { return g_extra_runs.load(std::memory_order_relaxed) > g_budget; }
+
+long SignalMechanism::extra_runs() noexcept { return g_extra_runs.load(); }
+long SignalMechanism::run_budget() noexcept { return g_budget; }
+
+}  // namespace uhmm::detail

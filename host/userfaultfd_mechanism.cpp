@@ -1,0 +1,118 @@
+#include "userfaultfd_mechanism.hpp"
+
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <iterator>
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "block_aligned_mapping.hpp"
+#include "managed_range.hpp"
+
+namespace uhmm::detail {
+namespace {
+
+class UserfaultfdMapping final : public RangeMapping {
+ public:
+  UserfaultfdMapping(Userfaultfd& uffd, std::size_t bytes) : uffd_(uffd) {
+    base_ = map_block_aligned(bytes, PROT_READ | PROT_WRITE);
+    bytes_ = bytes;
+    // Children of fork() do not inherit managed ranges: their pages may live on a
+    // device that the child cannot reach.
+    const int err = ::madvise(base_, bytes, MADV_DONTFORK) != 0 ? errno : uffd_.register_range(base_, bytes);
+    if (err != 0) {
+      ::munmap(base_, bytes);
+      throw Error(Errc::system_error, fmt::format("registering a {}-byte managed range with userfaultfd failed: {}",
+                                                  bytes, std::strerror(err)));
+    }
+  }
+  ~UserfaultfdMapping() override {
+    if (released_) return;
+    // Unregistering wakes any thread still sleeping on a fault in the range.
+    uffd_.unregister_range(base_, bytes_);
+    ::munmap(base_, bytes_);
+  }
+
+  void release_only(const std::vector<std::pair<std::size_t, std::size_t>>& live) noexcept override {
+    released_ = true;
+    for (const auto& [first, end] : live) {
+      uffd_.unregister_range(base_ + first * kPageSize, (end - first) * kPageSize);
+      ::munmap(base_ + first * kPageSize, (end - first) * kPageSize);
+    }
+  }
+
+ private:
+  Userfaultfd& uffd_;
+  bool released_ = false;  // release_only() unmapped what was left
+};
+
+}  // namespace
+
+std::unique_ptr<RangeMapping> UserfaultfdMechanism::map_range(std::size_t bytes) {
+  return std::make_unique<UserfaultfdMapping>(uffd_, bytes);
+}
+
+std::size_t UserfaultfdMechanism::read_faults(FaultEvent* out, std::size_t max) noexcept {
+  // A buffer on the stack: applying a mapping event may read again (the
+  // EAGAIN pump, userfaultfd.hpp) while an outer read still walks its events.
+  uffd_msg msgs[32];
+  std::size_t k = 0;
+  while (k < max) {
+    const std::size_t want = std::min(max - k, std::size(msgs));
+    const std::size_t n = uffd_.read_events(msgs, want);
+    for (std::size_t i = 0; i < n; ++i) {
+      const uffd_msg& m = msgs[i];
+      switch (m.event) {
+        case UFFD_EVENT_PAGEFAULT:
+          out[k++] = {static_cast<std::uintptr_t>(m.arg.pagefault.address) & ~(kPageSize - 1),
+                      (m.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) != 0};
+          break;
+        case UFFD_EVENT_REMOVE:
+          out[k++] = {m.arg.remove.start, false, FaultEvent::Kind::remove, m.arg.remove.end};
+          break;
+        case UFFD_EVENT_UNMAP:
+          out[k++] = {m.arg.remove.start, false, FaultEvent::Kind::unmap, m.arg.remove.end};
+          break;
+        case UFFD_EVENT_REMAP:
+          out[k++] = {m.arg.remap.from, false, FaultEvent::Kind::remap, m.arg.remap.from + m.arg.remap.len,
+                      m.arg.remap.to};
+          break;
+        default:
+          break;  // not asked for (FORK is never enabled); the loop reads on
+      }
+    }
+    if (n < want) break;
+  }
+  return k;
+}
+
+int UserfaultfdMechanism::install_zeros(ManagedRange& range, std::size_t first, std::size_t count) noexcept {
+  return uffd_.zeropage(range.page_address(first), count * kPageSize, /*wake=*/false);
+}
+
+int UserfaultfdMechanism::install_copy(ManagedRange& range, std::size_t first, std::size_t count,
+                                       const std::byte* src, std::size_t* copied) noexcept {
+  return uffd_.copy(range.page_address(first), src, count * kPageSize, copied, /*wake=*/false);
+}
+
+int UserfaultfdMechanism::write_protect(ManagedRange& range, std::size_t first, std::size_t count,
+                                        bool protect) noexcept {
+  return uffd_.write_protect(range.page_address(first), count * kPageSize, protect);
+}
+
+int UserfaultfdMechanism::drop(ManagedRange& range, std::size_t first, std::size_t count) noexcept {
+  return ::madvise(range.page_address(first), count * kPageSize, MADV_DONTNEED) == 0 ? 0 : errno;
+}
+
+int UserfaultfdMechanism::poison(ManagedRange& range, std::size_t first, std::size_t count) noexcept {
+  return uffd_.poison(range.page_address(first), count * kPageSize);
+}
+
+int UserfaultfdMechanism::wake(std::uintptr_t addr, std::size_t len) noexcept {
+  return uffd_.wake(reinterpret_cast<void*>(addr), len);
+}
+
+}  // namespace uhmm::detail
