@@ -45,7 +45,10 @@ MigrationResult Context::migrate_to_device(void* p, std::size_t bytes, OwnerId d
 }
 MigrationResult Context::migrate_to_host(void* p, std::size_t bytes) { return impl_->migrate_to_host(p, bytes); }
 
-Status Context::validate() const { return impl_->validate(/*quiescent=*/true); }
+Status Context::validate() const {
+  impl_->ranges.gate().wait_applied();
+  return impl_->validate(/*quiescent=*/true);
+}
 
 MigrationResult Context::pin(void* p, std::size_t bytes) { return impl_->set_pinned(p, bytes, true); }
 void Context::unpin(void* p, std::size_t bytes) { impl_->set_pinned(p, bytes, false); }
@@ -57,6 +60,7 @@ std::vector<PageState> Context::residency(const void* p, std::size_t bytes) cons
 Latencies Context::latency() const { return impl_->observer.latencies(); }
 
 Counters Context::counters() const {
+  impl_->ranges.gate().wait_applied();  // counts what the caller's own munmap/madvise did
   Counters c = impl_->counters.snapshot();
   c.device_pages_in_use = 0;
   for (std::size_t i = 0; i < impl_->device_count(); ++i)

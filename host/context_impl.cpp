@@ -1,6 +1,8 @@
 #include "context_impl.hpp"
 
 #include <algorithm>
+#include <chrono>
+#include <thread>
 
 #include <fmt/format.h>
 
@@ -36,7 +38,9 @@ ContextImpl::~ContextImpl() {
       log().error("freeing a range at teardown failed: {}", e.what());
     }
   }
+  reap_retired(/*wait=*/true);
   faults_.reset();
+  reap_retired(/*wait=*/true);  // a range the service retired while stopping
   staging_.reset();
   devices_.clear();
 }
@@ -58,9 +62,11 @@ void* ContextImpl::allocate(std::size_t bytes) {
   if (bytes > (std::size_t{1} << 40))
     throw Error(Errc::invalid_argument, fmt::format("allocate: {} bytes is more than the 1 TiB a range may span", bytes));
   const std::size_t rounded = (bytes + kPageSize - 1) & ~(kPageSize - 1);
+  reap_retired(/*wait=*/false);
   try {
     auto range = std::make_shared<ManagedRange>(next_range_id_.fetch_add(1), rounded, *mechanism);
     void* base = range->base();
+    wait_for_address_reuse(range->base(), range->bytes());
     ranges.add(std::move(range));
     return base;
   } catch (const std::bad_alloc&) {
@@ -69,25 +75,115 @@ void* ContextImpl::allocate(std::size_t bytes) {
 }
 
 void ContextImpl::free(void* base) {
+  ranges.gate().wait_applied();  // a munmap this thread did first has retired the range
+  reap_retired(/*wait=*/false);
   auto range = ranges.remove(base, "free");
   // Nothing new can reach the range; wait for what already has.
   range->wait_idle();
-  auto& table = range->table();
-  std::vector<std::vector<DevicePageIndex>> to_free(devices_.size() + 1);
+  release_device_pages(*range);
+  // ~ManagedRange unregisters (waking any thread still faulting here) and
+  // unmaps what the application left mapped.
+}
+
+std::size_t ContextImpl::release_device_pages(ManagedRange& range) noexcept {
+  std::size_t released = 0;
+  auto& table = range.table();
   for (std::size_t block = 0; block < table.nblocks(); ++block) {
-    std::lock_guard lock(table.block_mutex(block));
-    for (std::size_t p = table.block_begin(block); p < table.block_end(block); ++p) {
-      const MirrorEntry e = table.entry(p);
-      if (e.residency() == Residency::Device || e.residency() == Residency::Duplicated)
-        to_free[e.device_page().owner].push_back(e.device_page().index);
-      table.entry(p) = MirrorEntry{};  // no entry names a device page once it is free
+    // One block at a time: a huge range's list would cost more than its table.
+    std::vector<std::pair<OwnerId, DevicePageIndex>> to_free;
+    {
+      std::lock_guard lock(table.block_mutex(block));
+      for (std::size_t p = table.block_begin(block); p < table.block_end(block); ++p) {
+        const MirrorEntry e = table.entry(p);
+        if (e.bits() == 0) continue;  // Empty, unlocked: the common case of a sparse table, left untouched
+        if (e.residency() == Residency::Device || e.residency() == Residency::Duplicated) {
+          try {
+            to_free.emplace_back(e.device_page().owner, e.device_page().index);
+          } catch (const std::bad_alloc&) {
+            continue;  // leaks the device page rather than losing track of the range
+          }
+        }
+        table.entry(p) = MirrorEntry{};  // no entry names a device page once it is free
+      }
+    }
+    std::sort(to_free.begin(), to_free.end());
+    released += to_free.size();
+    std::vector<DevicePageIndex> indices;
+    for (std::size_t i = 0; i < to_free.size();) {
+      const OwnerId owner = to_free[i].first;
+      indices.clear();
+      for (; i < to_free.size() && to_free[i].first == owner; ++i) {
+        rmaps_[owner - 1]->clear(to_free[i].second);
+        try {
+          indices.push_back(to_free[i].second);
+        } catch (const std::bad_alloc&) {
+          devices_[owner - 1]->page_free(std::span(&to_free[i].second, 1));
+        }
+      }
+      devices_[owner - 1]->page_free(indices);
     }
   }
-  for (OwnerId owner = 1; owner < to_free.size(); ++owner) {
-    for (DevicePageIndex index : to_free[owner]) rmaps_[owner - 1]->clear(index);
-    if (!to_free[owner].empty()) devices_[owner - 1]->page_free(to_free[owner]);
+  return released;
+}
+
+void ContextImpl::retire(const std::shared_ptr<ManagedRange>& range) noexcept {
+  if (!ranges.retire(*range)) return;  // freed meanwhile
+  AtomicCounters::add(counters.ranges_retired, 1);
+  log().warn("the application unmapped the managed range at {} ({} bytes) without freeing it; it is retired",
+             static_cast<void*>(range->base()), range->bytes());
+  try {
+    std::lock_guard lock(retired_mutex_);
+    retired_.push_back(range);
+  } catch (const std::bad_alloc&) {
+    log().error("no memory to track a retired range: its device pages stay allocated");
   }
-  // ~ManagedRange unmaps (waking any thread still faulting here).
+}
+
+std::size_t ContextImpl::reap_retired(bool wait) noexcept {
+  std::vector<std::shared_ptr<ManagedRange>> ready;
+  {
+    std::lock_guard lock(retired_mutex_);
+    if (retired_.empty()) return 0;
+    for (auto it = retired_.begin(); it != retired_.end();) {
+      if (wait || (*it)->idle()) {
+        ready.push_back(std::move(*it));
+        it = retired_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  std::size_t released = 0;
+  for (const auto& range : ready) {
+    range->wait_idle();
+    released += release_device_pages(*range);
+  }
+  return released;
+}
+
+void ContextImpl::wait_for_address_reuse(const std::byte* base, std::size_t bytes) {
+  const auto lo = reinterpret_cast<std::uintptr_t>(base);
+  // The kernel gave us this address, so whatever range had it was unmapped;
+  // its UNMAP event is read or on its way (the service applies it in
+  // microseconds). Registering before it is applied would let it hit the new range.
+  for (int round = 0;; ++round) {
+    ranges.gate().wait_applied();
+    bool live = false;
+    for (const auto& other : ranges.overlapping(lo, lo + bytes)) {
+      const auto other_lo = reinterpret_cast<std::uintptr_t>(other->base());
+      const std::size_t first = lo > other_lo ? (lo - other_lo) >> kPageShift : 0;
+      const std::size_t end = std::min(other->npages(), (lo + bytes - other_lo + kPageSize - 1) >> kPageShift);
+      if (!other->all_unmapped(first, end)) live = true;
+    }
+    if (!live) return;
+    // Without mapping events (signal mode) no UNMAP is coming: fail at once.
+    if (round == (mechanism->follows_mapping_changes() ? 2000 : 0))
+      throw Error(Errc::system_error,
+                  fmt::format("allocate: the kernel reused {} while uhmm still manages it there; the application "
+                              "unmapped a managed range without free() and this kernel did not report it",
+                              static_cast<const void*>(base)));
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
 }
 
 MigrationResult ContextImpl::migrate_to_device(void* p, std::size_t bytes, OwnerId owner) {
@@ -157,7 +253,9 @@ MigrationResult ContextImpl::migrate_to_device(void* p, std::size_t bytes, Owner
     const auto left = static_cast<std::size_t>(std::count(outcome.begin(), outcome.end(), kFailed));
     if (left == 0 || round_failure.code != Errc::out_of_memory || !options.evict || round + 1 == kEvictionRounds)
       break;
-    if (make_room(*this, dev.owner(), left, &guard).pages == 0) break;
+    // Ranges the application unmapped hold device pages no registered range
+    // names (eviction cannot find them by id): releasing those makes room first.
+    if (reap_retired(/*wait=*/false) == 0 && make_room(*this, dev.owner(), left, &guard).pages == 0) break;
   }
 
   // Per page, the last pass that selected it decides (a page another thread

@@ -76,6 +76,14 @@ class ContextImpl {
   // where its page is.
   void unlock(ManagedRange& range, std::span<const std::size_t> pages) noexcept;
 
+  // A range the application unmapped entirely (mapping_events.cpp): dropped
+  // from the registry at once, so its address can be reused; what it still
+  // holds on a device is released once no operation uses it (reap_retired).
+  void retire(const std::shared_ptr<ManagedRange>& range) noexcept;
+  // Releases retired ranges no operation uses any more; with `wait`, all of
+  // them. Returns how many device pages went back to their pools.
+  std::size_t reap_retired(bool wait) noexcept;
+
   // Validates the mirror tables and the pools (expensive; checked builds call
   // it after every operation through check_invariants()). With `quiescent`
   // (no operation in flight) it also checks what only holds at rest: no page
@@ -99,6 +107,16 @@ class ContextImpl {
   std::unique_ptr<StagingPool> staging_;
   std::unique_ptr<FaultService> faults_;
   std::atomic<std::uint32_t> next_range_id_{0};
+  std::mutex retired_mutex_;
+  std::vector<std::shared_ptr<ManagedRange>> retired_;
+
+  // Gives every device page a range still names back to its pool (returns how
+  // many); the entries become Empty. Pre: no operation uses the range.
+  std::size_t release_device_pages(ManagedRange& range) noexcept;
+  // Waits until no live part of a registered range overlaps [base, base + bytes)
+  // (the application unmapped it and the event is on its way); throws if that
+  // never happens.
+  void wait_for_address_reuse(const std::byte* base, std::size_t bytes);
 
   friend class FaultService;
   friend class ::uhmm::Context;

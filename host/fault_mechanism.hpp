@@ -15,6 +15,8 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "uhmm/context.hpp"
 
@@ -22,11 +24,23 @@ namespace uhmm::detail {
 
 class ManagedRange;
 
-// One CPU fault read from the mechanism: the page address and whether it was a
-// store to a write-protected page.
+// One event read from the mechanism. Mostly a CPU fault: the page address and
+// whether it was a store to a write-protected page. A mechanism that follows
+// the application's own changes to a range's mapping (userfaultfd's REMOVE,
+// UNMAP and REMAP events; follows_mapping_changes()) reports those in order
+// with the faults; the fault service applies them at once (mapping_events.hpp).
 struct FaultEvent {
+  enum class Kind : std::uint8_t {
+    fault,
+    remove,  // madvise(DONTNEED/FREE/REMOVE) of [address, end)
+    unmap,   // munmap of [address, end)
+    remap,   // mremap of [address, end) to `to`
+  };
   std::uintptr_t address;
   bool write_protect;
+  Kind kind = Kind::fault;
+  std::uintptr_t end = 0;
+  std::uintptr_t to = 0;
 };
 
 // What a mechanism keeps per range (its mapping). The range owns it.
@@ -35,6 +49,11 @@ class RangeMapping {
   virtual ~RangeMapping() = default;  // unmaps; wakes threads still faulting in it
   std::byte* base() const noexcept { return base_; }
   std::size_t bytes() const noexcept { return bytes_; }
+  // The application unmapped parts of the range itself (only a mechanism that
+  // follows_mapping_changes() learns of that): unmap just the `live` page runs
+  // [first, end) now, and nothing more later — something else may live in the
+  // holes. Called once, from ~ManagedRange.
+  virtual void release_only(const std::vector<std::pair<std::size_t, std::size_t>>& live) noexcept { (void)live; }
 
  protected:
   std::byte* base_ = nullptr;
@@ -53,7 +72,8 @@ class FaultMechanism {
   virtual std::unique_ptr<RangeMapping> map_range(std::size_t bytes) = 0;
 
   // The descriptor the fault service polls for faults, and the read: up to
-  // `max` faults without blocking, returning the count (0 if none).
+  // `max` events without blocking, returning the count (0 if none; fewer than
+  // `max` only when nothing more is pending). Reentrant on the service thread.
   virtual int poll_fd() const noexcept = 0;
   virtual std::size_t read_faults(FaultEvent* out, std::size_t max) noexcept = 0;
 
@@ -75,6 +95,11 @@ class FaultMechanism {
   virtual int poison(ManagedRange& range, std::size_t first, std::size_t count) noexcept = 0;
   // Wakes the threads faulting on [addr, addr + len): each retries its access.
   virtual int wake(std::uintptr_t addr, std::size_t len) noexcept = 0;
+
+  // True when read_faults() also reports the application's madvise, munmap
+  // and mremap of managed memory (userfaultfd with its non-cooperative
+  // events). Without it (signal mode) those are not followed: DESIGN.md.
+  virtual bool follows_mapping_changes() const noexcept { return false; }
 
   // True when protections in this range should change a whole 2 MiB block at
   // a time (the signal mechanism near its mapping budget); the fault service

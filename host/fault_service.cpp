@@ -2,6 +2,7 @@
 
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -9,12 +10,15 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <iterator>
 
 #include <fmt/format.h>
 
 #include "context_impl.hpp"
 #include "page_runs.hpp"
 #include "signal_fault_handler.hpp"
+#include "userfaultfd.hpp"
+#include "userfaultfd_mechanism.hpp"
 #include "uhmm/detail/log.hpp"
 
 namespace uhmm::detail {
@@ -30,6 +34,10 @@ void sort_unique(std::vector<std::size_t>& v) {
 }  // namespace
 
 FaultService::FaultService(ContextImpl& ctx) : ctx_(ctx), events_(kMaxEventsPerRead) {
+  // Mapping events are a userfaultfd feature: only that mechanism reports them.
+  if (ctx.mechanism->follows_mapping_changes())
+    if (auto* u = dynamic_cast<UserfaultfdMechanism*>(ctx.mechanism.get()))
+      mapping_ = std::make_unique<MappingEvents>(ctx, u->uffd());
   event_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (event_fd_ < 0)
     throw Error(Errc::system_error, fmt::format("eventfd for the fault service: {}", std::strerror(errno)));
@@ -59,27 +67,61 @@ void FaultService::kick() noexcept {
   [[maybe_unused]] const ssize_t n = ::write(event_fd_, &one, sizeof one);
 }
 
+std::size_t FaultService::read_messages(std::vector<Fault>& into) noexcept {
+  // The outermost read is bracketed by the gate: a user's call that follows
+  // its own munmap/madvise waits until the event it raised is applied.
+  const bool outermost = reading_depth_++ == 0;
+  if (outermost) ctx_.ranges.gate().begin();
+  // Each nesting level reads into its own buffer: an event being applied may
+  // pump while the level above still walks its events.
+  FaultEvent local[16];
+  FaultEvent* events = outermost ? events_.data() : local;
+  const std::size_t max = outermost ? events_.size() : std::size(local);
+  FaultMechanism& mechanism = *ctx_.mechanism;
+  std::size_t total = 0;
+  for (;;) {
+    const std::size_t n = mechanism.read_faults(events, max);
+    const std::uint64_t read_ns = n > 0 ? now_ns() : 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      const FaultEvent& e = events[i];
+      if (e.kind != FaultEvent::Kind::fault) {
+        if (mapping_) mapping_->apply(e, staging_);
+        continue;
+      }
+      try {
+        into.push_back({e.address, e.write_protect, read_ns});
+      } catch (const std::bad_alloc&) {
+        // Its thread stays asleep until some later wake of that page.
+        log().error("fault service: no memory to queue a fault at {:#x}", e.address);
+        continue;
+      }
+      if (e.write_protect) AtomicCounters::add(ctx_.counters.faults_write_protect, 1);
+    }
+    total += n;
+    if (n < max) break;
+  }
+  if (outermost) ctx_.ranges.gate().end();
+  --reading_depth_;
+  return total;
+}
+
+void FaultService::pump(void* self) noexcept {
+  auto& service = *static_cast<FaultService*>(self);
+  if (service.read_messages(service.pumped_) == 0) ::sched_yield();  // read by now; the changer runs next
+}
+
 void FaultService::run() noexcept {
   ::pthread_setname_np(::pthread_self(), "uhmm-faults");  // its track's name in traces and debuggers
   // A fault this thread took on managed memory would wait on itself.
   signal_faults::mark_service_thread();
+  // With mapping events, this thread's own ioctls may meet an unread event
+  // (EAGAIN): it reads it itself (userfaultfd.hpp).
+  if (mapping_) Userfaultfd::set_thread_eagain_hook(&FaultService::pump, this);
   FaultMechanism& mechanism = *ctx_.mechanism;
   pollfd fds[2] = {{mechanism.poll_fd(), POLLIN, 0}, {event_fd_, POLLIN, 0}};
   std::vector<Fault> batch;
   const auto spin = std::chrono::microseconds(ctx_.options.fault_spin_us);
-  auto read_faults = [&] {
-    std::size_t total = 0;
-    for (;;) {
-      const std::size_t n = mechanism.read_faults(events_.data(), events_.size());
-      const std::uint64_t read_ns = n > 0 ? now_ns() : 0;
-      for (std::size_t i = 0; i < n; ++i) {
-        batch.push_back({events_[i].address, events_[i].write_protect, read_ns});
-        if (events_[i].write_protect) AtomicCounters::add(ctx_.counters.faults_write_protect, 1);
-      }
-      total += n;
-      if (n < events_.size()) return total;
-    }
-  };
+  auto read_faults = [&] { return read_messages(batch); };
 
   while (!stop_.load(std::memory_order_relaxed)) {
     try {
@@ -95,13 +137,16 @@ void FaultService::run() noexcept {
         wake_unlocked_parked();
       }
       if (fds[0].revents & POLLIN) read_faults();
+      if (batch.empty()) batch.swap(pumped_);  // faults an event's ioctls read
       while (!batch.empty()) {
         AtomicCounters::add(ctx_.counters.fault_wakeups, 1);
         resolve(batch);
         batch.clear();
+        batch.swap(pumped_);  // faults read while an ioctl waited for an event
         // Faults tend to come in trains: poll a little before sleeping again.
         const auto deadline = std::chrono::steady_clock::now() + spin;
         while (batch.empty() && std::chrono::steady_clock::now() < deadline) read_faults();
+        if (batch.empty()) batch.swap(pumped_);
       }
     } catch (const std::exception& e) {
       // Only allocation can throw here; the faults in flight stay unresolved
@@ -141,11 +186,21 @@ void FaultService::resolve(std::vector<Fault>& faults) noexcept {
   while (i < faults.size()) {
     RangeSpan span = ctx_.ranges.find(reinterpret_cast<const void*>(faults[i].address));
     if (!span) {
-      // A range being freed: unregistering it wakes its faulting threads.
+      // No range here: one being freed (unregistering it wakes its faulting
+      // threads), or memory the application grew a range into in place with
+      // mremap, which stays registered: plain anonymous memory reads zeros.
+      if (mapping_) mapping_->fault_outside_ranges(faults[i].address, faults[i].write_protect);
       ++i;
       continue;
     }
     ManagedRange& range = span.range();
+    if (range.any_unmapped(span.first(), span.first() + 1)) {
+      // A stale fault on a page the application unmapped since: its thread
+      // retries and gets what the address holds now.
+      ctx_.mechanism->wake(faults[i].address, kPageSize);
+      ++i;
+      continue;
+    }
     while (i < faults.size() && range.contains(reinterpret_cast<const void*>(faults[i].address))) {
       const std::size_t block = MirrorTable::block_of(range.page_of(reinterpret_cast<const void*>(faults[i].address)));
       std::size_t j = i;

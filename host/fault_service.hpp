@@ -12,10 +12,12 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <thread>
 #include <vector>
 
 #include "fault_mechanism.hpp"
+#include "mapping_events.hpp"
 
 namespace uhmm::detail {
 
@@ -40,6 +42,12 @@ class FaultService {
   };
 
   void run() noexcept;
+  // Reads every message pending: faults go to `into`, mapping events are
+  // applied at once (mapping_events.hpp). Returns how many were read.
+  std::size_t read_messages(std::vector<Fault>& into) noexcept;
+  // The EAGAIN hook (userfaultfd.hpp): an ioctl of this thread met an unread
+  // event; read it, keeping the faults for the next batch.
+  static void pump(void* self) noexcept;
   void wake_unlocked_parked() noexcept;
   void resolve(std::vector<Fault>& faults) noexcept;
   // Resolves the faults of one block (sorted, same range and block).
@@ -51,6 +59,9 @@ class FaultService {
   std::vector<Fault> parked_;                // faults on locked pages (service thread only)
   std::atomic<std::size_t> parked_count_{0};  // its size, for the unlock listener
   std::vector<FaultEvent> events_;
+  std::vector<Fault> pumped_;  // faults read by pump(), resolved in the next batch
+  int reading_depth_ = 0;      // read_messages() nests through pump() inside an event's ioctls
+  std::unique_ptr<MappingEvents> mapping_;  // userfaultfd with mapping events only
   std::byte* staging_ = nullptr;
   std::thread thread_;
 };

@@ -4,6 +4,7 @@
 // themselves in, so that free() can wait until none is left.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -12,6 +13,7 @@
 
 #include "fault_mechanism.hpp"
 #include "mirror_table.hpp"
+#include "page_intervals.hpp"
 #include "uhmm/types.hpp"
 
 namespace uhmm::detail {
@@ -20,7 +22,8 @@ class ManagedRange {
  public:
   // Maps `bytes` (a multiple of kPageSize) through the mechanism. Throws uhmm::Error.
   ManagedRange(std::uint32_t id, std::size_t bytes, FaultMechanism& mechanism);
-  // Unmaps (waking any thread still faulting here). Pre: no operation is in flight.
+  // Unmaps what the application has not unmapped itself (waking any thread
+  // still faulting here). Pre: no operation is in flight.
   ~ManagedRange();
   ManagedRange(const ManagedRange&) = delete;
   ManagedRange& operator=(const ManagedRange&) = delete;
@@ -45,6 +48,14 @@ class ManagedRange {
   void begin_op() noexcept;
   void end_op() noexcept;
   void wait_idle() noexcept;
+  bool idle() noexcept;
+
+  // Pages the application unmapped (munmap, mremap) behind uhmm's back: they
+  // are gone for good; calls on them fail and the range never unmaps them
+  // again (something else may live there now). See mapping_events.hpp.
+  void mark_unmapped(std::size_t first, std::size_t end);
+  bool any_unmapped(std::size_t first, std::size_t end) const noexcept;
+  bool all_unmapped(std::size_t first, std::size_t end) const noexcept;
 
  private:
   std::uint32_t id_;
@@ -55,6 +66,9 @@ class ManagedRange {
   std::mutex ops_mutex_;
   std::condition_variable ops_idle_;
   std::size_t ops_ = 0;
+  mutable std::mutex unmapped_mutex_;
+  PageIntervals unmapped_;
+  std::atomic<bool> has_unmapped_{false};  // fast path: most ranges never lose a page
 };
 
 }  // namespace uhmm::detail

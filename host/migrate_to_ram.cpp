@@ -200,8 +200,9 @@ ContextImpl::DeviceRangeEviction ContextImpl::evict_device_range(OwnerId owner, 
     for (std::size_t k = 0; k < npages; ++k) {
       const auto target = map.get(static_cast<DevicePageIndex>(first + k));
       if (!target || gave_up[k]) continue;
-      // The range may be being freed: then it is gone from the registry (its
-      // pages are released, not copied), or this span keeps it alive until done.
+      // The range may be being freed, or retired (the application unmapped
+      // it): then it is gone from the registry (its pages are released, not
+      // copied: free() or reap_retired()), or this span keeps it alive until done.
       RangeSpan span = ranges.find_by_id(target->range_id);
       if (!span) continue;
       auto& range = span.range();

@@ -174,11 +174,27 @@ void migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
   // Host copies of migrated pages go, one call per run, while still locked:
   // an access now faults and waits for the unlock below, then finds the page
   // on the device.
-  for_each_run(0, n, [&](std::size_t i) { return migrated(i) && from(i, Residency::System); },
+  bool zapped = false;
+  // Never-touched pages are zapped too where the application's madvise is
+  // followed: after its MADV_FREE (or in the moment before its MADV_DONTNEED
+  // zaps) an Empty page can still be mapped, and must not shadow its new
+  // device home. (In signal mode an Empty page is never open.)
+  const bool follows = ctx.mechanism->follows_mapping_changes();
+  auto had_host_page = [&](std::size_t i) {
+    return from(i, Residency::System) || (follows && from(i, Residency::Empty));
+  };
+  for_each_run(0, n, [&](std::size_t i) { return migrated(i) && had_host_page(i); },
                        [&](std::size_t i, std::size_t count) {
+                         zapped = true;
                          if (const int err = ctx.mechanism->drop(range, first + i, count); err != 0)
                            log().error("dropping {} migrated host pages failed: {}", count, std::strerror(err));
                        });
+  // With mapping events, each drop (MADV_DONTNEED) raised a REMOVE event that
+  // the fault service has read (the kernel waits for that) but may not have
+  // applied yet; it must see these pages still locked, or it would take
+  // uhmm's own zap for the application's and drop the device pages
+  // (mapping_events.hpp).
+  if (zapped && follows) ctx.ranges.gate().wait_applied();
   // Pages that stay on the host become writable again (this wakes parked writers).
   for_each_run(0, n, [&](std::size_t i) { return !migrated(i) && from(i, Residency::System); },
                        [&](std::size_t i, std::size_t count) {

@@ -1,5 +1,7 @@
 #include "range_registry.hpp"
 
+#include <algorithm>
+
 #include <fmt/format.h>
 
 #include "uhmm/error.hpp"
@@ -27,6 +29,7 @@ RangeSpan::~RangeSpan() {
 
 void RangeRegistry::add(std::shared_ptr<ManagedRange> range) {
   std::unique_lock lock(mutex_);
+  max_bytes_ = std::max(max_bytes_, range->bytes());
   by_id_.emplace(range->id(), range);
   by_base_.emplace(reinterpret_cast<std::uintptr_t>(range->base()), std::move(range));
 }
@@ -40,7 +43,8 @@ std::shared_ptr<ManagedRange> RangeRegistry::remove(const void* base, std::strin
     throw Error(Errc::unknown_range,
                 inside ? fmt::format("{}: {} is inside the managed range at {} but does not start it", call,
                                      base, static_cast<const void*>(inside->base()))
-                       : fmt::format("{}: {} is not a live managed range (never allocated, or already freed)",
+                       : fmt::format("{}: {} is not a live managed range (never allocated, already freed, or "
+                                     "unmapped by the application)",
                                      call, base));
   }
   auto range = std::move(it->second);
@@ -53,13 +57,28 @@ std::shared_ptr<ManagedRange> RangeRegistry::containing(std::uintptr_t addr) con
   auto it = by_base_.upper_bound(addr);
   if (it == by_base_.begin()) return nullptr;
   --it;
-  return it->second->contains(reinterpret_cast<const void*>(addr)) ? it->second : nullptr;
+  const auto* p = reinterpret_cast<const void*>(addr);
+  auto live_at = [&](const ManagedRange& r) {
+    return r.contains(p) && !r.any_unmapped(r.page_of(p), r.page_of(p) + 1);
+  };
+  if (live_at(*it->second)) return it->second;
+  // A range allocated in a hole another range's owner unmapped lies inside
+  // that range's span: look further down for the range that owns addr, else
+  // name the one whose hole it is (resolve then says so).
+  std::shared_ptr<ManagedRange> hole_of = it->second->contains(p) ? it->second : nullptr;
+  while (it != by_base_.begin()) {
+    --it;
+    if (live_at(*it->second)) return it->second;
+    if (!hole_of && it->second->contains(p)) hole_of = it->second;
+  }
+  return hole_of;
 }
 
 RangeSpan RangeRegistry::resolve(const void* p, std::size_t bytes, std::string_view call) const {
   const auto addr = reinterpret_cast<std::uintptr_t>(p);
   if (p == nullptr) throw Error(Errc::invalid_argument, fmt::format("{}: null pointer", call));
   if (bytes == 0) throw Error(Errc::zero_length, fmt::format("{}: zero-length span at {}", call, p));
+  gate_.wait_applied();
   if ((addr & (kPageSize - 1)) != 0 || (bytes & (kPageSize - 1)) != 0)
     throw Error(Errc::not_aligned,
                 fmt::format("{}: span [{}, +{:#x}) is not aligned to {}-byte pages", call, p, bytes, kPageSize));
@@ -77,6 +96,11 @@ RangeSpan RangeRegistry::resolve(const void* p, std::size_t bytes, std::string_v
                             bytes, static_cast<const void*>(range->base()), range->bytes(),
                             into_other ? " into another range" : ""));
   }
+  if (range->any_unmapped(range->page_of(p), range->page_of(p) + bytes / kPageSize))
+    throw Error(Errc::out_of_range,
+                fmt::format("{}: span [{}, +{:#x}) was unmapped by the application (munmap or mremap of the "
+                            "managed range at {})",
+                            call, p, bytes, static_cast<const void*>(range->base())));
   return RangeSpan(range, range->page_of(p), bytes / kPageSize);
 }
 
@@ -97,11 +121,36 @@ RangeSpan RangeRegistry::find_by_id(std::uint32_t id) const noexcept {
 
 std::size_t RangeRegistry::size_of(const void* base, std::string_view call) const {
   if (base == nullptr) throw Error(Errc::invalid_argument, fmt::format("{}: null pointer", call));
+  gate_.wait_applied();
   std::shared_lock lock(mutex_);
   const auto it = by_base_.find(reinterpret_cast<std::uintptr_t>(base));
   if (it == by_base_.end())
     throw Error(Errc::unknown_range, fmt::format("{}: {} does not start a live managed range", call, base));
   return it->second->bytes();
+}
+
+std::vector<std::shared_ptr<ManagedRange>> RangeRegistry::overlapping(std::uintptr_t lo,
+                                                                     std::uintptr_t hi) const noexcept {
+  std::vector<std::shared_ptr<ManagedRange>> out;
+  try {
+    std::shared_lock lock(mutex_);
+    for (auto it = by_base_.lower_bound(hi); it != by_base_.begin();) {
+      --it;
+      if (it->first + max_bytes_ <= lo) break;  // nothing further down reaches lo
+      if (it->first + it->second->bytes() > lo) out.push_back(it->second);
+    }
+  } catch (const std::bad_alloc&) {
+  }
+  return out;
+}
+
+bool RangeRegistry::retire(const ManagedRange& range) noexcept {
+  std::unique_lock lock(mutex_);
+  const auto it = by_base_.find(reinterpret_cast<std::uintptr_t>(range.base()));
+  if (it == by_base_.end() || it->second.get() != &range) return false;
+  by_base_.erase(it);
+  by_id_.erase(range.id());
+  return true;
 }
 
 std::vector<std::shared_ptr<ManagedRange>> RangeRegistry::all() const {

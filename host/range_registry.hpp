@@ -11,6 +11,7 @@
 #include <string_view>
 #include <vector>
 
+#include "event_gate.hpp"
 #include "managed_range.hpp"
 
 namespace uhmm::detail {
@@ -50,6 +51,14 @@ class RangeRegistry {
   RangeSpan find_by_id(std::uint32_t id) const noexcept;
   std::size_t size_of(const void* base, std::string_view call) const;
   std::vector<std::shared_ptr<ManagedRange>> all() const;
+  // Ranges whose address span meets [lo, hi) (never throws; empty on no memory).
+  std::vector<std::shared_ptr<ManagedRange>> overlapping(std::uintptr_t lo, std::uintptr_t hi) const noexcept;
+  // Drops a range the application unmapped entirely, so its address can be
+  // reused; false if it was not registered (freed meanwhile).
+  bool retire(const ManagedRange& range) noexcept;
+
+  // Calls wait here (in resolve) for mapping events already read to be applied.
+  EventGate& gate() noexcept { return gate_; }
 
  private:
   std::shared_ptr<ManagedRange> containing(std::uintptr_t addr) const;
@@ -57,6 +66,8 @@ class RangeRegistry {
   mutable std::shared_mutex mutex_;
   std::map<std::uintptr_t, std::shared_ptr<ManagedRange>> by_base_;
   std::map<std::uint32_t, std::shared_ptr<ManagedRange>> by_id_;
+  std::size_t max_bytes_ = 0;  // the largest range ever added: bounds overlapping()'s walk
+  EventGate gate_;
 };
 
 }  // namespace uhmm::detail

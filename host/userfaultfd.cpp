@@ -1,6 +1,7 @@
 #include "userfaultfd.hpp"
 
 #include <fcntl.h>
+#include <sched.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -24,6 +25,27 @@ int ioctl_errno(int fd, unsigned long request, void* arg) noexcept {
 }
 
 std::uint64_t range_addr(const void* p) { return reinterpret_cast<std::uintptr_t>(p); }
+
+thread_local Userfaultfd::EagainHook eagain_hook = nullptr;
+thread_local void* eagain_hook_arg = nullptr;
+
+// An event is pending (mmap_changing): let it be read before retrying.
+void before_retry() noexcept {
+  if (eagain_hook != nullptr)
+    eagain_hook(eagain_hook_arg);
+  else
+    ::sched_yield();
+}
+
+// Retries an ioctl that answers EAGAIN while a mapping event is unread.
+int ioctl_retrying(int fd, unsigned long request, void* arg) noexcept {
+  int err = ioctl_errno(fd, request, arg);
+  while (err == EAGAIN) {
+    before_retry();
+    err = ioctl_errno(fd, request, arg);
+  }
+  return err;
+}
 
 int open_device_node(std::string& why) {
   const int dev = ::open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
@@ -80,7 +102,10 @@ Userfaultfd::Userfaultfd() {
   fd_ = open_userfaultfd(why);
   uffdio_api wanted{};
   wanted.api = UFFD_API;
-  wanted.features = UFFD_FEATURE_PAGEFAULT_FLAG_WP | (api.features & UFFD_FEATURE_POISON);
+  // Mapping events only as a set: following the application's munmap but not
+  // its mremap would leave a moved range registered and unserved.
+  wanted.features = UFFD_FEATURE_PAGEFAULT_FLAG_WP | (api.features & UFFD_FEATURE_POISON) |
+                    ((api.features & kMappingEvents) == kMappingEvents ? kMappingEvents : 0);
   const int err = fd_ < 0 ? errno : ioctl_errno(fd_, UFFDIO_API, &wanted);
   if (err != 0) {
     if (fd_ >= 0) ::close(fd_);
@@ -89,6 +114,11 @@ Userfaultfd::Userfaultfd() {
                 fmt::format("userfaultfd could not be set up: {}", std::strerror(err)));
   }
   features_ = wanted.features;
+}
+
+void Userfaultfd::set_thread_eagain_hook(EagainHook hook, void* arg) noexcept {
+  eagain_hook = hook;
+  eagain_hook_arg = arg;
 }
 
 Userfaultfd::~Userfaultfd() {
@@ -111,9 +141,7 @@ int Userfaultfd::zeropage(void* addr, std::size_t len, bool wake) noexcept {
   uffdio_zeropage z{};
   z.range = {range_addr(addr), len};
   z.mode = wake ? 0 : UFFDIO_ZEROPAGE_MODE_DONTWAKE;
-  int err = ioctl_errno(fd_, UFFDIO_ZEROPAGE, &z);
-  while (err == EAGAIN) err = ioctl_errno(fd_, UFFDIO_ZEROPAGE, &z);
-  return err;
+  return ioctl_retrying(fd_, UFFDIO_ZEROPAGE, &z);
 }
 
 int Userfaultfd::copy(void* dst, const void* src, std::size_t len, std::size_t* copied, bool wake) noexcept {
@@ -132,6 +160,7 @@ int Userfaultfd::copy(void* dst, const void* src, std::size_t len, std::size_t* 
       break;
     }
     if (err != EAGAIN) break;
+    before_retry();
   }
   if (copied != nullptr) *copied = done;
   return err;
@@ -141,9 +170,7 @@ int Userfaultfd::write_protect(void* addr, std::size_t len, bool protect) noexce
   uffdio_writeprotect wp{};
   wp.range = {range_addr(addr), len};
   wp.mode = protect ? UFFDIO_WRITEPROTECT_MODE_WP : 0;
-  int err = ioctl_errno(fd_, UFFDIO_WRITEPROTECT, &wp);
-  while (err == EAGAIN) err = ioctl_errno(fd_, UFFDIO_WRITEPROTECT, &wp);
-  return err;
+  return ioctl_retrying(fd_, UFFDIO_WRITEPROTECT, &wp);
 }
 
 int Userfaultfd::wake(void* addr, std::size_t len) noexcept {
@@ -156,8 +183,9 @@ int Userfaultfd::poison(void* addr, std::size_t len) noexcept {
   uffdio_poison p{};
   p.range = {range_addr(addr), len};
   p.mode = 1;  // UFFDIO_POISON_MODE_DONTWAKE: the caller wakes once the mirror is updated
-  return ioctl_errno(fd_, UFFDIO_POISON, &p);
+  return ioctl_retrying(fd_, UFFDIO_POISON, &p);
 }
+
 
 std::size_t Userfaultfd::read_events(uffd_msg* msgs, std::size_t max) noexcept {
   for (;;) {

@@ -39,6 +39,19 @@ class Userfaultfd {
   int fd() const noexcept { return fd_; }
   std::uint64_t features() const noexcept { return features_; }
   bool has_poison() const noexcept { return (features_ & UFFD_FEATURE_POISON) != 0; }
+  // The application's madvise(DONTNEED), munmap and mremap of a managed range
+  // are reported (UFFD_EVENT_REMOVE / UNMAP / REMAP; mapping_events.hpp).
+  bool has_mapping_events() const noexcept { return (features_ & kMappingEvents) == kMappingEvents; }
+  static constexpr std::uint64_t kMappingEvents =
+      UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_REMAP;
+
+  // With mapping events on, the ioctls that fill or protect pages answer EAGAIN
+  // while an event is unread (the kernel's mmap_changing), and the thread that
+  // changed the mapping sleeps until it is read. The thread that reads events
+  // installs a hook here, called on its own EAGAIN, that reads them; other
+  // threads yield and retry (the reader will get to it).
+  using EagainHook = void (*)(void* arg) noexcept;
+  static void set_thread_eagain_hook(EagainHook hook, void* arg) noexcept;
 
   // Registers [addr, addr + len) for MISSING and WP faults.
   int register_range(void* addr, std::size_t len) noexcept;

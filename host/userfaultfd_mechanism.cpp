@@ -2,7 +2,9 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <iterator>
 #include <cstring>
 
 #include <fmt/format.h>
@@ -28,13 +30,23 @@ class UserfaultfdMapping final : public RangeMapping {
     }
   }
   ~UserfaultfdMapping() override {
+    if (released_) return;
     // Unregistering wakes any thread still sleeping on a fault in the range.
     uffd_.unregister_range(base_, bytes_);
     ::munmap(base_, bytes_);
   }
 
+  void release_only(const std::vector<std::pair<std::size_t, std::size_t>>& live) noexcept override {
+    released_ = true;
+    for (const auto& [first, end] : live) {
+      uffd_.unregister_range(base_ + first * kPageSize, (end - first) * kPageSize);
+      ::munmap(base_ + first * kPageSize, (end - first) * kPageSize);
+    }
+  }
+
  private:
   Userfaultfd& uffd_;
+  bool released_ = false;  // release_only() unmapped what was left
 };
 
 }  // namespace
@@ -44,23 +56,37 @@ std::unique_ptr<RangeMapping> UserfaultfdMechanism::map_range(std::size_t bytes)
 }
 
 std::size_t UserfaultfdMechanism::read_faults(FaultEvent* out, std::size_t max) noexcept {
-  if (messages_.size() < max) {
-    try {
-      messages_.resize(max);
-    } catch (...) {
-      max = messages_.size();
-    }
-  }
-  const std::size_t n = uffd_.read_events(messages_.data(), max);
+  // A buffer on the stack: applying a mapping event may read again (the
+  // EAGAIN pump, userfaultfd.hpp) while an outer read still walks its events.
+  uffd_msg msgs[32];
   std::size_t k = 0;
-  for (std::size_t i = 0; i < n; ++i) {
-    const uffd_msg& m = messages_[i];
-    if (m.event != UFFD_EVENT_PAGEFAULT) continue;
-    out[k++] = {static_cast<std::uintptr_t>(m.arg.pagefault.address) & ~(kPageSize - 1),
-                (m.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) != 0};
+  while (k < max) {
+    const std::size_t want = std::min(max - k, std::size(msgs));
+    const std::size_t n = uffd_.read_events(msgs, want);
+    for (std::size_t i = 0; i < n; ++i) {
+      const uffd_msg& m = msgs[i];
+      switch (m.event) {
+        case UFFD_EVENT_PAGEFAULT:
+          out[k++] = {static_cast<std::uintptr_t>(m.arg.pagefault.address) & ~(kPageSize - 1),
+                      (m.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) != 0};
+          break;
+        case UFFD_EVENT_REMOVE:
+          out[k++] = {m.arg.remove.start, false, FaultEvent::Kind::remove, m.arg.remove.end};
+          break;
+        case UFFD_EVENT_UNMAP:
+          out[k++] = {m.arg.remove.start, false, FaultEvent::Kind::unmap, m.arg.remove.end};
+          break;
+        case UFFD_EVENT_REMAP:
+          out[k++] = {m.arg.remap.from, false, FaultEvent::Kind::remap, m.arg.remap.from + m.arg.remap.len,
+                      m.arg.remap.to};
+          break;
+        default:
+          break;  // not asked for (FORK is never enabled); the loop reads on
+      }
+    }
+    if (n < want) break;
   }
-  // A read that returned only other events still counts as "more may follow".
-  return n == max && k == 0 ? read_faults(out, max) : k;
+  return k;
 }
 
 int UserfaultfdMechanism::install_zeros(ManagedRange& range, std::size_t first, std::size_t count) noexcept {

@@ -4,8 +4,6 @@
 // CPU fault").
 #pragma once
 
-#include <vector>
-
 #include "fault_mechanism.hpp"
 #include "userfaultfd.hpp"
 
@@ -27,10 +25,14 @@ class UserfaultfdMechanism final : public FaultMechanism {
   bool has_poison() const noexcept override { return uffd_.has_poison(); }
   int poison(ManagedRange& range, std::size_t first, std::size_t count) noexcept override;
   int wake(std::uintptr_t addr, std::size_t len) noexcept override;
+  bool follows_mapping_changes() const noexcept override { return uffd_.has_mapping_events(); }
+
+  // The descriptor, for what only userfaultfd mode does: following the
+  // application's mapping changes (mapping_events.hpp).
+  Userfaultfd& uffd() noexcept { return uffd_; }
 
  private:
   Userfaultfd uffd_;
-  std::vector<uffd_msg> messages_;  // read_faults' buffer (the fault service's thread only)
 };
 
 }  // namespace uhmm::detail

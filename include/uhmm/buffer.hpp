@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <span>
+#include <string>
 #include <type_traits>
 #include <utility>
 
@@ -16,7 +17,7 @@ class Buffer {
 
  public:
   Buffer(Context& ctx, std::size_t count)
-      : ctx_(&ctx), data_(static_cast<T*>(ctx.allocate(count * sizeof(T)))), count_(count) {}
+      : ctx_(&ctx), data_(static_cast<T*>(ctx.allocate(checked_bytes(count)))), count_(count) {}
   Buffer(Buffer&& other) noexcept
       : ctx_(other.ctx_), data_(std::exchange(other.data_, nullptr)), count_(std::exchange(other.count_, 0)) {}
   Buffer& operator=(Buffer&& other) noexcept {
@@ -46,6 +47,16 @@ class Buffer {
   MigrationResult to_host() { return ctx_->migrate_to_host(data_, range_bytes()); }
 
  private:
+  // count * sizeof(T), refusing a count whose size wraps around (which would
+  // otherwise allocate a few bytes for a huge buffer).
+  static std::size_t checked_bytes(std::size_t count) {
+    if (count > ~std::size_t{0} / sizeof(T))
+      throw Error(Errc::invalid_argument,
+                  "Buffer: " + std::to_string(count) + " elements of " + std::to_string(sizeof(T)) +
+                      " bytes overflow the address space");
+    return count * sizeof(T);
+  }
+
   void reset() noexcept {
     if (data_ != nullptr) {
       try {

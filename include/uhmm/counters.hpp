@@ -31,7 +31,10 @@
   /* Failures. */                                                                                \
   X(alloc_failures) /* device pages that could not be allocated */                               \
   X(copy_failures)  /* copy batches that failed */                                               \
-  X(pages_lost)     /* pages that could not come back to RAM (poisoned: SIGBUS on access) */
+  X(pages_lost)     /* pages that could not come back to RAM (poisoned: SIGBUS on access) */         \
+  /* The application's own madvise/munmap/mremap of managed memory. */                           \
+  X(pages_discarded) /* device pages dropped because the application discarded or unmapped them */ \
+  X(ranges_retired)  /* ranges the application unmapped entirely */
 
 namespace uhmm {
 

@@ -1,0 +1,187 @@
+#include "mapping_events.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "context_impl.hpp"
+#include "uhmm/detail/log.hpp"
+#include "uhmm/migrate.hpp"
+#include "userfaultfd.hpp"
+
+namespace uhmm::detail {
+namespace {
+
+// The pages of `range` that [lo, hi) covers, clipped to the range.
+std::pair<std::size_t, std::size_t> pages_within(const ManagedRange& range, std::uintptr_t lo, std::uintptr_t hi) {
+  const auto base = reinterpret_cast<std::uintptr_t>(range.base());
+  const std::uintptr_t a = std::max(lo, base);
+  const std::uintptr_t b = std::min(hi, base + range.bytes());
+  if (a >= b) return {0, 0};
+  return {(a - base) >> kPageShift, (b - base + kPageSize - 1) >> kPageShift};
+}
+
+}  // namespace
+
+void MappingEvents::apply(const FaultEvent& event, std::byte* staging) noexcept {
+  switch (event.kind) {
+    case FaultEvent::Kind::remove:
+      discard(event.address, event.end);
+      break;
+    case FaultEvent::Kind::unmap:
+      unmap(event.address, event.end);
+      break;
+    case FaultEvent::Kind::remap:
+      remap(event.address, event.to, event.end - event.address, staging);
+      break;
+    case FaultEvent::Kind::fault:
+      break;
+  }
+}
+
+void MappingEvents::fault_outside_ranges(std::uintptr_t address, bool write_protect) noexcept {
+  void* page = reinterpret_cast<void*>(address);
+  if (!write_protect && uffd_.zeropage(page, kPageSize) != 0) uffd_.wake(page, kPageSize);
+}
+
+std::size_t MappingEvents::drop_device_pages(ManagedRange& range, std::size_t first, std::size_t end) noexcept {
+  auto& table = range.table();
+  std::vector<std::vector<DevicePageIndex>> to_free(ctx_.device_count() + 1);
+  std::size_t dropped = 0;
+  try {
+    for (std::size_t block = MirrorTable::block_of(first); first < end && block <= MirrorTable::block_of(end - 1);
+         ++block) {
+      const std::size_t lo = std::max(first, table.block_begin(block));
+      const std::size_t hi = std::min(end, table.block_end(block));
+      std::lock_guard lock(table.block_mutex(block));
+      for (std::size_t p = lo; p < hi; ++p) {
+        MirrorEntry& e = table.entry(p);
+        // A locked page belongs to its holder; what it leaves on a device is
+        // released when the range is freed or reaped.
+        if (e.locked() || e.residency() == Residency::Empty) continue;
+        if (e.residency() == Residency::Device || e.residency() == Residency::Duplicated) {
+          to_free[e.device_page().owner].push_back(e.device_page().index);
+          ++dropped;
+        }
+        // Host pages become Empty too: a migration then zero-fills them on the
+        // device instead of reading a page that is gone (a copy engine reading
+        // it would fault on a page its own migration holds).
+        e = MirrorEntry(e.bits() & MirrorEntry::kPinned);  // POISONED goes with the page
+      }
+    }
+  } catch (const std::bad_alloc&) {
+    log().error("mapping event: out of memory; some device pages of range {} stay allocated until it is freed",
+                range.id());
+  }
+  for (OwnerId owner = 1; owner < to_free.size(); ++owner) {
+    if (to_free[owner].empty()) continue;
+    for (DevicePageIndex index : to_free[owner]) ctx_.rmap(owner).clear(index);
+    ctx_.pagemap(owner)->page_free(to_free[owner]);
+  }
+  AtomicCounters::add(ctx_.counters.pages_discarded, dropped);
+  return dropped;
+}
+
+void MappingEvents::discard(std::uintptr_t lo, std::uintptr_t hi) noexcept {
+  for (const auto& range : ctx_.ranges.overlapping(lo, hi)) {
+    const auto [first, end] = pages_within(*range, lo, hi);
+    drop_device_pages(*range, first, end);
+  }
+}
+
+void MappingEvents::unmap(std::uintptr_t lo, std::uintptr_t hi) noexcept {
+  for (const auto& range : ctx_.ranges.overlapping(lo, hi)) {
+    const auto [first, end] = pages_within(*range, lo, hi);
+    if (first >= end || range->all_unmapped(first, end)) continue;
+    try {
+      range->mark_unmapped(first, end);
+    } catch (const std::bad_alloc&) {
+      log().error("mapping event: out of memory recording that range {} lost pages [{}, {})", range->id(), first, end);
+    }
+    drop_device_pages(*range, first, end);
+    log().info("the application unmapped pages [{}, {}) of managed range {} at {}", first, end, range->id(),
+               static_cast<void*>(range->base()));
+    if (range->all_unmapped(0, range->npages())) ctx_.retire(range);
+  }
+}
+
+void MappingEvents::copy_out(ManagedRange& range, std::size_t first, std::size_t end, std::intptr_t shift,
+                             std::byte* staging) noexcept {
+  auto& table = range.table();
+  for (std::size_t block = MirrorTable::block_of(first); first < end && block <= MirrorTable::block_of(end - 1);
+       ++block) {
+    const std::size_t lo = std::max(first, table.block_begin(block));
+    const std::size_t hi = std::min(end, table.block_end(block));
+    std::vector<std::size_t> pages;
+    std::vector<DevicePage> where;
+    try {
+      std::lock_guard lock(table.block_mutex(block));
+      for (std::size_t p = lo; p < hi; ++p) {
+        MirrorEntry& e = table.entry(p);
+        if (e.locked() || (e.residency() != Residency::Device && e.residency() != Residency::Duplicated)) continue;
+        pages.push_back(p);
+        where.push_back(e.device_page());
+        // Locked while copied: the UNMAP of the old place that follows a
+        // REMAP is read (and applied) by this very copy's EAGAIN pump, and
+        // must not free these device pages under it.
+        e.set(MirrorEntry::kLocked);
+      }
+    } catch (const std::bad_alloc&) {
+      std::lock_guard lock(table.block_mutex(block));
+      for (std::size_t p : pages) table.entry(p).clear(MirrorEntry::kLocked);
+      pages.clear();
+    }
+    // Copy each page to staging, then into its new place.
+    std::size_t lost = 0;
+    for (std::size_t k = 0; k < pages.size(); ++k) {
+      std::byte* slot = staging + (pages[k] - table.block_begin(block)) * kPageSize;
+      const DevicePageIndex index = where[k].index;
+      std::byte* const dst[] = {slot};
+      BatchResult r = ctx_.pagemap(where[k].owner)->copy_to_ram(std::span(&index, 1), dst);
+      if (r.pages_done != 1) r = ctx_.pagemap(where[k].owner)->copy_to_ram(std::span(&index, 1), dst);
+      std::byte* target = range.page_address(pages[k]) + shift;
+      const int err = r.pages_done == 1 ? uffd_.copy(target, slot, kPageSize, nullptr) : EIO;
+      if (err != 0 && err != EEXIST) {
+        ++lost;
+        log().critical("mremap moved managed page {} to {}, but its data could not be copied from the device ({}); "
+                       "the page reads as zeros",
+                       static_cast<void*>(range.page_address(pages[k])), static_cast<void*>(target),
+                       err == EIO ? r.status.message : std::strerror(err));
+      }
+    }
+    AtomicCounters::add(ctx_.counters.pages_lost, lost);
+    std::lock_guard lock(table.block_mutex(block));
+    for (std::size_t p : pages) table.entry(p).clear(MirrorEntry::kLocked);
+  }
+}
+
+void MappingEvents::remap(std::uintptr_t from, std::uintptr_t to, std::size_t len, std::byte* staging) noexcept {
+  for (const auto& range : ctx_.ranges.overlapping(from, from + len)) {
+    const auto [first, end] = pages_within(*range, from, from + len);
+    if (first >= end || range->all_unmapped(first, end)) continue;
+    // An operation in flight: neither free() nor the reaping of a retired
+    // range releases device pages while they are being copied out.
+    const RangeSpan hold(range, 0, range->npages());
+    copy_out(*range, first, end, static_cast<std::intptr_t>(to - from), staging);
+    try {
+      range->mark_unmapped(first, end);
+    } catch (const std::bad_alloc&) {
+      log().error("mapping event: out of memory recording that range {} lost pages [{}, {})", range->id(), first, end);
+    }
+    drop_device_pages(*range, first, end);
+    log().info("the application moved pages [{}, {}) of managed range {} to {}: they are ordinary memory there now",
+               first, end, range->id(),
+               static_cast<void*>(range->page_address(first) + static_cast<std::intptr_t>(to - from)));
+    if (range->all_unmapped(0, range->npages())) ctx_.retire(range);
+  }
+  // The new place stays registered with this userfaultfd (EVENT_REMAP keeps
+  // it); unregistering makes it ordinary memory and wakes any thread that
+  // faulted there meanwhile.
+  if (const int err = uffd_.unregister_range(reinterpret_cast<void*>(to), len); err != 0)
+    log().error("unregistering the moved mapping at {} failed: {}", reinterpret_cast<void*>(to), std::strerror(err));
+}
+
+}  // namespace uhmm::detail

@@ -1,0 +1,62 @@
+// The application's own changes to a managed range's mapping — madvise
+// (MADV_DONTNEED, MADV_FREE, MADV_REMOVE), munmap, mremap — reported by
+// userfaultfd's non-cooperative events (REMOVE, UNMAP, REMAP), and how the
+// mirror follows them. DESIGN.md ("The application changes the mapping") has
+// the rules and why; in short:
+//
+//   REMOVE  the span's unlocked pages become Empty: device-resident ones give
+//           their pool pages back (the kernel zaps device-private entries
+//           too), host ones are zapped by the kernel right after. Locked pages
+//           are left to their holder — uhmm's own MADV_DONTNEED in
+//           migrate_vma_finalize zaps only pages it holds locked, and waits
+//           until the event is applied, so it changes nothing here.
+//   UNMAP   the span is gone for good: device pages released, entries Empty,
+//           calls on it fail; a range unmapped entirely is retired.
+//   REMAP   the moved part is retired the same way, after its device pages
+//           were copied into the new place; the new place is unregistered and
+//           becomes ordinary memory holding all the data.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "fault_mechanism.hpp"
+
+namespace uhmm::detail {
+
+class ContextImpl;
+class ManagedRange;
+class Userfaultfd;
+
+class MappingEvents {
+ public:
+  // Userfaultfd mode only (the userfaultfd mechanism reports these events;
+  // the signal mechanism has none): `uffd` is that mechanism's descriptor.
+  MappingEvents(ContextImpl& ctx, Userfaultfd& uffd) noexcept : ctx_(ctx), uffd_(uffd) {}
+
+  // Applies one remove, unmap or remap event (faults are ignored). The
+  // fault-service thread only, right after reading it; never throws and never
+  // waits for a page lock. `staging` is the service's block-sized buffer.
+  void apply(const FaultEvent& event, std::byte* staging) noexcept;
+  // A fault where no live range is: memory the application grew a range into
+  // in place with mremap stays registered, and plain anonymous memory reads
+  // zeros there (a range being freed wakes its own faulting threads).
+  void fault_outside_ranges(std::uintptr_t address, bool write_protect) noexcept;
+
+ private:
+  void discard(std::uintptr_t lo, std::uintptr_t hi) noexcept;
+  void unmap(std::uintptr_t lo, std::uintptr_t hi) noexcept;
+  void remap(std::uintptr_t from, std::uintptr_t to, std::size_t len, std::byte* staging) noexcept;
+  // Empties the unlocked pages [first, end) of range (device pages released,
+  // PINNED kept); returns how many device pages were dropped.
+  std::size_t drop_device_pages(ManagedRange& range, std::size_t first, std::size_t end) noexcept;
+  // Copies the device pages of [first, end) to the same pages displaced by
+  // `shift` bytes (the range's new place after mremap).
+  void copy_out(ManagedRange& range, std::size_t first, std::size_t end, std::intptr_t shift,
+                std::byte* staging) noexcept;
+
+  ContextImpl& ctx_;
+  Userfaultfd& uffd_;
+};
+
+}  // namespace uhmm::detail
