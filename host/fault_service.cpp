@@ -224,7 +224,7 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
   const bool coarse = mechanism.coarse();
   const bool ahead = ctx_.options.fault_ahead || coarse;
   const bool open_block = ahead && mechanism.closes_idle_host_pages();
-  std::vector<std::size_t> zero, back, wake, unprotect, faulting_back;
+  std::vector<std::size_t> zero, back, wake, unprotect, faulting_back, discarded_held;
   std::size_t zero_faults = 0;
   const std::span<const Fault> observed(faults, count);
   const auto page_of = [&](std::uintptr_t a) { return range.page_of(reinterpret_cast<const void*>(a)); };
@@ -234,7 +234,13 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
     for (std::size_t k = 0; k < count; ++k) {
       const std::size_t p = range.page_of(reinterpret_cast<const void*>(faults[k].address));
       const MirrorEntry e = table.entry(p);
-      if (e.locked()) {
+      if (e.locked() && e.has(MirrorEntry::kDiscarded) && !faults[k].write_protect) {
+        // The application dropped this host page while a migration holds it
+        // (mapping_events.cpp): zeros, which the copy engine of that very
+        // migration may be waiting for. Its holder keeps the lock.
+        discarded_held.push_back(p);
+        wake.push_back(p);
+      } else if (e.locked()) {
         parked_.push_back(faults[k]);
         parked_count_.fetch_add(1);  // under the block lock: an unlock after this sees it
         AtomicCounters::add(ctx_.counters.faults_parked, 1);
@@ -287,6 +293,11 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
     for (std::size_t p : back) table.entry(p).set(MirrorEntry::kLocked);
     for (std::size_t p : unprotect) table.entry(p).set(MirrorEntry::kLocked);
   }
+
+  for (std::size_t p : discarded_held)
+    if (const int err = mechanism.install_zeros(range, p, 1); err != 0 && err != EEXIST)
+      log().error("fault service: mapping zeros at discarded page {} failed: {}",
+                  static_cast<void*>(range.page_address(p)), std::strerror(err));
 
   // Zeros: one install per run; a run with a mapped page goes page by page.
   std::size_t spurious = 0;

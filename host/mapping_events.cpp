@@ -60,7 +60,12 @@ std::size_t MappingEvents::drop_device_pages(ManagedRange& range, std::size_t fi
       for (std::size_t p = lo; p < hi; ++p) {
         MirrorEntry& e = table.entry(p);
         // A locked page belongs to its holder; what it leaves on a device is
-        // released when the range is freed or reaped.
+        // released when the range is freed or reaped. A locked host page is
+        // being read by a migration to a device: marked, so that the copy
+        // engine's fault on it (the kernel zaps it next) gets zeros instead
+        // of waiting for the lock its own migration holds, and so that the
+        // migration leaves it on the host (migrate_vma_pages).
+        if (e.locked() && e.residency() == Residency::System) e.set(MirrorEntry::kDiscarded);
         if (e.locked() || e.residency() == Residency::Empty) continue;
         if (e.residency() == Residency::Device || e.residency() == Residency::Duplicated) {
           to_free[e.device_page().owner].push_back(e.device_page().index);

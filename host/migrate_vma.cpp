@@ -82,6 +82,7 @@ void migrate_vma_setup(ContextImpl& ctx, MigrateVma& a) {
       a.dst[i] = 0;
       if (a.src[i] & MIGRATE_PFN_MIGRATE) {
         e.set(MirrorEntry::kLocked);
+        e.clear(MirrorEntry::kDiscarded);  // left by an earlier holder; this migration reads the page afresh
         session->selected[i] = 1;
         session->source[i] = static_cast<std::uint8_t>(e.residency());
         ++cpages;
@@ -143,14 +144,22 @@ std::size_t migrate_vma_pages(ContextImpl& ctx, MigrateVma& a) {
     std::lock_guard lock(table.block_mutex(block));
     for (std::size_t p = lo; p < hi; ++p) {
       const std::size_t i = p - first;
+      MirrorEntry& e = table.entry(p);
+      // The application discarded the page while it was copied: what the copy
+      // read may predate the discard, so the page stays on the host, where it
+      // now reads zeros (as the kernel fails to migrate a page whose PTE
+      // changed under migrate_vma).
+      const bool discarded = s.selected[i] && e.has(MirrorEntry::kDiscarded);
+      if (discarded) e.clear(MirrorEntry::kDiscarded);
       const bool ok = s.selected[i] && (a.src[i] & MIGRATE_PFN_MIGRATE) && (a.dst[i] & MIGRATE_PFN_VALID) &&
-                      (a.dst[i] & MIGRATE_PFN_DEVICE) && ctx.pagemap(migrate_pfn_to_device_page(a.dst[i]).owner);
+                      (a.dst[i] & MIGRATE_PFN_DEVICE) && ctx.pagemap(migrate_pfn_to_device_page(a.dst[i]).owner) &&
+                      !discarded;
       if (!ok) {
         a.src[i] &= ~MIGRATE_PFN_MIGRATE;
         continue;
       }
       const DevicePage page = migrate_pfn_to_device_page(a.dst[i]);
-      table.entry(p).move_to(MirrorEntry::device(page));
+      e.move_to(MirrorEntry::device(page));
       ctx.rmap(page.owner).set(page.index, {range.id(), static_cast<std::uint32_t>(p)});
       ctx.recency->touch(page, now);
       ++migrated;

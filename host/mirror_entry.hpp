@@ -7,6 +7,8 @@
 //   bit  4     DIRTY    written on the device since it got there
 //   bit  5     WRITE    writable where it lives
 //   bit  6     POISONED could not be brought back; accesses get SIGBUS
+//   bit  7     DISCARDED the application dropped this host page while it was
+//                        locked (its MADV_DONTNEED raced the holder)
 //   bits 8-15  owner of the device page
 //   bits 32-63 device page index
 #pragma once
@@ -24,6 +26,7 @@ class MirrorEntry {
   static constexpr std::uint64_t kDirty = 1u << 4;
   static constexpr std::uint64_t kWrite = 1u << 5;
   static constexpr std::uint64_t kPoisoned = 1u << 6;
+  static constexpr std::uint64_t kDiscarded = 1u << 7;
 
   constexpr MirrorEntry() = default;
   constexpr explicit MirrorEntry(std::uint64_t bits) : bits_(bits) {}
@@ -42,7 +45,7 @@ class MirrorEntry {
   constexpr bool locked() const { return has(kLocked); }
   constexpr void set(std::uint64_t flag) { bits_ |= flag; }
   constexpr void clear(std::uint64_t flag) { bits_ &= ~flag; }
-  // A new home; keeps PINNED and LOCKED.
+  // A new home; keeps PINNED and LOCKED (DISCARDED named the old one).
   constexpr void move_to(MirrorEntry home) { bits_ = home.bits_ | (bits_ & (kPinned | kLocked)); }
   constexpr std::uint64_t bits() const { return bits_; }
 

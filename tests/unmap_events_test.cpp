@@ -8,6 +8,7 @@
 #include <sys/mman.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <string_view>
 #include <thread>
@@ -215,6 +216,35 @@ TEST_F(UnmapEventsTest, ApplicationDontneedRacingMigrationsOfAnotherRangeLosesNo
   ctx.free(scratch);
   ctx.free(p);
   EXPECT_EQ(ctx.counters().device_pages_in_use, kPages / 2);
+  expect_bystander_intact();
+}
+
+// The kernel zaps a page the application discards even while uhmm's migration
+// copies it through the mapping: the copy engine then faults on a page its own
+// migration holds. It gets zeros, the migration leaves the page on the host,
+// and the page reads zeros, as it would in every other order of the two calls.
+TEST_F(UnmapEventsTest, ApplicationDontneedOfPagesBeingCopiedToTheDeviceReadsZerosAndDoesNotHang) {
+  if (!events_followed()) GTEST_SKIP() << kNoEvents;
+  void* p = ctx.allocate(kBytes);
+  fill(p, kBytes, 12);
+  FaultInjection slow;
+  slow.copy_delay_us = 300'000;  // every copy batch waits first: the discard lands during it
+  ctx.inject_faults(ctx.device_owner(0), slow);
+  MigrationResult r;
+  std::thread migrator([&] { r = ctx.migrate_to_device(p, kBytes); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ASSERT_EQ(::madvise(p, kBytes, MADV_DONTNEED), 0);
+  migrator.join();
+  ctx.inject_faults(ctx.device_owner(0), FaultInjection{});
+  EXPECT_TRUE(ctx.validate()) << ctx.validate().message;
+  std::vector<std::byte> zeros(kBytes);
+  EXPECT_EQ(std::memcmp(p, zeros.data(), kBytes), 0);
+  // Nothing of it is left on the device, and the range works on.
+  EXPECT_EQ(ctx.counters().device_pages_in_use, kPages / 2);  // the bystander's
+  fill(p, kBytes, 13);
+  EXPECT_EQ(ctx.migrate_to_device(p, kBytes).migrated, kPages);
+  expect_pattern(p, kBytes, 13);
+  ctx.free(p);
   expect_bystander_intact();
 }
 
