@@ -6,11 +6,14 @@
 
 #include <algorithm>
 #include <fstream>
+#include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "floors.hpp"
 #include "machine.hpp"
+#include "managed_comparison.hpp"
 #include "progress.hpp"
 #include "uhmm/uhmm.hpp"
 #include "workloads.hpp"
@@ -50,7 +53,11 @@ int main(int argc, char** argv) {
   bool quick = false;
   std::string json_path;
   app.add_flag("--quick", quick, "small sizes only (a smoke run for CI)");
+  bool gpu = false;
   app.add_option("--json", json_path, "also write the results as JSON to this file");
+  app.add_flag("--gpu", gpu,
+               "also measure the vendor's managed memory (cudaMallocManaged / hipMallocManaged + prefetch) on the "
+               "same device and compare (needs a GPU backend)");
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -63,6 +70,16 @@ int main(int argc, char** argv) {
     }
     const Machine machine = Machine::describe(backend);
     fmt::print("machine: {}\n\n", machine.line());
+    std::unique_ptr<ManagedBaseline> managed;
+    if (gpu) {
+      if (backend == "cpu") {
+        fmt::print(stderr,
+                   "uhmm-bench: --gpu compares with the vendor's managed memory on a GPU, but uhmm opened the cpu "
+                   "backend here (uhmm-info says why no GPU backend opened; UHMM_BACKEND=cuda or hip forces one)\n");
+        return 2;
+      }
+      managed = std::make_unique<ManagedBaseline>(backend);
+    }
 
     const std::vector<std::size_t> sizes =
         quick ? std::vector<std::size_t>{4 * KiB, 2 * MiB, 16 * MiB}
@@ -70,8 +87,9 @@ int main(int argc, char** argv) {
     const std::vector<unsigned> storm_threads = quick ? std::vector<unsigned>{1, 2} : std::vector<unsigned>{1, 2, 4, 8};
     const std::size_t faults = quick ? 500 : 4000;
     const std::size_t random_pages = quick ? 1000 : 8192;
-    Progress progress(static_cast<unsigned>(sizes.size() + 7));
+    Progress progress(static_cast<unsigned>(sizes.size() + 7 + (managed ? 1 : 0)));
     std::vector<Row> rows;
+    std::map<std::size_t, MigrateRates> uhmm_rates;  // 2 MiB-block migrations by size, for --gpu
 
     // Migration, 2 MiB units (aligned range) and single pages (range 4 KiB into a block).
     for (std::size_t bytes : sizes) {
@@ -81,6 +99,7 @@ int main(int argc, char** argv) {
       for (bool compound : {true, false}) {
         if (!compound && bytes < 2 * MiB) continue;  // below a block both are page moves
         const MigrateRates r = migrate_round_trip(bytes, compound, rounds);
+        if (compound) uhmm_rates[bytes] = r;
         const char* blocks = compound ? "2 MiB blocks" : "4 KiB pages";
         rows.push_back({fmt::format("to device, {}", blocks), double(bytes),
                         fmt::format("migrate {} to device, {}", size_name(bytes), blocks), r.to_device_gbps, "GB/s",
@@ -169,6 +188,36 @@ int main(int argc, char** argv) {
                         fmt::format("{} at {:.1f}x the pool, {}", size_name(working_set), factor, how), g, "GB/s",
                         "in pool", in_pool, g / in_pool});
       }
+    }
+
+    if (managed) {
+      // The same sizes and the same fault count on the same device, against
+      // the runtime's own DMA of pageable memory measured alongside.
+      progress.step(fmt::format("{} on the same device", managed->name()));
+      for (const auto& [bytes, ours] : uhmm_rates) {
+        if (bytes < 64 * KiB) continue;
+        const UhmmManagedResult m = managed->run(bytes, bytes >= 256 * MiB ? 2 : quick ? 2 : 5, 0);
+        for (bool to_device : {true, false}) {
+          const char* way = to_device ? "to device" : "to host";
+          const double mine = to_device ? ours.to_device_gbps : ours.to_host_gbps;
+          const double theirs = to_device ? m.prefetch_to_device_gbps : m.prefetch_to_host_gbps;
+          const double dma = to_device ? m.dma_to_device_gbps : m.dma_to_host_gbps;
+          rows.push_back({fmt::format("uhmm vs managed, {}", way), double(bytes),
+                          fmt::format("migrate {} {}: uhmm", size_name(bytes), way), mine, "GB/s", managed->name(),
+                          theirs, mine / theirs});
+          rows.push_back({fmt::format("managed, {}", way), double(bytes),
+                          fmt::format("migrate {} {}: {}", size_name(bytes), way, managed->name()), theirs, "GB/s",
+                          "DMA, pageable", dma, theirs / dma});
+          rows.push_back({fmt::format("uhmm vs DMA, {}", way), double(bytes),
+                          fmt::format("migrate {} {}: uhmm", size_name(bytes), way), mine, "GB/s", "DMA, pageable",
+                          dma, mine / dma});
+        }
+      }
+      const UhmmManagedResult f = managed->run(faults * uhmm::kPageSize, 1, faults);
+      rows.push_back({"fault latency vs managed", 50, "CPU fault on a device page, p50: uhmm", dev.p50_us, "us",
+                      managed->name(), f.cpu_fault_p50_us, dev.p50_us / f.cpu_fault_p50_us});
+      rows.push_back({"fault latency vs managed", 99, "CPU fault on a device page, p99: uhmm", dev.p99_us, "us",
+                      managed->name(), f.cpu_fault_p99_us, dev.p99_us / f.cpu_fault_p99_us});
     }
 
     progress.step("mirror page table memory");
