@@ -139,6 +139,12 @@ int main(int argc, char** argv) {
                       fmt::format("scan {} on device, fault-ahead {}", size_name(scan), ahead ? "on" : "off"), g,
                       "GB/s", "memcpy", scan_floor, g / scan_floor});
     }
+    {
+      // UVM's density prefetch: each fault brings a part of its block, not all of it.
+      const double g = scan_gbps(scan, true, 51);
+      rows.push_back({"scan", 2.0, fmt::format("scan {} on device, density prefetch 51%", size_name(scan)), g, "GB/s",
+                      "memcpy", scan_floor, g / scan_floor});
+    }
 
     // Rates, best of a few runs (other work on the machine only ever slows a
     // run down). The floor, the bare round trip's rate (what one handler

@@ -104,8 +104,9 @@ Latencies device_fault_latency(std::size_t faults, const char* fault_mode) {
   return summarize(us);
 }
 
-double scan_gbps(std::size_t bytes, bool fault_ahead) {
+double scan_gbps(std::size_t bytes, bool fault_ahead, unsigned prefetch_threshold) {
   Context ctx(options(bytes + 4 * MiB, fault_ahead));
+  ctx.set_prefetch_threshold(prefetch_threshold);
   auto* p = static_cast<std::uint64_t*>(ctx.allocate(bytes));
   std::memset(p, 5, bytes);
   ctx.migrate_to_device(p, bytes);

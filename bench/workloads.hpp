@@ -21,8 +21,9 @@ MigrateRates migrate_round_trip(std::size_t bytes, bool compound, int rounds);
 // with the given fault mechanism (UHMM_FAULT_MODE's values; null: the options').
 Latencies device_fault_latency(std::size_t faults, const char* fault_mode = nullptr);
 
-// A sequential CPU scan of a device-resident range, in GB/s.
-double scan_gbps(std::size_t bytes, bool fault_ahead);
+// A sequential CPU scan of a device-resident range, in GB/s; with fault-ahead,
+// `prefetch_threshold` is UHMM_PREFETCH_THRESHOLD (0: whole blocks).
+double scan_gbps(std::size_t bytes, bool fault_ahead, unsigned prefetch_threshold = 0);
 
 // `threads` threads reading device-resident pages in random order, each page
 // once (fault-ahead off): faults per second over the whole run.

@@ -36,6 +36,15 @@ Backend& Context::backend(OwnerId owner) { return impl_->device(owner, "backend"
 std::size_t Context::set_device_pool_limit(OwnerId owner, std::size_t bytes) {
   return impl_->set_device_pool_limit(owner, bytes);
 }
+void Context::set_fault_ahead(bool on) noexcept { impl_->policy.fault_ahead.store(on); }
+bool Context::fault_ahead() const noexcept { return impl_->policy.fault_ahead.load(); }
+void Context::set_prefetch_threshold(unsigned percent) {
+  if (percent > 100)
+    throw Error(Errc::invalid_argument,
+                fmt::format("set_prefetch_threshold: {} is not a percent from 0 to 100", percent));
+  impl_->policy.prefetch_threshold.store(percent);
+}
+unsigned Context::prefetch_threshold() const noexcept { return impl_->policy.prefetch_threshold.load(); }
 void Context::inject_faults(OwnerId owner, const FaultInjection& injection) {
   impl_->device(owner, "inject_faults").set_fault_injection(injection);
 }

@@ -24,8 +24,9 @@ ContextImpl::ContextImpl(const ContextOptions& opts) : options(opts), mechanism(
   recency = std::make_unique<AccessRecency>(capacities);
   staging_ = std::make_unique<StagingPool>(devices_.front()->backend());
   faults_ = std::make_unique<FaultService>(*this);
-  log().info("context ready: {} device(s) on the {} backend, fault-ahead {}, {} faults", devices_.size(),
-             devices_.front()->info().backend, options.fault_ahead ? "on" : "off", mechanism->name());
+  log().info("context ready: {} device(s) on the {} backend, fault-ahead {} (prefetch threshold {}%), {} faults",
+             devices_.size(), devices_.front()->info().backend, options.fault_ahead ? "on" : "off",
+             options.prefetch_threshold, mechanism->name());
 }
 
 ContextImpl::~ContextImpl() {

@@ -19,6 +19,7 @@
 #include "uhmm/context.hpp"
 #include "uhmm/detail/device.hpp"
 #include "fault_mechanism.hpp"
+#include "fault_policy.hpp"
 #include "unlock_events.hpp"
 
 namespace uhmm::detail {
@@ -92,6 +93,7 @@ class ContextImpl {
   void check_invariants() const;
 
   const ContextOptions options;
+  FaultPolicy policy{options};
   // How faults reach the fault service and pages reach the range (declared
   // before the ranges: it outlives them).
   const std::unique_ptr<FaultMechanism> mechanism;

@@ -15,6 +15,7 @@
 #include <fmt/format.h>
 
 #include "context_impl.hpp"
+#include "density_prefetch.hpp"
 #include "page_runs.hpp"
 #include "signal_fault_handler.hpp"
 #include "userfaultfd.hpp"
@@ -222,7 +223,9 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
   // Coarse (the signal mechanism near its mapping budget): open the whole
   // block, so that it merges into one protection run again.
   const bool coarse = mechanism.coarse();
-  const bool ahead = ctx_.options.fault_ahead || coarse;
+  const bool ahead = ctx_.policy.fault_ahead.load(std::memory_order_relaxed) || coarse;
+  // Coarse mode wants whole blocks back (they merge into one protection run).
+  const unsigned threshold = coarse ? 0 : ctx_.policy.prefetch_threshold.load(std::memory_order_relaxed);
   const bool open_block = ahead && mechanism.closes_idle_host_pages();
   std::vector<std::size_t> zero, back, wake, unprotect, faulting_back, discarded_held;
   std::size_t zero_faults = 0;
@@ -267,11 +270,27 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
     if (ahead && !zero.empty())
       for (std::size_t p = lo; p < hi; ++p)
         if (table.entry(p).bits() == 0) zero.push_back(p);  // Empty and unlocked
-    if (ahead && !back.empty())
+    if (ahead && !back.empty()) {
+      // Density prefetch: the part of the block each faulting page brings back.
+      BlockPages occupied;
+      std::vector<std::size_t> faulting;
+      faulting.reserve(count);
+      for (std::size_t p = lo; p < hi; ++p) {
+        const Residency r = table.entry(p).residency();
+        if (r == Residency::System || r == Residency::Duplicated) occupied.set(p - lo);
+      }
+      for (std::size_t k = 0; k < count; ++k) {
+        const std::size_t p = range.page_of(reinterpret_cast<const void*>(faults[k].address));
+        occupied.set(p - lo);
+        faulting.push_back(p - lo);
+      }
+      const BlockPages region = threshold == 0 ? BlockPages().set() : density_prefetch_region(occupied, faulting, threshold);
       for (std::size_t p = lo; p < hi; ++p) {
         const MirrorEntry e = table.entry(p);
-        if (e.residency() == Residency::Device && !e.locked() && !e.has(MirrorEntry::kPoisoned)) back.push_back(p);
+        if (region[p - lo] && e.residency() == Residency::Device && !e.locked() && !e.has(MirrorEntry::kPoisoned))
+          back.push_back(p);
       }
+    }
     if (open_block)
       for (std::size_t p = lo; p < hi; ++p) {
         const MirrorEntry e = table.entry(p);

@@ -101,6 +101,15 @@ const Option kOptions[] = {
     {"UHMM_TRACE", [](ContextOptions& o, std::string_view, std::string_view v) { o.trace_path = v; }},
     {"UHMM_STATS", [](ContextOptions& o, std::string_view n, std::string_view v) { o.print_stats = parse_bool(n, v); }},
     {"UHMM_FAULT_AHEAD", [](ContextOptions& o, std::string_view n, std::string_view v) { o.fault_ahead = parse_bool(n, v); }},
+    {"UHMM_PREFETCH_THRESHOLD",
+     [](ContextOptions& o, std::string_view n, std::string_view v) {
+       std::string_view digits = v;
+       if (!digits.empty() && digits.back() == '%') digits.remove_suffix(1);
+       constexpr std::string_view expected = "a percent from 0 to 100 (e.g. 51 or 51%)";
+       const auto pct = parse_unsigned(n, v, expected, digits);
+       if (pct > 100) bad(n, v, expected);
+       o.prefetch_threshold = static_cast<unsigned>(pct);
+     }},
     {"UHMM_FAULT_SPIN_US",
      [](ContextOptions& o, std::string_view n, std::string_view v) {
        const auto us = parse_unsigned(n, v, "microseconds from 0 to 100000");

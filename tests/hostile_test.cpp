@@ -249,7 +249,7 @@ TEST_F(HostileTest, EveryGeneratedBadCallThrowsItsErrorAndChangesNothing) {
 
 TEST(HostileOptionsTest, GeneratedBadEnvironmentValuesAreRejectedByName) {
   std::mt19937_64 rng(kSeed);
-  const char* vars[] = {"UHMM_DEVICE_POOL", "UHMM_DEVICES", "UHMM_FAULT_AHEAD", "UHMM_FAULT_SPIN_US",
+  const char* vars[] = {"UHMM_DEVICE_POOL", "UHMM_DEVICES", "UHMM_FAULT_AHEAD", "UHMM_FAULT_SPIN_US", "UHMM_PREFETCH_THRESHOLD",
                         "UHMM_CPU_COPY_THREADS", "UHMM_STATS"};
   const std::string junk[] = {"", "-1", "abc", "12x", "1e9", "99999999999999999999999", " 1", "0x", "TB", "1Q",
                               "yes please", "2", "256", "100001", "65", "0", "18446744073709551616K", "\t", "nan"};

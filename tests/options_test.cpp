@@ -28,7 +28,7 @@ constexpr std::size_t GiB = std::size_t{1} << 30;
 const char* const kVariables[] = {"UHMM_BACKEND",       "UHMM_DEVICE_POOL",   "UHMM_DEVICES",
                                   "UHMM_FAULT_AHEAD",   "UHMM_FAULT_SPIN_US", "UHMM_CPU_COPY_THREADS", "UHMM_STATS",
                                   "UHMM_PLUGIN_DIR",
-                                  "UHMM_FAULT_MODE"};
+                                  "UHMM_FAULT_MODE",    "UHMM_PREFETCH_THRESHOLD"};
 
 std::string lower(std::string s) {
   std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
@@ -165,6 +165,23 @@ TEST_F(OptionsTest, FaultAheadInOtherLetterCasesIsParsedRightOrRejectedClearly) 
 TEST_F(OptionsTest, FaultAheadMalformedIsInvalidArgumentNamingIt) {
   for (const char* bad : {"", "2", "-1", "maybe", "tru", "y", "n", "enable", " on", "on ", "yes please"})
     expect_rejected("UHMM_FAULT_AHEAD", bad);
+}
+
+// ---- UHMM_PREFETCH_THRESHOLD ----
+
+TEST_F(OptionsTest, PrefetchThresholdTakesAPercentWithOrWithoutTheSign) {
+  EXPECT_EQ(ContextOptions::from_environment().prefetch_threshold, 0u);  // default: the whole block
+  const std::pair<const char*, unsigned> cases[] = {{"0", 0}, {"51", 51}, {"51%", 51}, {"100", 100}, {"100%", 100}};
+  for (const auto& [text, value] : cases) {
+    SCOPED_TRACE(text);
+    set("UHMM_PREFETCH_THRESHOLD", text);
+    EXPECT_EQ(ContextOptions::from_environment().prefetch_threshold, value);
+  }
+}
+
+TEST_F(OptionsTest, PrefetchThresholdMalformedOrAbove100IsInvalidArgumentNamingIt) {
+  for (const char* bad : {"", "%", "101", "101%", "-1", "51.5", "half", "51 %", " 51", "4294967347"})
+    expect_rejected("UHMM_PREFETCH_THRESHOLD", bad);
 }
 
 // ---- UHMM_FAULT_SPIN_US ----

@@ -31,6 +31,12 @@ struct UHMM_EXPORT ContextOptions {
   unsigned devices = 1;               // UHMM_DEVICES: cpu devices to emulate / most GPUs to use
   std::string plugin_dir;             // UHMM_PLUGIN_DIR: where GPU backend plugins are (empty: beside libuhmm)
   bool fault_ahead = true;            // UHMM_FAULT_AHEAD: bring a faulting page's block neighbours back too
+  // UHMM_PREFETCH_THRESHOLD (percent, 0-100): with fault-ahead, how much of its
+  // block a CPU fault brings back: the largest aligned power-of-two part of
+  // the block in which more than this share of pages is on the host or
+  // faulting (a density prefetch as NVIDIA UVM's, which uses 51). 0: the whole
+  // block; 100: the faulting page alone.
+  unsigned prefetch_threshold = 0;
   unsigned fault_spin_us = 0;         // UHMM_FAULT_SPIN_US: fault service polls this long before sleeping
   unsigned cpu_copy_threads = 1;      // UHMM_CPU_COPY_THREADS: cpu-backend workers per stream
   bool print_stats = false;           // UHMM_STATS: print the counters to stderr when the context ends
@@ -117,6 +123,14 @@ class UHMM_EXPORT Context {
   // invalid_argument for an unknown owner or more bytes than the pool has,
   // device_error when pages whose copy back failed keep it above the limit.
   std::size_t set_device_pool_limit(OwnerId owner, std::size_t bytes);
+  // CPU-fault policy, changeable while the context runs (from the next fault
+  // on): fault-ahead (UHMM_FAULT_AHEAD) and its density threshold
+  // (UHMM_PREFETCH_THRESHOLD; a percent above 100 is invalid_argument and
+  // changes nothing).
+  void set_fault_ahead(bool on) noexcept;
+  bool fault_ahead() const noexcept;
+  void set_prefetch_threshold(unsigned percent);
+  unsigned prefetch_threshold() const noexcept;
   // Test hooks: failures injected into owner's pool and copy engine.
   void inject_faults(OwnerId owner, const FaultInjection& injection);
 
