@@ -45,6 +45,16 @@ void Context::set_prefetch_threshold(unsigned percent) {
   impl_->policy.prefetch_threshold.store(percent);
 }
 unsigned Context::prefetch_threshold() const noexcept { return impl_->policy.prefetch_threshold.load(); }
+void Context::set_thrashing(const ThrashingOptions& t) {
+  auto out_of = [](const char* what, unsigned v, unsigned lo, unsigned hi) {
+    return Error(Errc::invalid_argument, fmt::format("set_thrashing: {} {} is not within {}-{}", what, v, lo, hi));
+  };
+  if (t.bounces < 2 || t.bounces > 65535) throw out_of("bounces", t.bounces, 2, 65535);
+  if (t.window_ms < 1 || t.window_ms > 60000) throw out_of("window_ms", t.window_ms, 1, 60000);
+  if (t.cooldown_ms < 1 || t.cooldown_ms > 600000) throw out_of("cooldown_ms", t.cooldown_ms, 1, 600000);
+  impl_->policy.set_thrashing(t);
+}
+ThrashingOptions Context::thrashing() const noexcept { return impl_->policy.thrashing(); }
 void Context::inject_faults(OwnerId owner, const FaultInjection& injection) {
   impl_->device(owner, "inject_faults").set_fault_injection(injection);
 }

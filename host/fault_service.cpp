@@ -214,6 +214,32 @@ void FaultService::resolve(std::vector<Fault>& faults) noexcept {
   }
 }
 
+void FaultService::record_bounces(ManagedRange& range, std::size_t block, std::span<const std::size_t> faulted,
+                                  std::span<const std::size_t> failed, const ThrashingSettings& thrashing,
+                                  std::uint32_t now_ms) noexcept {
+  std::size_t detected = 0, cooling = 0;
+  try {
+    std::lock_guard lock(range.table().block_mutex(block));
+    for (std::size_t p : faulted) {
+      if (std::find(failed.begin(), failed.end(), p) != failed.end()) continue;
+      switch (range.bounces().record(p, now_ms, thrashing)) {
+        case PageBounces::Verdict::detected: ++detected; break;
+        case PageBounces::Verdict::cooling: ++cooling; break;
+        case PageBounces::Verdict::calm: break;
+      }
+    }
+  } catch (const std::bad_alloc&) {
+    return;  // no history for this block: it is just not detected
+  }
+  AtomicCounters::add(ctx_.counters.thrashing_pages_detected, detected);
+  AtomicCounters::add(ctx_.counters.thrashing_faults, cooling);
+  if (detected > 0)
+    log().info("thrashing: {} page(s) of range {} in the block at {} came back to the host {} times within {} ms; "
+               "fault-ahead leaves them for {} ms",
+               detected, range.id(), static_cast<void*>(range.page_address(range.table().block_begin(block))),
+               thrashing.bounces, thrashing.window_ms, thrashing.cooldown_ms);
+}
+
 void FaultService::resolve_block(ManagedRange& range, std::size_t block, const Fault* faults,
                                  std::size_t count) noexcept {
   auto& table = range.table();
@@ -227,6 +253,9 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
   // Coarse mode wants whole blocks back (they merge into one protection run).
   const unsigned threshold = coarse ? 0 : ctx_.policy.prefetch_threshold.load(std::memory_order_relaxed);
   const bool open_block = ahead && mechanism.closes_idle_host_pages();
+  const ThrashingSettings thrashing = ctx_.policy.thrashing();
+  const std::uint32_t now_ms = thrashing.enabled ? monotonic_ms() : 0;
+  std::size_t not_prefetched = 0;
   std::vector<std::size_t> zero, back, wake, unprotect, faulting_back, discarded_held;
   std::size_t zero_faults = 0;
   const std::span<const Fault> observed(faults, count);
@@ -285,10 +314,18 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
         faulting.push_back(p - lo);
       }
       const BlockPages region = threshold == 0 ? BlockPages().set() : density_prefetch_region(occupied, faulting, threshold);
+      BlockPages faulted;
+      for (std::size_t f : faulting) faulted.set(f);
       for (std::size_t p = lo; p < hi; ++p) {
         const MirrorEntry e = table.entry(p);
-        if (region[p - lo] && e.residency() == Residency::Device && !e.locked() && !e.has(MirrorEntry::kPoisoned))
-          back.push_back(p);
+        if (!region[p - lo] || e.residency() != Residency::Device || e.locked() || e.has(MirrorEntry::kPoisoned))
+          continue;
+        // A thrashing neighbour stays where it is: it would only bounce back.
+        if (thrashing.enabled && !faulted[p - lo] && range.bounces().cooling(p, now_ms, thrashing)) {
+          ++not_prefetched;
+          continue;
+        }
+        back.push_back(p);
       }
     }
     if (open_block)
@@ -341,6 +378,7 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
     for (std::size_t p : zero)
       if (table.entry(p).residency() == Residency::Empty) table.entry(p).move_to(MirrorEntry::system());
   }
+  AtomicCounters::add(ctx_.counters.thrashing_not_prefetched, not_prefetched);
   AtomicCounters::add(ctx_.counters.faults_zero_fill, zero_faults > spurious ? zero_faults - spurious : 0);
   AtomicCounters::add(ctx_.counters.faults_spurious, spurious);
 
@@ -368,6 +406,7 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
                                      return std::find(r.failed.begin(), r.failed.end(), p) != r.failed.end();
                                    }));
     AtomicCounters::add(ctx_.counters.faults_from_device, faulting_moved);
+    if (thrashing.enabled) record_bounces(range, block, faulting_back, r.failed, thrashing, now_ms);
     AtomicCounters::add(ctx_.counters.pages_fault_ahead, r.moved > faulting_moved ? r.moved - faulting_moved : 0);
     // The CPU uses this block now: what stays of it on a device is recent.
     ctx_.recency->touch_block(table, block);

@@ -13,11 +13,13 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <thread>
 #include <vector>
 
 #include "fault_mechanism.hpp"
 #include "mapping_events.hpp"
+#include "page_bounces.hpp"
 
 namespace uhmm::detail {
 
@@ -51,6 +53,10 @@ class FaultService {
   void wake_unlocked_parked() noexcept;
   void resolve(std::vector<Fault>& faults) noexcept;
   // Resolves the faults of one block (sorted, same range and block).
+  // Thrashing bookkeeping for the faulting pages that came back (all but `failed`).
+  void record_bounces(ManagedRange& range, std::size_t block, std::span<const std::size_t> faulted,
+                      std::span<const std::size_t> failed, const ThrashingSettings& thrashing,
+                      std::uint32_t now_ms) noexcept;
   void resolve_block(ManagedRange& range, std::size_t block, const Fault* faults, std::size_t count) noexcept;
 
   ContextImpl& ctx_;

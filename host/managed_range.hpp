@@ -13,6 +13,7 @@
 
 #include "fault_mechanism.hpp"
 #include "mirror_table.hpp"
+#include "page_bounces.hpp"
 #include "page_intervals.hpp"
 #include "uhmm/types.hpp"
 
@@ -43,6 +44,8 @@ class ManagedRange {
   MirrorTable& table() noexcept { return table_; }
   RangeMapping& mapping() const noexcept { return *mapping_; }
   const MirrorTable& table() const noexcept { return table_; }
+  // CPU-fault bounce histories (thrashing); guarded by the block mutexes.
+  PageBounces& bounces() noexcept { return bounces_; }
 
   // Operation accounting (see RangeRegistry): begin under the registry lock.
   void begin_op() noexcept;
@@ -60,6 +63,7 @@ class ManagedRange {
  private:
   std::uint32_t id_;
   MirrorTable table_;
+  PageBounces bounces_{table_.nblocks()};
   std::unique_ptr<RangeMapping> mapping_;
   std::byte* base_;
   std::size_t bytes_;

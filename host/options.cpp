@@ -30,6 +30,13 @@ std::uint64_t parse_unsigned(std::string_view var, std::string_view value, std::
   return parse_unsigned(var, value, expected, value);
 }
 
+unsigned parse_bounded(std::string_view var, std::string_view value, std::uint64_t lo, std::uint64_t hi,
+                       std::string_view expected) {
+  const std::uint64_t v = parse_unsigned(var, value, expected);
+  if (v < lo || v > hi) bad(var, value, expected);
+  return static_cast<unsigned>(v);
+}
+
 std::size_t parse_size(std::string_view var, std::string_view value) {
   constexpr std::string_view expected = "a size in bytes with an optional K, M or G suffix (e.g. 512M)";
   if (value.empty()) bad(var, value, expected);
@@ -109,6 +116,20 @@ const Option kOptions[] = {
        const auto pct = parse_unsigned(n, v, expected, digits);
        if (pct > 100) bad(n, v, expected);
        o.prefetch_threshold = static_cast<unsigned>(pct);
+     }},
+    {"UHMM_THRASHING",
+     [](ContextOptions& o, std::string_view n, std::string_view v) { o.thrashing.enabled = parse_bool(n, v); }},
+    {"UHMM_THRASHING_BOUNCES",
+     [](ContextOptions& o, std::string_view n, std::string_view v) {
+       o.thrashing.bounces = parse_bounded(n, v, 2, 65535, "a bounce count from 2 to 65535");
+     }},
+    {"UHMM_THRASHING_WINDOW_MS",
+     [](ContextOptions& o, std::string_view n, std::string_view v) {
+       o.thrashing.window_ms = parse_bounded(n, v, 1, 60000, "milliseconds from 1 to 60000");
+     }},
+    {"UHMM_THRASHING_COOLDOWN_MS",
+     [](ContextOptions& o, std::string_view n, std::string_view v) {
+       o.thrashing.cooldown_ms = parse_bounded(n, v, 1, 600000, "milliseconds from 1 to 600000");
      }},
     {"UHMM_FAULT_SPIN_US",
      [](ContextOptions& o, std::string_view n, std::string_view v) {

@@ -28,7 +28,8 @@ constexpr std::size_t GiB = std::size_t{1} << 30;
 const char* const kVariables[] = {"UHMM_BACKEND",       "UHMM_DEVICE_POOL",   "UHMM_DEVICES",
                                   "UHMM_FAULT_AHEAD",   "UHMM_FAULT_SPIN_US", "UHMM_CPU_COPY_THREADS", "UHMM_STATS",
                                   "UHMM_PLUGIN_DIR",
-                                  "UHMM_FAULT_MODE",    "UHMM_PREFETCH_THRESHOLD"};
+                                  "UHMM_FAULT_MODE",    "UHMM_PREFETCH_THRESHOLD", "UHMM_THRASHING",
+                                  "UHMM_THRASHING_BOUNCES", "UHMM_THRASHING_WINDOW_MS", "UHMM_THRASHING_COOLDOWN_MS"};
 
 std::string lower(std::string s) {
   std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
@@ -182,6 +183,29 @@ TEST_F(OptionsTest, PrefetchThresholdTakesAPercentWithOrWithoutTheSign) {
 TEST_F(OptionsTest, PrefetchThresholdMalformedOrAbove100IsInvalidArgumentNamingIt) {
   for (const char* bad : {"", "%", "101", "101%", "-1", "51.5", "half", "51 %", " 51", "4294967347"})
     expect_rejected("UHMM_PREFETCH_THRESHOLD", bad);
+}
+
+// ---- UHMM_THRASHING* ----
+
+TEST_F(OptionsTest, ThrashingKnobsParseWithinTheirRanges) {
+  const ContextOptions d;
+  EXPECT_TRUE(d.thrashing.enabled);
+  set("UHMM_THRASHING", "off");
+  set("UHMM_THRASHING_BOUNCES", "3");
+  set("UHMM_THRASHING_WINDOW_MS", "1");
+  set("UHMM_THRASHING_COOLDOWN_MS", "600000");
+  const ContextOptions o = ContextOptions::from_environment();
+  EXPECT_FALSE(o.thrashing.enabled);
+  EXPECT_EQ(o.thrashing.bounces, 3u);
+  EXPECT_EQ(o.thrashing.window_ms, 1u);
+  EXPECT_EQ(o.thrashing.cooldown_ms, 600000u);
+}
+
+TEST_F(OptionsTest, ThrashingKnobsOutOfRangeOrMalformedAreInvalidArgumentNamingThem) {
+  for (const char* bad : {"", "1", "65536", "-2", "eight", "8ms"}) expect_rejected("UHMM_THRASHING_BOUNCES", bad);
+  for (const char* bad : {"", "0", "60001", "50ms", "1.5"}) expect_rejected("UHMM_THRASHING_WINDOW_MS", bad);
+  for (const char* bad : {"", "0", "600001", "-1", "soon"}) expect_rejected("UHMM_THRASHING_COOLDOWN_MS", bad);
+  for (const char* bad : {"", "2", "maybe"}) expect_rejected("UHMM_THRASHING", bad);
 }
 
 // ---- UHMM_FAULT_SPIN_US ----

@@ -24,6 +24,17 @@ class ContextImpl;
 class StreamImpl;
 }  // namespace detail
 
+// Thrashing: a page that comes back to the host on CPU faults at least
+// `bounces` times within `window_ms` thrashes; for `cooldown_ms` from then it
+// is not brought back as a fault's neighbour (fault-ahead) and launches
+// (docs/DESIGN.md, "Thrashing").
+struct ThrashingOptions {
+  bool enabled = true;         // UHMM_THRASHING
+  unsigned bounces = 8;        // UHMM_THRASHING_BOUNCES (2-65535)
+  unsigned window_ms = 50;     // UHMM_THRASHING_WINDOW_MS (1-60000)
+  unsigned cooldown_ms = 500;  // UHMM_THRASHING_COOLDOWN_MS (1-600000)
+};
+
 struct UHMM_EXPORT ContextOptions {
   std::string backend = "auto";       // UHMM_BACKEND: auto | cpu | cuda | hip
   std::size_t device_pool_bytes = std::size_t{256} << 20;  // UHMM_DEVICE_POOL, per device
@@ -37,6 +48,7 @@ struct UHMM_EXPORT ContextOptions {
   // faulting (a density prefetch as NVIDIA UVM's, which uses 51). 0: the whole
   // block; 100: the faulting page alone.
   unsigned prefetch_threshold = 0;
+  ThrashingOptions thrashing;         // UHMM_THRASHING*
   unsigned fault_spin_us = 0;         // UHMM_FAULT_SPIN_US: fault service polls this long before sleeping
   unsigned cpu_copy_threads = 1;      // UHMM_CPU_COPY_THREADS: cpu-backend workers per stream
   bool print_stats = false;           // UHMM_STATS: print the counters to stderr when the context ends
@@ -131,6 +143,10 @@ class UHMM_EXPORT Context {
   bool fault_ahead() const noexcept;
   void set_prefetch_threshold(unsigned percent);
   unsigned prefetch_threshold() const noexcept;
+  // Thrashing detection, from the next fault on; values outside the ranges
+  // above are invalid_argument and change nothing.
+  void set_thrashing(const ThrashingOptions& thrashing);
+  ThrashingOptions thrashing() const noexcept;
   // Test hooks: failures injected into owner's pool and copy engine.
   void inject_faults(OwnerId owner, const FaultInjection& injection);
 

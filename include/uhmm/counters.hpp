@@ -23,6 +23,10 @@
   X(faults_spurious)      /* already resolved when read */                                       \
   X(fault_wakeups)        /* batches read by the fault service */                                \
   X(pages_fault_ahead)    /* neighbours brought back with a faulting page */                     \
+  /* Thrashing (pages bouncing between host and device on CPU faults). */                        \
+  X(thrashing_pages_detected) /* pages that started a cool-down */                               \
+  X(thrashing_faults)         /* CPU faults on pages cooling down */                             \
+  X(thrashing_not_prefetched) /* cooling neighbours left on the device by fault-ahead */         \
   /* Device pool. */                                                                             \
   X(device_pages_in_use)                                                                         \
   X(device_evictions) /* pages moved back by migrate_device_range (and eviction, which uses it) */ \

@@ -1,0 +1,49 @@
+// Thrashing detection: a page that comes back to the host on CPU faults at
+// least `bounces` times within `window_ms` thrashes, and cools down for
+// `cooldown_ms` from then (its history starts again after). Histories live in
+// per-block arrays allocated on a block's first bounce, so ranges that never
+// bounce pay one pointer per 2 MiB.
+#pragma once
+
+#include <array>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "uhmm/context.hpp"
+
+namespace uhmm::detail {
+
+using ThrashingSettings = ThrashingOptions;
+
+// Milliseconds of the steady clock, wrapping (histories compare differences).
+inline std::uint32_t monotonic_ms() noexcept {
+  return static_cast<std::uint32_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch()).count());
+}
+
+class PageBounces {
+ public:
+  explicit PageBounces(std::size_t nblocks) : blocks_(nblocks) {}
+
+  enum class Verdict { calm, detected, cooling };
+  // `page` came back to the host on a CPU fault at `now_ms`. Returns detected
+  // the moment it starts thrashing, cooling while its cool-down lasts.
+  // Pre: the caller holds the page's block mutex.
+  Verdict record(std::size_t page, std::uint32_t now_ms, const ThrashingSettings& s);
+  // Whether `page` is cooling down at `now_ms`. Pre: its block mutex is held.
+  bool cooling(std::size_t page, std::uint32_t now_ms, const ThrashingSettings& s) const noexcept;
+
+ private:
+  struct History {
+    std::uint32_t since_ms = 0;  // start of the window, or of the cool-down
+    std::uint16_t bounces = 0;
+    bool cooling = false;
+  };
+  using Block = std::array<History, kPagesPerBlock>;
+  std::vector<std::unique_ptr<Block>> blocks_;
+};
+
+}  // namespace uhmm::detail
