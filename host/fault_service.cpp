@@ -339,7 +339,7 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
     sort_unique(unprotect);
     sort_unique(wake);
     // A page with a stale MISSING fault next to its WP fault is mapped: the
-    // unprotect (which wakes) answers both.
+    // unprotect (and the wake at its unlock) answers both.
     std::erase_if(zero, [&](std::size_t p) { return std::binary_search(unprotect.begin(), unprotect.end(), p); });
     // Lock what this service changes outside the block mutex. Unprotecting in
     // particular: unlocked, a migration could write-protect the page again

@@ -204,11 +204,12 @@ void migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
   // uhmm's own zap for the application's and drop the device pages
   // (mapping_events.hpp).
   if (zapped && follows) ctx.ranges.gate().wait_applied();
-  // Pages that stay on the host become writable again (this wakes parked writers).
-  for_each_run(0, n, [&](std::size_t i) { return !migrated(i) && from(i, Residency::System); },
-                       [&](std::size_t i, std::size_t count) {
-                         ctx.mechanism->write_protect(range, first + i, count, false);
-                       });
+  // Pages that stay on the host become writable again; their writers are
+  // woken below, once the pages are unlocked.
+  auto stayed = [&](std::size_t i) { return !migrated(i) && from(i, Residency::System); };
+  for_each_run(0, n, stayed, [&](std::size_t i, std::size_t count) {
+    ctx.mechanism->write_protect(range, first + i, count, false);
+  });
 
   // Device pages that back nothing now: destinations of failed pages, and the
   // sources of device-to-device moves.
@@ -242,6 +243,9 @@ void migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
     ctx.pagemap(static_cast<OwnerId>(owner))->page_free(to_free[owner]);
   }
   ctx.unlocks.announce();
+  for_each_run(0, n, stayed, [&](std::size_t i, std::size_t count) {
+    ctx.mechanism->wake(reinterpret_cast<std::uintptr_t>(range.page_address(first + i)), count * kPageSize);
+  });
 
   AtomicCounters::add(ctx.counters.pages_to_device, to_device + zero_filled);
   AtomicCounters::add(ctx.counters.bytes_to_device, to_device * kPageSize);
