@@ -13,7 +13,7 @@ namespace uhmm {
 enum class Advice : std::uint8_t {
   set_preferred_location,    // pages should live at the location: eviction and fault-ahead leave them there
   unset_preferred_location,  // (location ignored)
-  set_read_mostly,           // recorded; see DESIGN.md for what it does (and does not yet) change
+  set_read_mostly,           // a migration to a device keeps the host copy (Duplicated); a write collapses them
   unset_read_mostly,         // (location ignored)
   set_accessed_by,           // the device (never the host) uses the pages: its copies are kept there
   unset_accessed_by,         // the device no longer does
