@@ -272,7 +272,8 @@ MigrationResult ContextImpl::migrate_to_device(void* p, std::size_t bytes, Owner
     const std::size_t page = span.first() + i;
     std::lock_guard lock(table.block_mutex(MirrorTable::block_of(page)));
     const MirrorEntry e = table.entry(page);
-    const bool there = e.residency() == Residency::Device && e.device_page().owner == dev.owner() && !e.locked();
+    const bool there = (e.residency() == Residency::Device || e.residency() == Residency::Duplicated) &&
+                       e.device_page().owner == dev.owner() && !e.locked();
     there ? ++result.already : ++result.skipped;
     if (there) recency->touch(e.device_page(), now);
   }

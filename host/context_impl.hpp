@@ -102,6 +102,9 @@ class ContextImpl {
   Observer observer{options.trace_path};
   UnlockEvents unlocks;
   std::unique_ptr<AccessRecency> recency;  // set once the devices are open
+  // Some range was advised once (range_advice.cpp): eviction then ranks
+  // chunks by their pages' advice, which costs a look at each page.
+  std::atomic<bool> advised{false};
 
  private:
   std::vector<std::unique_ptr<Device>> devices_;
@@ -137,6 +140,7 @@ struct MigrationSession {
   RangeSpan span;
   std::vector<std::uint8_t> selected;  // per page: setup locked it
   std::vector<std::uint8_t> source;    // per page: its Residency when selected
+  std::vector<std::uint8_t> duplicate; // per page: read-mostly host page, keeps its host copy (Duplicated)
   bool pages_done = false;
 };
 

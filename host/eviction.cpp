@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <thread>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -14,14 +15,41 @@
 namespace uhmm::detail {
 namespace {
 
-// owner's chunks, least recently used first (ties: lower chunk first).
-std::vector<std::size_t> chunks_by_age(const ContextImpl& ctx, OwnerId owner) {
+// Where advice ranks a chunk of owner's for eviction: chunks holding a page
+// that prefers the host go first, chunks holding a page that prefers this
+// device (or that this device accesses) last, the others between.
+enum class AdviceRank : std::uint8_t { prefers_host = 0, neutral = 1, prefers_device = 2 };
+
+AdviceRank advice_rank(ContextImpl& ctx, OwnerId owner, std::size_t chunk) {
+  const ReverseMap& map = ctx.rmap(owner);
+  const std::size_t first = chunk * kPagesPerChunk;
+  const std::size_t end = std::min(first + kPagesPerChunk, map.capacity());
+  AdviceRank rank = AdviceRank::neutral;
+  RangeSpan span;  // the last range looked up: a chunk's pages mostly share one
+  for (std::size_t k = first; k < end; ++k) {
+    const auto target = map.get(static_cast<DevicePageIndex>(k));
+    if (!target) continue;
+    if (!span || span.range().id() != target->range_id) span = ctx.ranges.find_by_id(target->range_id);
+    if (!span || span.range().advice().empty()) continue;
+    const RangeAdvice a = span.range().advice().get(target->page);
+    if (a.preferred == Location::device(owner) || a.accessed_by_device(owner)) return AdviceRank::prefers_device;
+    if (a.preferred.is_host()) rank = AdviceRank::prefers_host;
+  }
+  return rank;
+}
+
+// owner's chunks in eviction order: by advice rank once any range was
+// advised, then least recently used first (ties: lower chunk first).
+std::vector<std::size_t> chunks_by_age(ContextImpl& ctx, OwnerId owner) {
   const std::size_t n = ctx.recency->chunks(owner);
-  std::vector<std::pair<std::uint64_t, std::size_t>> aged(n);
-  for (std::size_t c = 0; c < n; ++c) aged[c] = {ctx.recency->stamp(owner, c), c};
+  const bool ranked = ctx.advised.load(std::memory_order_relaxed);
+  std::vector<std::tuple<AdviceRank, std::uint64_t, std::size_t>> aged(n);
+  for (std::size_t c = 0; c < n; ++c)
+    aged[c] = {ranked ? advice_rank(ctx, owner, c) : AdviceRank::neutral, ctx.recency->stamp(owner, c), c};
+  if (ranked) AtomicCounters::add(ctx.counters.advice_ranked_evictions, 1);
   std::sort(aged.begin(), aged.end());
   std::vector<std::size_t> out(n);
-  for (std::size_t c = 0; c < n; ++c) out[c] = aged[c].second;
+  for (std::size_t c = 0; c < n; ++c) out[c] = std::get<2>(aged[c]);
   return out;
 }
 

@@ -84,7 +84,9 @@ class FaultMechanism {
   // EEXIST: stopped at a page that was present; *copied says how far it got.
   virtual int install_copy(ManagedRange& range, std::size_t first, std::size_t count, const std::byte* src,
                            std::size_t* copied) noexcept = 0;
-  // Write-protects (stores fault, reads go on) or lifts it, and wakes.
+  // Write-protects (stores fault, reads go on) or lifts it. Never wakes: a
+  // writer woken before its page is unlocked could find it still LOCKED (a
+  // migration it starts next would skip it); the holder wakes after unlock.
   virtual int write_protect(ManagedRange& range, std::size_t first, std::size_t count, bool protect) noexcept = 0;
   // Drops the host copy of a run (its data went to a device): the next access
   // faults, and the memory is released.

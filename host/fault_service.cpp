@@ -17,6 +17,7 @@
 #include "context_impl.hpp"
 #include "density_prefetch.hpp"
 #include "page_runs.hpp"
+#include "read_mostly.hpp"
 #include "signal_fault_handler.hpp"
 #include "userfaultfd.hpp"
 #include "userfaultfd_mechanism.hpp"
@@ -255,8 +256,8 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
   const bool open_block = ahead && mechanism.closes_idle_host_pages();
   const ThrashingSettings thrashing = ctx_.policy.thrashing();
   const std::uint32_t now_ms = thrashing.enabled ? monotonic_ms() : 0;
-  std::size_t not_prefetched = 0;
-  std::vector<std::size_t> zero, back, wake, unprotect, faulting_back, discarded_held;
+  std::size_t not_prefetched = 0, kept_by_advice = 0;
+  std::vector<std::size_t> zero, back, wake, unprotect, faulting_back, discarded_held, collapse, reopen_read_only;
   std::size_t zero_faults = 0;
   const std::span<const Fault> observed(faults, count);
   const auto page_of = [&](std::uintptr_t a) { return range.page_of(reinterpret_cast<const void*>(a)); };
@@ -280,6 +281,10 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
         // The poison marker answers the retry with SIGBUS; a kernel without
         // UFFDIO_POISON leaves the thread blocked rather than looping.
         if (mechanism.has_poison()) wake.push_back(p);
+      } else if (e.residency() == Residency::Duplicated) {
+        // Read-mostly: a store collapses the page to its host copy; a read
+        // (the signal mechanism closed the page) reopens it read-only.
+        (faults[k].write_protect ? collapse : reopen_read_only).push_back(p);
       } else if (faults[k].write_protect) {
         // The migration that protected the page is over: either the page stayed
         // (unprotect) or it moved (wake: the retry faults as MISSING).
@@ -316,6 +321,7 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
       const BlockPages region = threshold == 0 ? BlockPages().set() : density_prefetch_region(occupied, faulting, threshold);
       BlockPages faulted;
       for (std::size_t f : faulting) faulted.set(f);
+      AdviceCursor advice(range.advice().runs(lo, hi));
       for (std::size_t p = lo; p < hi; ++p) {
         const MirrorEntry e = table.entry(p);
         if (!region[p - lo] || e.residency() != Residency::Device || e.locked() || e.has(MirrorEntry::kPoisoned))
@@ -324,6 +330,16 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
         if (thrashing.enabled && !faulted[p - lo] && range.bounces().cooling(p, now_ms, thrashing)) {
           ++not_prefetched;
           continue;
+        }
+        // So does a neighbour that prefers its device or that its device
+        // accesses (advice): the CPU did not ask for it.
+        if (!faulted[p - lo]) {
+          const RangeAdvice& a = advice.at(p);
+          const OwnerId owner = e.device_page().owner;
+          if (a.preferred == Location::device(owner) || a.accessed_by_device(owner)) {
+            ++kept_by_advice;
+            continue;
+          }
         }
         back.push_back(p);
       }
@@ -338,8 +354,12 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
     sort_unique(faulting_back);
     sort_unique(unprotect);
     sort_unique(wake);
+    sort_unique(collapse);
+    sort_unique(reopen_read_only);
+    std::erase_if(reopen_read_only,
+                  [&](std::size_t p) { return std::binary_search(collapse.begin(), collapse.end(), p); });
     // A page with a stale MISSING fault next to its WP fault is mapped: the
-    // unprotect (which wakes) answers both.
+    // unprotect (and the wake at its unlock) answers both.
     std::erase_if(zero, [&](std::size_t p) { return std::binary_search(unprotect.begin(), unprotect.end(), p); });
     // Lock what this service changes outside the block mutex. Unprotecting in
     // particular: unlocked, a migration could write-protect the page again
@@ -348,6 +368,8 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
     for (std::size_t p : zero) table.entry(p).set(MirrorEntry::kLocked);
     for (std::size_t p : back) table.entry(p).set(MirrorEntry::kLocked);
     for (std::size_t p : unprotect) table.entry(p).set(MirrorEntry::kLocked);
+    for (std::size_t p : collapse) table.entry(p).set(MirrorEntry::kLocked);
+    for (std::size_t p : reopen_read_only) table.entry(p).set(MirrorEntry::kLocked);
   }
 
   for (std::size_t p : discarded_held)
@@ -379,6 +401,7 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
       if (table.entry(p).residency() == Residency::Empty) table.entry(p).move_to(MirrorEntry::system());
   }
   AtomicCounters::add(ctx_.counters.thrashing_not_prefetched, not_prefetched);
+  AtomicCounters::add(ctx_.counters.advice_not_prefetched, kept_by_advice);
   AtomicCounters::add(ctx_.counters.faults_zero_fill, zero_faults > spurious ? zero_faults - spurious : 0);
   AtomicCounters::add(ctx_.counters.faults_spurious, spurious);
 
@@ -418,11 +441,15 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
     mechanism.write_protect(range, unprotect[k], run, false);
     k += run;
   }
+  collapse_to_host(ctx_, range, collapse);
+  for (std::size_t p : reopen_read_only) mechanism.write_protect(range, p, 1, true);
   // One unlock for every page held here, after the counters: a woken thread
   // sees its fault counted and finds nothing of this resolution still locked
   // (a migration it starts next would skip a locked page).
   std::vector<std::size_t> held;
-  held.reserve(zero.size() + back.size() + unprotect.size());
+  held.reserve(zero.size() + back.size() + unprotect.size() + collapse.size() + reopen_read_only.size());
+  held.insert(held.end(), collapse.begin(), collapse.end());
+  held.insert(held.end(), reopen_read_only.begin(), reopen_read_only.end());
   held.insert(held.end(), zero.begin(), zero.end());
   held.insert(held.end(), back.begin(), back.end());
   held.insert(held.end(), unprotect.begin(), unprotect.end());
@@ -432,6 +459,7 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
   ctx_.observer.faults_resolved(FaultKind::zero_fill, observed, zero, false, page_of);
   ctx_.observer.faults_resolved(FaultKind::from_device, observed, faulting_back, false, page_of);
   ctx_.observer.faults_resolved(FaultKind::write_protect, observed, unprotect, true, page_of);
+  ctx_.observer.faults_resolved(FaultKind::write_protect, observed, collapse, true, page_of);
   ctx_.observer.faults_resolved(FaultKind::write_protect, observed, wake, true, page_of);
 }
 

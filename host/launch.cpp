@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "context_impl.hpp"
+#include "read_mostly.hpp"
 #include "uhmm/detail/log.hpp"
 
 namespace uhmm {
@@ -62,15 +63,20 @@ void Context::launch_impl(OwnerId device, std::size_t n, std::span<const SpanReq
         const std::size_t before = h.held.size();
         ctx.migrate_to_device(pages[k].first, pages[k].second, dev.owner());
         const std::uint64_t now = ctx.recency->tick();  // a kernel's spans are its working set: recently used
+        std::vector<std::size_t> collapse;  // read-mostly pages this kernel may write
         for (std::size_t q = h.span.first(); q < h.span.end(); ++q) {
           std::lock_guard lock(table.block_mutex(detail::MirrorTable::block_of(q)));
           detail::MirrorEntry& e = table.entry(q);
-          if (e.residency() != Residency::Device || e.device_page().owner != dev.owner() || e.locked()) continue;
-          e.set(detail::MirrorEntry::kLocked | detail::MirrorEntry::kDirty);
+          const bool dup = e.residency() == Residency::Duplicated;
+          if ((e.residency() != Residency::Device && !dup) || e.device_page().owner != dev.owner() || e.locked())
+            continue;
+          e.set(detail::MirrorEntry::kLocked | (dup && !spans[k].writable ? 0 : detail::MirrorEntry::kDirty));
           h.held.push_back(q);
+          if (dup && spans[k].writable) collapse.push_back(q);
           ctx.recency->touch(e.device_page(), now);
           h.table[q - h.span.first()] = dev.address_of(e.device_page().index);
         }
+        detail::collapse_to_device(ctx, h.span.range(), collapse);
         if (h.held.size() == before) break;
       }
       std::sort(h.held.begin(), h.held.end());

@@ -11,6 +11,7 @@
 #include <memory>
 #include <mutex>
 
+#include "advice_table.hpp"
 #include "fault_mechanism.hpp"
 #include "mirror_table.hpp"
 #include "page_bounces.hpp"
@@ -46,6 +47,9 @@ class ManagedRange {
   const MirrorTable& table() const noexcept { return table_; }
   // CPU-fault bounce histories (thrashing); guarded by the block mutexes.
   PageBounces& bounces() noexcept { return bounces_; }
+  // Per-page advice (Context::advise); thread safe on its own.
+  AdviceTable& advice() noexcept { return advice_; }
+  const AdviceTable& advice() const noexcept { return advice_; }
 
   // Operation accounting (see RangeRegistry): begin under the registry lock.
   void begin_op() noexcept;
@@ -64,6 +68,7 @@ class ManagedRange {
   std::uint32_t id_;
   MirrorTable table_;
   PageBounces bounces_{table_.nblocks()};
+  AdviceTable advice_;
   std::unique_ptr<RangeMapping> mapping_;
   std::byte* base_;
   std::size_t bytes_;

@@ -10,6 +10,7 @@
 
 #include "context_impl.hpp"
 #include "page_runs.hpp"
+#include "read_mostly.hpp"
 #include "uhmm/detail/log.hpp"
 #include "uhmm/migrate.hpp"
 
@@ -209,13 +210,14 @@ ContextImpl::DeviceRangeEviction ContextImpl::evict_device_range(OwnerId owner, 
       auto& table = range.table();
       // Take every page of this block that lives in the device range, in one go.
       const std::size_t block = MirrorTable::block_of(target->page);
-      std::vector<std::size_t> taken;
+      std::vector<std::size_t> taken, duplicated;
       {
         std::lock_guard lock(table.block_mutex(block));
         for (std::size_t q = table.block_begin(block); q < table.block_end(block); ++q) {
           MirrorEntry& e = table.entry(q);
           const DevicePage page = e.device_page();
-          if (e.residency() != Residency::Device || page.owner != owner || page.index < first ||
+          const bool dup = e.residency() == Residency::Duplicated;
+          if ((e.residency() != Residency::Device && !dup) || page.owner != owner || page.index < first ||
               page.index - first >= npages || gave_up[page.index - first])
             continue;
           if (e.locked()) {
@@ -223,8 +225,15 @@ ContextImpl::DeviceRangeEviction ContextImpl::evict_device_range(OwnerId owner, 
             continue;
           }
           e.set(MirrorEntry::kLocked);
-          taken.push_back(q);
+          (dup ? duplicated : taken).push_back(q);
         }
+      }
+      // A read-mostly page has its host copy: leaving the device costs no copy.
+      if (!duplicated.empty()) {
+        collapse_to_host(*this, range, duplicated);
+        unlock(range, duplicated);
+        out.moved += duplicated.size();
+        progressed = true;
       }
       if (taken.empty()) continue;
       const BackResult back = bring_back(range, taken, staging.get());

@@ -49,7 +49,7 @@ std::uint64_t select(MirrorEntry e, const MigrateVma& a) {
                  ? migrate_pfn_device(e.device_page()) | MIGRATE_PFN_MIGRATE | MIGRATE_PFN_WRITE
                  : 0;
     case Residency::Duplicated:
-      return 0;  // read-mostly pages move only through their advice (later issue)
+      return 0;  // read-mostly: already on a device, and on the host (a write collapses it first)
   }
   return 0;
 }
@@ -89,6 +89,14 @@ void migrate_vma_setup(ContextImpl& ctx, MigrateVma& a) {
       }
     }
   }
+
+  // Read-mostly host pages keep their host copy (read_mostly.hpp).
+  session->duplicate.assign(n, 0);
+  for (const AdviceTable::Run& run : range.advice().runs(first, first + n))
+    if (run.advice.read_mostly)
+      for (std::size_t p = run.first; p < run.end; ++p)
+        session->duplicate[p - first] = session->selected[p - first] &&
+                                         session->source[p - first] == static_cast<std::uint8_t>(Residency::System);
 
   // Whole selected blocks of host or never-touched pages move as one unit.
   if (a.flags & MIGRATE_VMA_SELECT_COMPOUND) {
@@ -159,7 +167,7 @@ std::size_t migrate_vma_pages(ContextImpl& ctx, MigrateVma& a) {
         continue;
       }
       const DevicePage page = migrate_pfn_to_device_page(a.dst[i]);
-      e.move_to(MirrorEntry::device(page));
+      e.move_to(s.duplicate[i] ? MirrorEntry::duplicated(page) : MirrorEntry::device(page));
       ctx.rmap(page.owner).set(page.index, {range.id(), static_cast<std::uint32_t>(p)});
       ctx.recency->touch(page, now);
       ++migrated;
@@ -192,7 +200,8 @@ void migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
   auto had_host_page = [&](std::size_t i) {
     return from(i, Residency::System) || (follows && from(i, Residency::Empty));
   };
-  for_each_run(0, n, [&](std::size_t i) { return migrated(i) && had_host_page(i); },
+  // Duplicated pages keep theirs, write-protected.
+  for_each_run(0, n, [&](std::size_t i) { return migrated(i) && had_host_page(i) && !s.duplicate[i]; },
                        [&](std::size_t i, std::size_t count) {
                          zapped = true;
                          if (const int err = ctx.mechanism->drop(range, first + i, count); err != 0)
@@ -204,16 +213,17 @@ void migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
   // uhmm's own zap for the application's and drop the device pages
   // (mapping_events.hpp).
   if (zapped && follows) ctx.ranges.gate().wait_applied();
-  // Pages that stay on the host become writable again (this wakes parked writers).
-  for_each_run(0, n, [&](std::size_t i) { return !migrated(i) && from(i, Residency::System); },
-                       [&](std::size_t i, std::size_t count) {
-                         ctx.mechanism->write_protect(range, first + i, count, false);
-                       });
+  // Pages that stay on the host become writable again; their writers are
+  // woken below, once the pages are unlocked.
+  auto stayed = [&](std::size_t i) { return !migrated(i) && from(i, Residency::System); };
+  for_each_run(0, n, stayed, [&](std::size_t i, std::size_t count) {
+    ctx.mechanism->write_protect(range, first + i, count, false);
+  });
 
   // Device pages that back nothing now: destinations of failed pages, and the
   // sources of device-to-device moves.
   std::vector<std::vector<DevicePageIndex>> to_free(ctx.device_count() + 1);
-  std::uint64_t to_device = 0, zero_filled = 0, compound = 0;
+  std::uint64_t to_device = 0, zero_filled = 0, compound = 0, duplicated = 0;
   for (std::size_t i = 0; i < n; ++i) {
     if (!s.selected[i]) continue;
     if (migrated(i)) {
@@ -222,6 +232,7 @@ void migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
         to_free[old.owner].push_back(old.index);
       }
       from(i, Residency::Empty) ? ++zero_filled : ++to_device;
+      duplicated += s.duplicate[i];
       if ((a.src[i] & MIGRATE_PFN_COMPOUND) && (a.dst[i] & MIGRATE_PFN_COMPOUND)) ++compound;
     } else if (a.dst[i] & MIGRATE_PFN_VALID) {
       const DevicePage page = migrate_pfn_to_device_page(a.dst[i]);
@@ -242,11 +253,15 @@ void migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
     ctx.pagemap(static_cast<OwnerId>(owner))->page_free(to_free[owner]);
   }
   ctx.unlocks.announce();
+  for_each_run(0, n, stayed, [&](std::size_t i, std::size_t count) {
+    ctx.mechanism->wake(reinterpret_cast<std::uintptr_t>(range.page_address(first + i)), count * kPageSize);
+  });
 
   AtomicCounters::add(ctx.counters.pages_to_device, to_device + zero_filled);
   AtomicCounters::add(ctx.counters.bytes_to_device, to_device * kPageSize);
   AtomicCounters::add(ctx.counters.pages_zero_filled_on_device, zero_filled);
   AtomicCounters::add(ctx.counters.compound_migrations, compound);
+  AtomicCounters::add(ctx.counters.pages_duplicated, duplicated);
   ctx.check_invariants();
 }
 

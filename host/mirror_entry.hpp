@@ -37,6 +37,12 @@ class MirrorEntry {
                        (std::uint64_t{page.owner} << 8) | (std::uint64_t{page.index} << 32));
   }
 
+  // Read-mostly: valid on the host and on `page`, read-only on both.
+  static constexpr MirrorEntry duplicated(DevicePage page) {
+    return MirrorEntry(static_cast<std::uint64_t>(Residency::Duplicated) | (std::uint64_t{page.owner} << 8) |
+                       (std::uint64_t{page.index} << 32));
+  }
+
   constexpr Residency residency() const { return static_cast<Residency>(bits_ & 3); }
   constexpr DevicePage device_page() const {
     return {static_cast<OwnerId>((bits_ >> 8) & 0xff), static_cast<DevicePageIndex>(bits_ >> 32)};

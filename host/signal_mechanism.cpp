@@ -291,10 +291,8 @@ int SignalMechanism::install_copy(ManagedRange& range, std::size_t first, std::s
 int SignalMechanism::write_protect(ManagedRange& range, std::size_t first, std::size_t count, bool protect) noexcept {
   const int err = mapping_of(range).set(range, first, count, protect ? signal_faults::kRead : signal_faults::kReadWrite,
                                         /*may_defer=*/!protect);
-  // The fault service unlocks and wakes these pages itself, once the mirror
-  // is final; a wake here would let a thread run while they are still locked.
-  if (!protect && !signal_faults::on_service_thread())
-    wake(reinterpret_cast<std::uintptr_t>(range.page_address(first)), count * kPageSize);
+  // Never wakes (FaultMechanism): the holder unlocks and wakes these pages
+  // itself, once the mirror is final.
   return err;
 }
 

@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "context_impl.hpp"
+#include "range_advice.hpp"
 #include "uhmm/detail/log.hpp"
 
 namespace uhmm {
@@ -106,6 +107,15 @@ std::future<MigrationResult> Context::migrate_to_host_async(Stream& stream, void
   impl_->ranges.resolve(p, bytes, "migrate_to_host_async");
   return s.submit(std::packaged_task<MigrationResult()>(
       [ctx = impl_.get(), p, bytes] { return ctx->migrate_to_host(p, bytes); }));
+}
+
+std::future<MigrationResult> Context::prefetch_async(Stream& stream, void* p, std::size_t bytes, Location to) {
+  auto& s = checked(stream.impl_.get(), *impl_, "prefetch_async");
+  detail::check_prefetch_location(*impl_, to, "prefetch_async");
+  impl_->ranges.resolve(p, bytes, "prefetch_async");
+  // The stream orders the work; the destination need not be its device.
+  return s.submit(std::packaged_task<MigrationResult()>(
+      [ctx = impl_.get(), p, bytes, to] { return detail::prefetch(*ctx, p, bytes, to); }));
 }
 
 }  // namespace uhmm

@@ -169,7 +169,9 @@ int Userfaultfd::copy(void* dst, const void* src, std::size_t len, std::size_t* 
 int Userfaultfd::write_protect(void* addr, std::size_t len, bool protect) noexcept {
   uffdio_writeprotect wp{};
   wp.range = {range_addr(addr), len};
-  wp.mode = protect ? UFFDIO_WRITEPROTECT_MODE_WP : 0;
+  // Lifting never wakes: a writer woken here could run while its page is
+  // still LOCKED in the mirror; the holder wakes it after the unlock.
+  wp.mode = protect ? UFFDIO_WRITEPROTECT_MODE_WP : UFFDIO_WRITEPROTECT_MODE_DONTWAKE;
   return ioctl_retrying(fd_, UFFDIO_WRITEPROTECT, &wp);
 }
 

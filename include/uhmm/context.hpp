@@ -8,8 +8,10 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
 
+#include "uhmm/advice.hpp"
 #include "uhmm/backend.hpp"
 #include "uhmm/counters.hpp"
 #include "uhmm/export.hpp"
@@ -168,6 +170,25 @@ class UHMM_EXPORT Context {
   MigrationResult pin(void* p, std::size_t bytes);
   void unpin(void* p, std::size_t bytes);
 
+  // Advice and explicit control, per range (docs/DESIGN.md, "Advice"; as
+  // cudaMemAdvise / cudaMemPrefetchAsync). [p, p + bytes) is page aligned,
+  // inside one range; bad input throws uhmm::Error and changes nothing.
+  // advise: records `advice` for every page of the span; `location` is the
+  // host or a device for set_preferred_location, a device for
+  // (un)set_accessed_by, ignored otherwise.
+  void advise(void* p, std::size_t bytes, Advice advice, Location location = {});
+  // The advice of the page holding p.
+  RangeAdvice advice(const void* p) const;
+  // Migrates the span to `to` (the host, or a device: from the host or from
+  // another device). Never evicts pages of the span itself to make room.
+  MigrationResult prefetch(void* p, std::size_t bytes, Location to);
+  std::future<MigrationResult> prefetch_async(Stream& stream, void* p, std::size_t bytes, Location to);
+  // The span's contents become zeros, and nothing is copied anywhere: device
+  // pages go back to their pools, host pages are released. Waits for pages a
+  // migration, fault or kernel holds; poisoned pages stay poisoned. Returns
+  // the pages whose contents were dropped.
+  std::size_t discard(void* p, std::size_t bytes);
+
   // Each page's state in [p, p + bytes), page aligned, inside one range.
   std::vector<PageState> residency(const void* p, std::size_t bytes) const;
 
@@ -181,7 +202,8 @@ class UHMM_EXPORT Context {
   Status validate() const;
 
   // Runs body(i, device_span<T>...) for i in [0, n) on a device, after migrating
-  // every span to it. The spans' pages stay locked on the device while the
+  // every span to it (read-mostly pages keep their host copy for a span of
+  // const T, and lose it for a span the kernel may write). The spans' pages stay locked on the device while the
   // kernel runs (CPU accesses wait); a kernel that touches a page that is not
   // there fails with Errc::device_fault. Returns when the kernel has finished.
   template <class F, class... T>
@@ -196,6 +218,7 @@ class UHMM_EXPORT Context {
   struct SpanRequest {
     const void* data;
     std::size_t bytes;
+    bool writable;  // a span of non-const T: the kernel may write it (read-mostly pages collapse to the device)
   };
   using LaunchBody = std::function<void(std::size_t first, std::size_t last,
                                         std::span<const DevicePageTable> tables)>;
@@ -212,7 +235,7 @@ void Context::launch(std::size_t n, F&& body, std::span<T>... data) {
 
 template <class F, class... T>
 void Context::launch_on(OwnerId device, std::size_t n, F&& body, std::span<T>... data) {
-  const SpanRequest spans[] = {SpanRequest{data.data(), data.size_bytes()}..., SpanRequest{}};
+  const SpanRequest spans[] = {SpanRequest{data.data(), data.size_bytes(), !std::is_const_v<T>}..., SpanRequest{}};
   launch_impl(device, n, std::span<const SpanRequest>(spans, sizeof...(T)),
               [&body](std::size_t first, std::size_t last, std::span<const DevicePageTable> tables) {
                 [&]<std::size_t... I>(std::index_sequence<I...>) {

@@ -38,7 +38,14 @@
   X(pages_lost)     /* pages that could not come back to RAM (poisoned: SIGBUS on access) */         \
   /* The application's own madvise/munmap/mremap of managed memory. */                           \
   X(pages_discarded) /* device pages dropped because the application discarded or unmapped them */ \
-  X(ranges_retired)  /* ranges the application unmapped entirely */
+  X(ranges_retired)  /* ranges the application unmapped entirely */                           \
+  /* Advice and explicit control (Context::advise, prefetch, discard). */                        \
+  X(advice_calls)            /* successful Context::advise calls */                              \
+  X(advice_not_prefetched)   /* neighbours fault-ahead left on a device they prefer or are accessed by */ \
+  X(advice_ranked_evictions) /* eviction rounds that ranked chunks by their pages' advice */     \
+  X(pages_discarded_by_call) /* pages whose contents Context::discard dropped */               \
+  X(pages_duplicated)        /* read-mostly pages copied to a device with their host copy kept */ \
+  X(duplicates_collapsed)    /* Duplicated pages reduced to one copy (a write, eviction, unset) */
 
 namespace uhmm {
 

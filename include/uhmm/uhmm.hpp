@@ -1,6 +1,7 @@
 // The umbrella header: everything an application uses.
 #pragma once
 
+#include "uhmm/advice.hpp"
 #include "uhmm/backend.hpp"
 #include "uhmm/buffer.hpp"
 #include "uhmm/context.hpp"

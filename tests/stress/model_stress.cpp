@@ -182,6 +182,9 @@ class Harness {
   void op_evict(ThreadState& ts);
   void op_checked(ThreadState& ts);
   void op_realloc(ThreadState& ts);
+  void op_advise(ThreadState& ts);
+  void op_prefetch(ThreadState& ts);
+  void op_discard(ThreadState& ts);
   void op_inject(ThreadState& ts);
   void op_residency(ThreadState& ts);
 
@@ -266,6 +269,9 @@ Harness::Harness(const StressConfig& cfg)
   w(Op::Realloc, 2);
   w(Op::Inject, cfg_.inject_failures ? 4 : 0);
   w(Op::Residency, 2);
+  w(Op::Advise, 3);
+  w(Op::Prefetch, 4);
+  w(Op::Discard, 2);
   for (unsigned x : weights_) weight_total_ += x;
 }
 
@@ -710,6 +716,61 @@ void Harness::op_realloc(ThreadState& ts) {
   }
 }
 
+void Harness::op_advise(ThreadState& ts) {
+  Slot& s = pick_slot(ts);
+  std::shared_lock slot_lock(s.lock);
+  ts.rec.generation = s.generation;
+  const Span span = pick_span(ts, s.pages, 1024);
+  const OwnerId dev = pick_device(ts);
+  ts.rec.device = dev;
+  static constexpr Advice kinds[] = {Advice::set_preferred_location, Advice::unset_preferred_location,
+                                     Advice::set_accessed_by, Advice::unset_accessed_by};
+  const unsigned kind = static_cast<unsigned>(ts.below(std::size(kinds)));
+  const bool host = kind == 0 && ts.below(3) == 0;
+  ts.rec.flags = static_cast<std::uint8_t>(kind | (host ? 4 : 0));
+  try {
+    ctx_.advise(page_ptr(s, span.first), span.count * kPageSize, kinds[kind],
+                host ? Location::host() : Location::device(dev));
+    // Other threads may advise the same pages at once: the query's answer is
+    // logged, not predicted. Advice changes no value, which every read checks.
+    ts.rec.a = ctx_.advice(page_ptr(s, span.first)).accessed_by_device(dev);
+  } catch (const Error& e) {
+    mismatch(&ts, fmt::format("advise failed: {} ({})", e.what(), to_string(e.code())));
+  }
+}
+
+void Harness::op_prefetch(ThreadState& ts) {
+  Slot& s = pick_slot(ts);
+  std::shared_lock slot_lock(s.lock);
+  ts.rec.generation = s.generation;
+  const Span span = pick_span(ts, s.pages, 1024);
+  const OwnerId dev = pick_device(ts);
+  const bool to_host = ts.below(3) == 0;
+  ts.rec.device = to_host ? 0 : dev;
+  const MigrationResult r = ctx_.prefetch(page_ptr(s, span.first), span.count * kPageSize,
+                                          to_host ? Location::host() : Location::device(dev));
+  check_result(ts, r, span.count, !to_host, "prefetch");
+}
+
+void Harness::op_discard(ThreadState& ts) {
+  Slot& s = pick_slot(ts);
+  std::unique_lock slot_lock(s.lock);  // every thread's words of the span change
+  ts.rec.generation = s.generation;
+  const Span span = pick_span(ts, s.pages, 1024);
+  const std::size_t dropped = ctx_.discard(page_ptr(s, span.first), span.count * kPageSize);
+  ts.rec.a = clamp32(dropped);
+  if (dropped > span.count) mismatch(&ts, fmt::format("discard dropped {} of {} pages", dropped, span.count));
+  const std::size_t w0 = span.first * kWordsPerPage;
+  const std::size_t w1 = (span.first + span.count) * kWordsPerPage;
+  for (unsigned t = 0; t < cfg_.threads; ++t)
+    for (std::size_t w = first_own(w0, t); w < w1; w += cfg_.threads) s.shadow[t][w / cfg_.threads] = 0;
+  // Half the time the zeros are checked now (the rest by later reads).
+  if (ts.below(2) == 0) {
+    MaybeShared gate(inject_gate_, cfg_.inject_failures);
+    ts.rec.b = clamp32(check_all_words(&ts, s, span.first, span.count, "a discarded span must read as zeros"));
+  }
+}
+
 void Harness::op_inject(ThreadState& ts) {
   // No CPU access is in flight while an injection is armed: a fault's copy
   // back fails at most once, and its retry succeeds (no poisoned page).
@@ -785,6 +846,9 @@ void Harness::thread_main(unsigned tid) {
         case Op::Realloc: op_realloc(ts); break;
         case Op::Inject: op_inject(ts); break;
         case Op::Residency: op_residency(ts); break;
+        case Op::Advise: op_advise(ts); break;
+        case Op::Prefetch: op_prefetch(ts); break;
+        case Op::Discard: op_discard(ts); break;
         case Op::kCount: break;
       }
     } catch (const std::exception& e) {
@@ -919,6 +983,9 @@ const char* to_string(Op op) noexcept {
     case Op::Realloc: return "realloc";
     case Op::Inject: return "inject";
     case Op::Residency: return "residency";
+    case Op::Advise: return "advise";
+    case Op::Prefetch: return "prefetch";
+    case Op::Discard: return "discard";
     case Op::kCount: break;
   }
   return "?";

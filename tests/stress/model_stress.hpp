@@ -5,7 +5,9 @@
 // reads and writes, migrations both ways (synchronous and on streams, to any
 // device), kernels that rewrite words on the device through device_span,
 // pin/unpin, evictions of pool windows (migrate_device_range), frees and
-// re-allocations, and (optionally) injected pool and copy failures.
+// re-allocations, advice (preferred location, accessed-by), prefetches,
+// discards (every word of the span becomes zero in the model), and
+// (optionally) injected pool and copy failures.
 //
 // How predictions stay exact under concurrency:
 //   * Values. Thread t owns the 8-byte words w with w % threads == t of every
@@ -102,6 +104,9 @@ enum class Op : std::uint8_t {
   Realloc,
   Inject,
   Residency,
+  Advise,    // preferred location / accessed-by on a span (read-mostly is covered by advice_test)
+  Prefetch,  // Context::prefetch to the host or a device
+  Discard,   // Context::discard of a span (takes its range exclusively): the model's words become zero
   kCount
 };
 inline constexpr std::size_t kOpKinds = static_cast<std::size_t>(Op::kCount);

@@ -1,0 +1,211 @@
+#include "range_advice.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "context_impl.hpp"
+#include "read_mostly.hpp"
+#include "uhmm/detail/log.hpp"
+
+namespace uhmm::detail {
+namespace {
+
+const char* name_of(Advice a) {
+  switch (a) {
+    case Advice::set_preferred_location: return "set_preferred_location";
+    case Advice::unset_preferred_location: return "unset_preferred_location";
+    case Advice::set_read_mostly: return "set_read_mostly";
+    case Advice::unset_read_mostly: return "unset_read_mostly";
+    case Advice::set_accessed_by: return "set_accessed_by";
+    case Advice::unset_accessed_by: return "unset_accessed_by";
+  }
+  return nullptr;
+}
+
+// A device location naming a device of this context.
+void check_device(const ContextImpl& ctx, Location where, const char* call) {
+  if (where.owner == kNoOwner || ctx.pagemap(where.owner) == nullptr)
+    throw Error(Errc::invalid_argument, fmt::format("{}: device {} does not exist (this context has devices 1..{})",
+                                                    call, where.owner, ctx.device_count()));
+}
+
+// For each block of the span, sets LOCKED on the pages `want` selects and
+// hands them (ascending) to `use`, which unlocks them. Pages that a migration,
+// fault or kernel holds are waited for: their holder may be about to give
+// them a new home, which the caller must see.
+template <class Want, class Use>
+void take_pages(ContextImpl& ctx, const RangeSpan& span, Want want, Use use) {
+  auto& table = span.range().table();
+  for (std::size_t block = table.block_of(span.first()); block <= table.block_of(span.end() - 1); ++block) {
+    const std::size_t lo = std::max(span.first(), table.block_begin(block));
+    const std::size_t hi = std::min(span.end(), table.block_end(block));
+    for (;;) {
+      const std::uint64_t generation = ctx.unlocks.generation();
+      bool waiting = false;
+      std::vector<std::size_t> taken;
+      {
+        std::lock_guard lock(table.block_mutex(block));
+        for (std::size_t q = lo; q < hi; ++q) {
+          MirrorEntry& e = table.entry(q);
+          if (!want(e)) continue;
+          if (e.locked()) {
+            waiting = true;
+            continue;
+          }
+          e.set(MirrorEntry::kLocked);
+          taken.push_back(q);
+        }
+      }
+      if (!taken.empty()) use(std::span<const std::size_t>(taken));
+      if (!waiting) break;
+      ctx.unlocks.wait_after(generation);
+    }
+  }
+}
+
+}  // namespace
+
+void advise(ContextImpl& ctx, void* p, std::size_t bytes, Advice advice, Location where) {
+  const char* what = name_of(advice);
+  if (what == nullptr)
+    throw Error(Errc::invalid_argument, fmt::format("advise: unknown advice {}", static_cast<int>(advice)));
+  // Arguments first, all of them: nothing is recorded for a call that fails.
+  switch (advice) {
+    case Advice::set_preferred_location:
+      if (where.is_host()) break;
+      if (!where.is_device())
+        throw Error(Errc::invalid_argument, "advise(set_preferred_location): the location must be the host or a device");
+      check_device(ctx, where, "advise(set_preferred_location)");
+      break;
+    case Advice::set_accessed_by:
+    case Advice::unset_accessed_by:
+      if (!where.is_device())
+        throw Error(Errc::invalid_argument,
+                    fmt::format("advise({}): the location must be a device (the host always accesses managed memory)",
+                                what));
+      check_device(ctx, where, what);
+      if (where.owner > 64)
+        throw Error(Errc::invalid_argument,
+                    fmt::format("advise({}): device {}: accessed-by is kept for devices 1..64 only", what, where.owner));
+      break;
+    default:
+      break;  // the location is ignored
+  }
+  const RangeSpan span = ctx.ranges.resolve(p, bytes, "advise");
+  const std::uint64_t bit = where.is_device() && where.owner <= 64 ? std::uint64_t{1} << (where.owner - 1) : 0;
+  try {
+    span.range().advice().update(span.first(), span.end(), [&](RangeAdvice& a) {
+      switch (advice) {
+        case Advice::set_preferred_location: a.preferred = where; break;
+        case Advice::unset_preferred_location: a.preferred = {}; break;
+        case Advice::set_read_mostly: a.read_mostly = true; break;
+        case Advice::unset_read_mostly: a.read_mostly = false; break;
+        case Advice::set_accessed_by: a.accessed_by |= bit; break;
+        case Advice::unset_accessed_by: a.accessed_by &= ~bit; break;
+      }
+    });
+  } catch (const std::bad_alloc&) {
+    throw OutOfMemory(fmt::format("advise: no host memory to record advice for [{}, +{:#x})", p, bytes));
+  }
+  ctx.advised.store(true, std::memory_order_relaxed);
+  AtomicCounters::add(ctx.counters.advice_calls, 1);
+  if (advice == Advice::unset_read_mostly) {
+    // No longer read-mostly: duplicates keep their host copy, and are writable.
+    auto& range = span.range();
+    take_pages(
+        ctx, span, [](MirrorEntry e) { return e.residency() == Residency::Duplicated; },
+        [&](std::span<const std::size_t> taken) {
+          collapse_to_host(ctx, range, taken);
+          ctx.unlock(range, taken);
+        });
+  }
+}
+
+RangeAdvice advice_of(const ContextImpl& ctx, const void* p) {
+  const auto page = reinterpret_cast<const void*>(reinterpret_cast<std::uintptr_t>(p) & ~(kPageSize - 1));
+  const RangeSpan span = ctx.ranges.resolve(page, kPageSize, "advice");
+  return span.range().advice().get(span.first());
+}
+
+void check_prefetch_location(const ContextImpl& ctx, Location to, const char* call) {
+  if (to.is_host()) return;
+  if (!to.is_device())
+    throw Error(Errc::invalid_argument, fmt::format("{}: the destination must be the host or a device", call));
+  check_device(ctx, to, call);
+}
+
+MigrationResult prefetch(ContextImpl& ctx, void* p, std::size_t bytes, Location to) {
+  check_prefetch_location(ctx, to, "prefetch");
+  return to.is_host() ? ctx.migrate_to_host(p, bytes) : ctx.migrate_to_device(p, bytes, to.owner);
+}
+
+std::size_t discard(ContextImpl& ctx, void* p, std::size_t bytes) {
+  const RangeSpan span = ctx.ranges.resolve(p, bytes, "discard");
+  auto& range = span.range();
+  auto& table = range.table();
+  const bool follows = ctx.mechanism->follows_mapping_changes();
+  std::size_t discarded = 0;
+  take_pages(
+      ctx, span,
+      [](MirrorEntry e) { return e.residency() != Residency::Empty && !e.has(MirrorEntry::kPoisoned); },
+      [&](std::span<const std::size_t> taken) {
+        // Host copies go while the pages are locked: an access waits, then
+        // finds them Empty and gets zeros.
+        for (std::size_t i = 0; i < taken.size();) {
+          std::size_t n = 1;
+          while (i + n < taken.size() && taken[i + n] == taken[i] + n) ++n;
+          if (const int err = ctx.mechanism->drop(range, taken[i], n); err != 0)
+            log().error("discard: dropping {} host pages at {} failed: {}", n,
+                        static_cast<void*>(range.page_address(taken[i])), std::strerror(err));
+          i += n;
+        }
+        // uhmm's own zap raised REMOVE events: the fault service must apply
+        // them while the pages are still locked (as migrate_vma_finalize does).
+        if (follows) ctx.ranges.gate().wait_applied();
+        std::vector<DevicePage> device;
+        device.reserve(taken.size());
+        for (std::size_t q : taken) {
+          std::lock_guard lock(table.block_mutex(MirrorTable::block_of(q)));
+          MirrorEntry& e = table.entry(q);
+          if (e.residency() == Residency::Device || e.residency() == Residency::Duplicated)
+            device.push_back(e.device_page());
+          e.move_to(MirrorEntry{});  // Empty; keeps PINNED and LOCKED
+        }
+        std::sort(device.begin(), device.end(), [](DevicePage a, DevicePage b) {
+          return a.owner != b.owner ? a.owner < b.owner : a.index < b.index;
+        });
+        for (std::size_t i = 0; i < device.size();) {
+          const OwnerId owner = device[i].owner;
+          std::vector<DevicePageIndex> indices;
+          for (; i < device.size() && device[i].owner == owner; ++i) {
+            ctx.rmap(owner).clear(device[i].index);
+            indices.push_back(device[i].index);
+          }
+          ctx.pagemap(owner)->page_free(indices);
+        }
+        discarded += taken.size();
+        ctx.unlock(range, taken);
+      });
+  AtomicCounters::add(ctx.counters.pages_discarded_by_call, discarded);
+  ctx.check_invariants();
+  return discarded;
+}
+
+}  // namespace uhmm::detail
+
+namespace uhmm {
+
+void Context::advise(void* p, std::size_t bytes, Advice advice, Location location) {
+  detail::advise(*impl_, p, bytes, advice, location);
+}
+RangeAdvice Context::advice(const void* p) const { return detail::advice_of(*impl_, p); }
+MigrationResult Context::prefetch(void* p, std::size_t bytes, Location to) {
+  return detail::prefetch(*impl_, p, bytes, to);
+}
+std::size_t Context::discard(void* p, std::size_t bytes) { return detail::discard(*impl_, p, bytes); }
+
+}  // namespace uhmm

@@ -1,0 +1,68 @@
+#include "read_mostly.hpp"
+
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include "context_impl.hpp"
+#include "uhmm/detail/log.hpp"
+
+namespace uhmm::detail {
+namespace {
+
+// Calls fn(first, count) for each run of consecutive pages.
+template <class F>
+void for_each_page_run(std::span<const std::size_t> pages, F&& fn) {
+  for (std::size_t i = 0; i < pages.size();) {
+    std::size_t n = 1;
+    while (i + n < pages.size() && pages[i + n] == pages[i] + n) ++n;
+    fn(pages[i], n);
+    i += n;
+  }
+}
+
+}  // namespace
+
+void collapse_to_host(ContextImpl& ctx, ManagedRange& range, std::span<const std::size_t> pages) noexcept {
+  if (pages.empty()) return;
+  auto& table = range.table();
+  for (std::size_t p : pages) {
+    DevicePage page;
+    {
+      std::lock_guard lock(table.block_mutex(MirrorTable::block_of(p)));
+      MirrorEntry& e = table.entry(p);
+      page = e.device_page();
+      e.move_to(MirrorEntry::system());
+    }
+    ctx.rmap(page.owner).clear(page.index);
+    ctx.pagemap(page.owner)->page_free(std::span(&page.index, 1));
+  }
+  for_each_page_run(pages, [&](std::size_t first, std::size_t n) {
+    if (const int err = ctx.mechanism->write_protect(range, first, n, false); err != 0)
+      log().error("read-mostly: lifting the write-protection of {} pages at {} failed: {}", n,
+                  static_cast<void*>(range.page_address(first)), std::strerror(err));
+  });
+  AtomicCounters::add(ctx.counters.duplicates_collapsed, pages.size());
+}
+
+void collapse_to_device(ContextImpl& ctx, ManagedRange& range, std::span<const std::size_t> pages) noexcept {
+  if (pages.empty()) return;
+  auto& table = range.table();
+  // The host copies go first, while the pages are locked: a CPU access waits
+  // for the unlock, then faults the device copy back.
+  for_each_page_run(pages, [&](std::size_t first, std::size_t n) {
+    if (const int err = ctx.mechanism->drop(range, first, n); err != 0)
+      log().error("read-mostly: dropping {} host copies at {} failed: {}", n,
+                  static_cast<void*>(range.page_address(first)), std::strerror(err));
+  });
+  // The zap raised REMOVE events: applied while the pages are still locked.
+  if (ctx.mechanism->follows_mapping_changes()) ctx.ranges.gate().wait_applied();
+  for (std::size_t p : pages) {
+    std::lock_guard lock(table.block_mutex(MirrorTable::block_of(p)));
+    MirrorEntry& e = table.entry(p);
+    e.move_to(MirrorEntry::device(e.device_page()));
+  }
+  AtomicCounters::add(ctx.counters.duplicates_collapsed, pages.size());
+}
+
+}  // namespace uhmm::detail
