@@ -20,6 +20,7 @@
 #include "uhmm/detail/device.hpp"
 #include "fault_mechanism.hpp"
 #include "fault_policy.hpp"
+#include "launch_stream_pool.hpp"
 #include "unlock_events.hpp"
 
 namespace uhmm::detail {
@@ -102,6 +103,7 @@ class ContextImpl {
   Observer observer{options.trace_path};
   UnlockEvents unlocks;
   std::unique_ptr<AccessRecency> recency;  // set once the devices are open
+  LaunchStreamPools launch_streams;        // cleared before the devices close
 
  private:
   std::vector<std::unique_ptr<Device>> devices_;
