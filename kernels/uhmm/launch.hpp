@@ -4,6 +4,8 @@
 // caller on a HostStream (the cpu backend slices work over threads itself and
 // calls the same functors). The functor is copied by value to the device, so it
 // must be trivially copyable and hold only device-reachable pointers.
+// launch(const LaunchStream&, n, f) is the form for Context::launch_device:
+// the native stream under nvcc / hipcc, the host launch queue otherwise.
 #pragma once
 
 #include <cstddef>
@@ -11,6 +13,11 @@
 
 #include "uhmm/kernel_config.hpp"
 #include "uhmm/launch_stream.hpp"
+
+// hipcc adds no runtime header by itself (nvcc does): the launch needs it.
+#if defined(__HIPCC__)
+#include <hip/hip_runtime.h>
+#endif
 
 namespace uhmm {
 
