@@ -80,32 +80,41 @@ TEST_P(LaunchDevice, UploadedTablesNameEachPagesDevicePageAndPagesAreLocked) {
   auto x = make<std::uint64_t>(words);
   for (std::size_t i = 0; i < words; ++i) x[i] = i / (kPageSize / 8);  // every word holds its page number
   const OwnerId owner = ctx_.device_owner(0);
-  bool checked = false;
+  // Read by a kernel: the upload is asynchronous, ordered before the kernels on the stream.
+  std::vector<std::uint64_t> entries, data_at_entry;
+  std::vector<PageState> states;
+  const void* table_address = nullptr;
   ctx_.launch_device(
       [&](const LaunchStream& stream, device_span<std::uint64_t> span) {
         EXPECT_NE(stream.host, nullptr);
         EXPECT_EQ(stream.native, nullptr);  // neither backend here has a runtime stream
-        const DevicePageTable& table = span.table();
-        ASSERT_EQ(table.npages, 64u);
-        // The table is not the caller's memory: it was uploaded into a device buffer.
-        EXPECT_NE(static_cast<const void*>(table.pages), static_cast<const void*>(x.data()));
-        const auto states = ctx_.residency(x.data(), 64 * kPageSize);
-        std::set<std::uint64_t> seen;
-        for (std::size_t p = 0; p < 64; ++p) {
-          const std::uint64_t entry = table.pages[p];  // host-visible on both devices here
-          ASSERT_NE(entry, 0u) << p;
-          EXPECT_EQ(entry % kPageSize, 0u) << p;
-          EXPECT_TRUE(seen.insert(entry).second) << "page " << p << " shares its device page";
-          // The entry is the device page the mirror names: it holds the page's data.
-          EXPECT_EQ(*reinterpret_cast<const std::uint64_t*>(static_cast<std::uintptr_t>(entry)), p);
-          EXPECT_EQ(states[p].residency, Residency::Device) << p;
-          EXPECT_EQ(states[p].device.owner, owner) << p;
-          EXPECT_TRUE(states[p].locked) << p;
-        }
-        checked = true;
+        launch(stream, 1, [&, span](std::size_t) {
+          const DevicePageTable& table = span.table();
+          table_address = table.pages;
+          for (std::size_t p = 0; p < table.npages; ++p) {
+            entries.push_back(table.pages[p]);  // host-visible on both devices here
+            data_at_entry.push_back(
+                table.pages[p] == 0 ? ~0ull : *reinterpret_cast<const std::uint64_t*>(static_cast<std::uintptr_t>(table.pages[p])));
+          }
+          states = ctx_.residency(x.data(), 64 * kPageSize);  // while the kernel holds the pages
+        });
       },
       x);
-  EXPECT_TRUE(checked);
+  // The table is not the caller's memory: it was uploaded into a device buffer.
+  EXPECT_NE(table_address, static_cast<const void*>(x.data()));
+  ASSERT_EQ(entries.size(), 64u);
+  ASSERT_EQ(states.size(), 64u);
+  std::set<std::uint64_t> seen;
+  for (std::size_t p = 0; p < 64; ++p) {
+    ASSERT_NE(entries[p], 0u) << p;
+    EXPECT_EQ(entries[p] % kPageSize, 0u) << p;
+    EXPECT_TRUE(seen.insert(entries[p]).second) << "page " << p << " shares its device page";
+    // The entry is the device page the mirror names: it holds the page's data.
+    EXPECT_EQ(data_at_entry[p], p);
+    EXPECT_EQ(states[p].residency, Residency::Device) << p;
+    EXPECT_EQ(states[p].device.owner, owner) << p;
+    EXPECT_TRUE(states[p].locked) << p;
+  }
   for (const auto& s : ctx_.residency(x.data(), 64 * kPageSize)) EXPECT_FALSE(s.locked);
 }
 
