@@ -13,7 +13,7 @@
 
 namespace uhmm::detail {
 
-inline constexpr std::uint32_t kPluginAbiVersion = 1;
+inline constexpr std::uint32_t kPluginAbiVersion = 2;  // 2: device buffers and native streams
 inline constexpr const char* kPluginEntryPoint = "uhmm_backend_plugin";
 
 // What the runtime says about one device, for discovery and pool sizing.

@@ -43,6 +43,7 @@ ContextImpl::~ContextImpl() {
   faults_.reset();
   reap_retired(/*wait=*/true);  // a range the service retired while stopping
   staging_.reset();
+  launch_streams.clear();
   devices_.clear();
 }
 

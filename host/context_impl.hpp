@@ -20,6 +20,7 @@
 #include "uhmm/detail/device.hpp"
 #include "fault_mechanism.hpp"
 #include "fault_policy.hpp"
+#include "launch_stream_pool.hpp"
 #include "unlock_events.hpp"
 
 namespace uhmm::detail {
@@ -105,6 +106,7 @@ class ContextImpl {
   // Some range was advised once (range_advice.cpp): eviction then ranks
   // chunks by their pages' advice, which costs a look at each page.
   std::atomic<bool> advised{false};
+  LaunchStreamPools launch_streams;        // cleared before the devices close
 
  private:
   std::vector<std::unique_ptr<Device>> devices_;

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # On a machine with an NVIDIA or AMD GPU: builds the plain configuration with
 # the GPU plugins, then runs uhmm-info, the GPU tests (the backend conformance
-# suite, backend selection, kernels) and uhmm-bench on the GPU backend, and
-# writes every log and result into one folder.
+# suite, backend selection, kernels, launch_device), uhmm-bench and the
+# nvcc/hipcc-built launch_device sample on the GPU backend, and writes every
+# log and result into one folder.
 #   scripts/gpu.sh [out-dir]      default: gpu-results/<UTC time>/
 # UHMM_BACKEND picks the backend for the bench (default: what auto selects).
 # Exits non-zero if the build or a test fails; on a machine without a GPU the
@@ -35,7 +36,7 @@ cat "$out/uhmm-info.txt"
 backend=${UHMM_BACKEND:-$(sed -n 's/.*"auto_selects": "\([a-z]*\)".*/\1/p' "$out/uhmm-info.json")}
 echo "gpu.sh: backend for the bench: ${backend:-cpu}"
 
-ctest --test-dir "$build" -R 'BackendConformance|BackendSelection|Kernels|uhmm_info' --output-on-failure \
+ctest --test-dir "$build" -R 'BackendConformance|BackendSelection|Kernels|LaunchDevice|uhmm_info' --output-on-failure \
   --output-junit "$out/gpu-tests.xml" >"$out/gpu-tests.log" 2>&1 || status=1
 grep -E "tests passed|Skipped|Failed" "$out/gpu-tests.log" | tail -40 || true
 
@@ -46,6 +47,19 @@ gpu_flag=()
 UHMM_BACKEND=${backend:-cpu} "$build/bench/uhmm-bench" "${gpu_flag[@]}" --json "$out/bench.json" >"$out/bench.txt" 2>&1 ||
   status=1
 tail -20 "$out/bench.txt"
+
+# The launch_device sample built by nvcc / hipcc runs on its vendor's backend.
+for vendor in cuda hip; do
+  sample="$build/samples/uhmm-vector-add-$vendor"
+  [ -x "$sample" ] || continue
+  if [ "${backend:-cpu}" = "$vendor" ]; then
+    UHMM_BACKEND=$vendor "$sample" --elements 16777216 --rounds 3 >"$out/vector-add-$vendor.txt" 2>&1 || status=1
+    tail -3 "$out/vector-add-$vendor.txt"
+  else
+    echo "gpu.sh: uhmm-vector-add-$vendor built, not run (the backend here is ${backend:-cpu})" |
+      tee "$out/vector-add-$vendor.txt"
+  fi
+done
 
 echo "gpu.sh: $([ "$status" -eq 0 ] && echo ok || echo FAILED), results in $out"
 exit "$status"

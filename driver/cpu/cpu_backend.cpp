@@ -331,7 +331,12 @@ CpuBackend::CpuBackend(CpuBackendOptions options) : options_(std::move(options))
   try {
     helpers_ = std::make_unique<HelperPool>(helpers);
   } catch (...) {
-    if (base_ != nullptr) munmap(base_, nchunks_ * kChunkSize);
+    {
+    std::lock_guard lock(buffers_mutex_);
+    for (const auto& [base, bytes] : device_buffers_)
+      munmap(reinterpret_cast<void*>(static_cast<std::uintptr_t>(base)), (bytes + kPageSize - 1) / kPageSize * kPageSize);
+  }
+  if (base_ != nullptr) munmap(base_, nchunks_ * kChunkSize);
     if (memfd_ >= 0) close(memfd_);
     throw;
   }
@@ -348,6 +353,11 @@ CpuBackend::~CpuBackend() {
   {
     std::lock_guard lock(host_mutex_);
     for (const auto& [p, bytes] : host_allocations_) munmap(p, bytes);
+  }
+  {
+    std::lock_guard lock(buffers_mutex_);
+    for (const auto& [base, bytes] : device_buffers_)
+      munmap(reinterpret_cast<void*>(static_cast<std::uintptr_t>(base)), (bytes + kPageSize - 1) / kPageSize * kPageSize);
   }
   if (base_ != nullptr) munmap(base_, nchunks_ * kChunkSize);
   if (memfd_ >= 0) close(memfd_);
@@ -880,5 +890,97 @@ Status CpuBackend::synchronize_event(EventId event_id) noexcept {
   event->wait_for(target);
   return Status::ok();
 }
+
+// ---- device buffers ----
+
+Status CpuBackend::allocate_device_buffer(std::size_t bytes, DeviceAddress* out) noexcept {
+  if (out == nullptr) return invalid("cpu backend: allocate_device_buffer: null output pointer");
+  *out = 0;
+  if (bytes == 0) return {Errc::zero_length, "cpu backend: allocate_device_buffer of 0 bytes"};
+  if (bytes > (std::size_t{1} << 48))
+    return invalid(fmt::format("cpu backend: allocate_device_buffer of {} bytes", bytes));
+  const std::size_t rounded = (bytes + kPageSize - 1) / kPageSize * kPageSize;
+  void* p = mmap(nullptr, rounded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) {
+    return guarded("allocate_device_buffer", [&]() -> Status {
+      return {Errc::out_of_memory,
+              fmt::format("cpu backend: allocate_device_buffer of {} bytes: {}", bytes, errno_text(errno))};
+    });
+  }
+  try {
+    std::lock_guard lock(buffers_mutex_);
+    device_buffers_.emplace(as_address(p), bytes);  // the bytes asked for bound the copies
+  } catch (...) {
+    munmap(p, rounded);
+    return {Errc::out_of_memory, "cpu backend: allocate_device_buffer: out of memory"};
+  }
+  *out = as_address(p);
+  return Status::ok();
+}
+
+void CpuBackend::free_device_buffer(DeviceAddress buffer) noexcept {
+  std::size_t bytes = 0;
+  {
+    std::lock_guard lock(buffers_mutex_);
+    const auto it = device_buffers_.find(buffer);
+    if (it == device_buffers_.end()) {
+      if (buffer != 0) log().error("cpu backend: free_device_buffer of {:#x}, not a device buffer (ignored)", buffer);
+      return;
+    }
+    bytes = it->second;
+    device_buffers_.erase(it);
+  }
+  munmap(reinterpret_cast<void*>(static_cast<std::uintptr_t>(buffer)), (bytes + kPageSize - 1) / kPageSize * kPageSize);
+}
+
+bool CpuBackend::inside_device_buffer(DeviceAddress address, std::size_t bytes) const noexcept {
+  std::lock_guard lock(buffers_mutex_);
+  auto it = device_buffers_.upper_bound(address);
+  if (it == device_buffers_.begin()) return false;
+  --it;
+  return address >= it->first && bytes <= it->second && address - it->first <= it->second - bytes;
+}
+
+Status CpuBackend::copy_to_device_buffer(StreamId stream_id, DeviceAddress dst, const void* src,
+                                         std::size_t bytes) noexcept {
+  Status error;
+  const auto stream = find_stream(stream_id, &error);
+  if (!stream) return error;
+  if (bytes == 0) return Status::ok();
+  if (src == nullptr || !inside_device_buffer(dst, bytes)) {
+    return guarded("copy_to_device_buffer", [&]() -> Status {
+      return invalid(fmt::format("cpu backend: copy_to_device_buffer: {} bytes from {} to {:#x}: null source, or "
+                                 "not inside one device buffer", bytes, src, dst));
+    });
+  }
+  return guarded("copy_to_device_buffer", [&]() -> Status {
+    return stream->enqueue([dst, src, bytes]() -> Status {
+      std::memcpy(reinterpret_cast<void*>(static_cast<std::uintptr_t>(dst)), src, bytes);
+      return Status::ok();
+    });
+  });
+}
+
+Status CpuBackend::copy_from_device_buffer(StreamId stream_id, void* dst, DeviceAddress src,
+                                           std::size_t bytes) noexcept {
+  Status error;
+  const auto stream = find_stream(stream_id, &error);
+  if (!stream) return error;
+  if (bytes == 0) return Status::ok();
+  if (dst == nullptr || !inside_device_buffer(src, bytes)) {
+    return guarded("copy_from_device_buffer", [&]() -> Status {
+      return invalid(fmt::format("cpu backend: copy_from_device_buffer: {} bytes from {:#x} to {}: null "
+                                 "destination, or not inside one device buffer", bytes, src, dst));
+    });
+  }
+  return guarded("copy_from_device_buffer", [&]() -> Status {
+    return stream->enqueue([dst, src, bytes]() -> Status {
+      std::memcpy(dst, reinterpret_cast<const void*>(static_cast<std::uintptr_t>(src)), bytes);
+      return Status::ok();
+    });
+  });
+}
+
+void* CpuBackend::native_stream(StreamId) const noexcept { return nullptr; }
 
 }  // namespace uhmm::detail

@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -116,6 +117,18 @@ class CpuBackend final : public Backend, public FaultInjectionTarget {
   Status stream_wait_event(StreamId stream, EventId event) noexcept override;
   Status synchronize_event(EventId event) noexcept override;
 
+  // Device buffers are host mappings of their own (the cpu device's memory is
+  // host-visible), kept apart from the page pool and from allocate_host; the
+  // copies run on the stream's worker in order.
+  Status allocate_device_buffer(std::size_t bytes, DeviceAddress* out) noexcept override;
+  void free_device_buffer(DeviceAddress buffer) noexcept override;
+  Status copy_to_device_buffer(StreamId stream, DeviceAddress dst, const void* src,
+                               std::size_t bytes) noexcept override;
+  Status copy_from_device_buffer(StreamId stream, void* dst, DeviceAddress src,
+                                 std::size_t bytes) noexcept override;
+  // No runtime stream behind a cpu stream: always nullptr.
+  void* native_stream(StreamId stream) const noexcept override;
+
   void set_fault_injection(const FaultInjection& injection) noexcept override;
   FaultInjection fault_injection() const noexcept;
 
@@ -155,6 +168,12 @@ class CpuBackend final : public Backend, public FaultInjectionTarget {
 
   mutable std::mutex host_mutex_;
   std::unordered_map<void*, std::size_t> host_allocations_;
+
+  // True when [address, address + bytes) lies inside one device buffer.
+  bool inside_device_buffer(DeviceAddress address, std::size_t bytes) const noexcept;
+
+  mutable std::mutex buffers_mutex_;
+  std::map<DeviceAddress, std::size_t> device_buffers_;  // base -> bytes asked for (mapped: whole pages)
 
   mutable std::mutex injection_mutex_;
   FaultInjection injection_;

@@ -92,6 +92,7 @@ GpuBackend::~GpuBackend() {
   }
   for (auto& [id, event] : events_) (void)gpuEventDestroy(event);
   for (void* slab : slabs_) (void)gpuFree(slab);
+  for (auto& [base, bytes] : device_buffers_) (void)gpuFree(as_pointer(base));
   for (auto& [base, bytes] : pinned_) (void)gpuFreeHost(as_pointer(base));
 }
 
@@ -556,6 +557,77 @@ Status GpuBackend::zero_device(StreamId id, std::span<const DeviceAddress> pages
     return {Errc::out_of_memory, "zero_device: host memory exhausted"};
   }
   return run_batch(*stream, moves, Staging::none, result);
+}
+
+// ---- device buffers ----
+
+Status GpuBackend::allocate_device_buffer(std::size_t bytes, DeviceAddress* out) noexcept {
+  if (out == nullptr) return invalid("allocate_device_buffer: null output");
+  *out = 0;
+  if (bytes == 0) return {Errc::zero_length, "allocate_device_buffer: 0 bytes"};
+  UHMM_GPU_TRY(gpuSetDevice(options_.device));
+  void* p = nullptr;
+  UHMM_GPU_TRY(gpuMalloc(&p, bytes));  // 256-byte aligned by both runtimes
+  try {
+    std::lock_guard lock(buffers_mutex_);
+    device_buffers_.emplace(as_address(p), bytes);
+  } catch (...) {
+    (void)gpuFree(p);
+    return {Errc::out_of_memory, "allocate_device_buffer: host memory exhausted"};
+  }
+  *out = as_address(p);
+  return Status::ok();
+}
+
+void GpuBackend::free_device_buffer(DeviceAddress buffer) noexcept {
+  {
+    std::lock_guard lock(buffers_mutex_);
+    if (device_buffers_.erase(buffer) == 0) return;  // not ours: ignored
+  }
+  if (unloading(gpuSetDevice(options_.device))) return;
+  (void)gpuFree(as_pointer(buffer));
+}
+
+bool GpuBackend::inside_device_buffer(DeviceAddress address, std::size_t bytes) const noexcept {
+  std::lock_guard lock(buffers_mutex_);
+  auto it = device_buffers_.upper_bound(address);
+  if (it == device_buffers_.begin()) return false;
+  --it;
+  return address >= it->first && bytes <= it->second && address - it->first <= it->second - bytes;
+}
+
+Status GpuBackend::copy_to_device_buffer(StreamId id, DeviceAddress dst, const void* src,
+                                         std::size_t bytes) noexcept {
+  Status error;
+  auto stream = find_stream(id, &error);
+  if (!stream) return error;
+  if (bytes == 0) return Status::ok();
+  if (src == nullptr || !inside_device_buffer(dst, bytes))
+    return invalid(fmt::format("copy_to_device_buffer: {} bytes from {} to {:#x}: null source, or not inside one "
+                               "device buffer", bytes, src, dst));
+  UHMM_GPU_TRY(gpuSetDevice(options_.device));
+  UHMM_GPU_TRY(gpuMemcpyAsync(as_pointer(dst), src, bytes, gpuMemcpyDefault, stream->handle));
+  return Status::ok();
+}
+
+Status GpuBackend::copy_from_device_buffer(StreamId id, void* dst, DeviceAddress src,
+                                           std::size_t bytes) noexcept {
+  Status error;
+  auto stream = find_stream(id, &error);
+  if (!stream) return error;
+  if (bytes == 0) return Status::ok();
+  if (dst == nullptr || !inside_device_buffer(src, bytes))
+    return invalid(fmt::format("copy_from_device_buffer: {} bytes from {:#x} to {}: null destination, or not "
+                               "inside one device buffer", bytes, src, dst));
+  UHMM_GPU_TRY(gpuSetDevice(options_.device));
+  UHMM_GPU_TRY(gpuMemcpyAsync(dst, as_pointer(src), bytes, gpuMemcpyDefault, stream->handle));
+  return Status::ok();
+}
+
+void* GpuBackend::native_stream(StreamId id) const noexcept {
+  std::lock_guard lock(streams_mutex_);
+  auto it = streams_.find(id);
+  return it == streams_.end() ? nullptr : static_cast<void*>(it->second->handle);
 }
 
 }  // namespace uhmm::gpu

@@ -71,6 +71,17 @@ class GpuBackend final : public Backend {
   Status record_event(StreamId stream, EventId event) noexcept override;
   Status stream_wait_event(StreamId stream, EventId event) noexcept override;
   Status synchronize_event(EventId event) noexcept override;
+  // gpuMalloc'd buffers (outside the chunk pool), freed with the backend at
+  // the latest; copies are gpuMemcpyAsync on the stream (pageable host memory
+  // is staged by the runtime).
+  Status allocate_device_buffer(std::size_t bytes, DeviceAddress* out) noexcept override;
+  void free_device_buffer(DeviceAddress buffer) noexcept override;
+  Status copy_to_device_buffer(StreamId stream, DeviceAddress dst, const void* src,
+                               std::size_t bytes) noexcept override;
+  Status copy_from_device_buffer(StreamId stream, void* dst, DeviceAddress src,
+                                 std::size_t bytes) noexcept override;
+  // The cudaStream_t / hipStream_t of the stream.
+  void* native_stream(StreamId stream) const noexcept override;
 
  private:
   struct Stream;
@@ -103,6 +114,10 @@ class GpuBackend final : public Backend {
   std::vector<DeviceAddress> free_chunks_;
   std::map<DeviceAddress, std::size_t> slab_bytes_;  // slab base -> bytes
   std::uint64_t reserved_bytes_ = 0;
+
+  bool inside_device_buffer(DeviceAddress address, std::size_t bytes) const noexcept;
+  mutable std::mutex buffers_mutex_;
+  std::map<DeviceAddress, std::size_t> device_buffers_;  // gpuMalloc base -> bytes
 
   mutable std::mutex host_mutex_;
   std::map<std::uintptr_t, std::size_t> pinned_;  // allocate_host base -> bytes

@@ -108,6 +108,27 @@ class UHMM_EXPORT Backend {
   virtual Status record_event(StreamId stream, EventId event) noexcept = 0;
   virtual Status stream_wait_event(StreamId stream, EventId event) noexcept = 0;
   virtual Status synchronize_event(EventId event) noexcept = 0;
+
+  // Device buffers: plain device memory outside the page pool, for what a
+  // kernel reads besides managed pages (the device page tables of a launch).
+  // `bytes` > 0 (else Errc::zero_length); the buffer is aligned to 256 bytes,
+  // its contents undefined; Errc::out_of_memory when the device is full.
+  virtual Status allocate_device_buffer(std::size_t bytes, DeviceAddress* out) noexcept = 0;
+  // Pre: buffer came from allocate_device_buffer and no queued work uses it
+  // (synchronize the streams that did). An unknown address is ignored.
+  virtual void free_device_buffer(DeviceAddress buffer) noexcept = 0;
+  // Byte copies between host memory and a device buffer, enqueued on a stream.
+  // Pre: [dst/src, + bytes) lies inside one buffer from allocate_device_buffer
+  // (else Errc::invalid_argument, nothing queued); the host memory stays valid
+  // and unchanged until the stream has run the copy. bytes == 0 is a no-op.
+  virtual Status copy_to_device_buffer(StreamId stream, DeviceAddress dst, const void* src,
+                                       std::size_t bytes) noexcept = 0;
+  virtual Status copy_from_device_buffer(StreamId stream, void* dst, DeviceAddress src,
+                                         std::size_t bytes) noexcept = 0;
+  // The runtime's own stream behind `stream` (cudaStream_t / hipStream_t as a
+  // void*), for application kernels launched on it; nullptr for a backend
+  // without one (cpu) or an unknown stream.
+  virtual void* native_stream(StreamId stream) const noexcept = 0;
 };
 
 // Test hooks of a device: failures injected into the pool and the copy engine.

@@ -4,11 +4,13 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
 #include <future>
 #include <memory>
 #include <span>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "uhmm/advice.hpp"
@@ -18,6 +20,7 @@
 #include "uhmm/latency.hpp"
 #include "uhmm/types.hpp"
 #include "uhmm/device_span.hpp"
+#include "uhmm/launch_stream.hpp"
 
 namespace uhmm {
 
@@ -211,6 +214,21 @@ class UHMM_EXPORT Context {
   template <class F, class... T>
   void launch_on(OwnerId device, std::size_t n, F&& body, std::span<T>... data);
 
+  // Kernels the application launches itself (written once for CUDA, HIP and
+  // the cpu backend): migrates every span to the device, locks its pages,
+  // uploads one device page table per span into device memory, then calls
+  // body(const LaunchStream&, device_span<T>...) with the device's launch
+  // stream and spans over the uploaded tables; the body enqueues kernels with
+  // uhmm::launch(stream, n, functor) (kernels/uhmm/launch.hpp). Returns when
+  // the stream has drained, then unlocks the pages. Throws uhmm::Error for bad
+  // input (nothing changed), a failed kernel (Errc::device_fault for a page not
+  // resident, device_error otherwise); an exception from body propagates after
+  // the stream has drained and the pages are unlocked.
+  template <class F, class... T>
+  void launch_device(F&& body, std::span<T>... data);
+  template <class F, class... T>
+  void launch_device_on(OwnerId device, F&& body, std::span<T>... data);
+
   detail::ContextImpl& impl() noexcept { return *impl_; }
   const detail::ContextImpl& impl() const noexcept { return *impl_; }
 
@@ -224,6 +242,10 @@ class UHMM_EXPORT Context {
                                         std::span<const DevicePageTable> tables)>;
   void launch_impl(OwnerId device, std::size_t n, std::span<const SpanRequest> spans,
                    const LaunchBody& body);
+  using DeviceLaunchBody = std::function<void(const LaunchStream& stream,
+                                              std::span<const DevicePageTable> tables)>;
+  void launch_device_impl(OwnerId device, std::span<const SpanRequest> spans,
+                          const DeviceLaunchBody& body);
 
   std::unique_ptr<detail::ContextImpl> impl_;
 };
@@ -243,6 +265,23 @@ void Context::launch_on(OwnerId device, std::size_t n, F&& body, std::span<T>...
                     body(i, device_span<T>(tables[I])...);
                 }(std::index_sequence_for<T...>{});
               });
+}
+
+template <class F, class... T>
+void Context::launch_device(F&& body, std::span<T>... data) {
+  launch_device_on(kNoOwner, std::forward<F>(body), data...);
+}
+
+template <class F, class... T>
+void Context::launch_device_on(OwnerId device, F&& body, std::span<T>... data) {
+  const SpanRequest spans[] = {SpanRequest{data.data(), data.size_bytes(), !std::is_const_v<T>}..., SpanRequest{}};
+  launch_device_impl(device, std::span<const SpanRequest>(spans, sizeof...(T)),
+                     [&body](const LaunchStream& stream, std::span<const DevicePageTable> tables) {
+                       (void)tables;  // unused without spans
+                       [&]<std::size_t... I>(std::index_sequence<I...>) {
+                         body(stream, device_span<T>(tables[I])...);
+                       }(std::index_sequence_for<T...>{});
+                     });
 }
 
 }  // namespace uhmm

@@ -11,3 +11,5 @@
 #include "uhmm/migrate.hpp"
 #include "uhmm/types.hpp"
 #include "uhmm/device_span.hpp"
+#include "uhmm/launch.hpp"
+#include "uhmm/launch_stream.hpp"

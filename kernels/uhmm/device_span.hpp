@@ -36,6 +36,8 @@ class device_span {
   UHMM_HOST_DEVICE explicit device_span(const DevicePageTable& table) : table_(table) {}
 
   UHMM_HOST_DEVICE std::size_t size() const { return table_.bytes / sizeof(T); }
+  // The page table it reads (in device memory inside a launch_device callback).
+  UHMM_HOST_DEVICE const DevicePageTable& table() const { return table_; }
 
   UHMM_HOST_DEVICE T& operator[](std::size_t i) const {
     const std::size_t byte = table_.first_offset + i * sizeof(T);

@@ -4,11 +4,20 @@
 // caller on a HostStream (the cpu backend slices work over threads itself and
 // calls the same functors). The functor is copied by value to the device, so it
 // must be trivially copyable and hold only device-reachable pointers.
+// launch(const LaunchStream&, n, f) is the form for Context::launch_device:
+// the native stream under nvcc / hipcc, the host launch queue otherwise.
 #pragma once
 
 #include <cstddef>
+#include <type_traits>
 
 #include "uhmm/kernel_config.hpp"
+#include "uhmm/launch_stream.hpp"
+
+// hipcc adds no runtime header by itself (nvcc does): the launch needs it.
+#if defined(__HIPCC__)
+#include <hip/hip_runtime.h>
+#endif
 
 namespace uhmm {
 
@@ -24,12 +33,44 @@ __global__ void index_space_kernel(std::size_t n, F f) {
 }
 
 // Enqueues the launch; the caller checks the runtime's last error.
-template <class Stream, class F>
+template <class Stream, class F, class = std::enable_if_t<!std::is_same_v<Stream, LaunchStream>>>
 void launch(Stream stream, std::size_t n, const F& f) {
   if (n == 0) return;
   std::size_t blocks = (n + kLaunchThreads - 1) / kLaunchThreads;
   if (blocks > kLaunchMaxBlocks) blocks = kLaunchMaxBlocks;
   index_space_kernel<F><<<static_cast<unsigned>(blocks), kLaunchThreads, 0, stream>>>(n, f);
+}
+
+#if defined(__HIPCC__)
+using NativeLaunchStream = hipStream_t;
+#define UHMM_NATIVE_LAST_ERROR() hipGetLastError()
+#define UHMM_NATIVE_SUCCESS hipSuccess
+#define UHMM_NATIVE_ERROR_NAME hipGetErrorName
+#define UHMM_NATIVE_ERROR_STRING hipGetErrorString
+#else
+using NativeLaunchStream = cudaStream_t;
+#define UHMM_NATIVE_LAST_ERROR() cudaGetLastError()
+#define UHMM_NATIVE_SUCCESS cudaSuccess
+#define UHMM_NATIVE_ERROR_NAME cudaGetErrorName
+#define UHMM_NATIVE_ERROR_STRING cudaGetErrorString
+#endif
+
+// A launch_device stream: on a GPU the kernel goes to the native stream (a
+// launch error is reported to uhmm, which raises it after draining); on the
+// cpu backend (no native stream) the functor runs as host code, so its
+// operator() must be UHMM_HOST_DEVICE there.
+template <class F>
+void launch(const LaunchStream& stream, std::size_t n, const F& f) {
+  if (stream.native == nullptr) {
+    stream.host->enqueue(n, [f](std::size_t first, std::size_t last) {
+      for (std::size_t i = first; i < last; ++i) f(i);
+    });
+    return;
+  }
+  (void)UHMM_NATIVE_LAST_ERROR();  // an earlier, unrelated error is not this launch's
+  launch(static_cast<NativeLaunchStream>(stream.native), n, f);
+  if (const auto error = UHMM_NATIVE_LAST_ERROR(); error != UHMM_NATIVE_SUCCESS)
+    stream.host->report_native_error(UHMM_NATIVE_ERROR_NAME(error), UHMM_NATIVE_ERROR_STRING(error));
 }
 
 #else
@@ -40,6 +81,16 @@ struct HostStream {};
 template <class F>
 void launch(HostStream, std::size_t n, const F& f) {
   for (std::size_t i = 0; i < n; ++i) f(i);
+}
+
+// A launch_device stream under the host compiler: the functor runs as host
+// code on the backend's kernel threads (cpu backend), or in the caller on a
+// device whose memory the host reaches; anywhere else the queue refuses it.
+template <class F>
+void launch(const LaunchStream& stream, std::size_t n, const F& f) {
+  stream.host->enqueue(n, [f](std::size_t first, std::size_t last) {
+    for (std::size_t i = first; i < last; ++i) f(i);
+  });
 }
 
 #endif

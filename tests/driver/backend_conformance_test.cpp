@@ -251,6 +251,48 @@ TEST_P(BackendConformance, HostKernelsRunOnlyWhereTheBackendSaysSo) {
   ASSERT_TRUE(backend_->synchronize(stream_));
 }
 
+TEST_P(BackendConformance, DeviceBuffersRoundTripBytesOnAStream) {
+  DeviceAddress buffer = 0;
+  ASSERT_TRUE(backend_->allocate_device_buffer(1000, &buffer));
+  EXPECT_NE(buffer, 0u);
+  EXPECT_EQ(buffer % 256, 0u);
+  std::vector<std::uint64_t> in(125), out(125, 0);
+  for (std::size_t i = 0; i < in.size(); ++i) in[i] = i * 0x9e3779b97f4a7c15ull;
+  ASSERT_TRUE(backend_->copy_to_device_buffer(stream_, buffer, in.data(), 1000));
+  // A part of the buffer, at an offset.
+  ASSERT_TRUE(backend_->copy_from_device_buffer(stream_, out.data() + 1, buffer + 8, 992));
+  ASSERT_TRUE(backend_->synchronize(stream_));
+  EXPECT_EQ(out[0], 0u);
+  for (std::size_t i = 1; i < in.size(); ++i) ASSERT_EQ(out[i], in[i]) << i;
+  backend_->free_device_buffer(buffer);
+}
+
+TEST_P(BackendConformance, DeviceBufferBadArgumentsQueueNothing) {
+  DeviceAddress buffer = 0;
+  EXPECT_EQ(backend_->allocate_device_buffer(0, &buffer).code, Errc::zero_length);
+  EXPECT_EQ(backend_->allocate_device_buffer(64, nullptr).code, Errc::invalid_argument);
+  ASSERT_TRUE(backend_->allocate_device_buffer(64, &buffer));
+  std::uint64_t word[16] = {};
+  EXPECT_EQ(backend_->copy_to_device_buffer(stream_, buffer + 8, word, 64).code, Errc::invalid_argument);  // runs past
+  EXPECT_EQ(backend_->copy_to_device_buffer(stream_, device_page(0), word, 8).code, Errc::invalid_argument);
+  EXPECT_EQ(backend_->copy_to_device_buffer(stream_, buffer, nullptr, 8).code, Errc::invalid_argument);
+  EXPECT_EQ(backend_->copy_from_device_buffer(stream_ + 1000, word, buffer, 8).code, Errc::invalid_argument);
+  EXPECT_EQ(backend_->copy_from_device_buffer(stream_, nullptr, buffer, 8).code, Errc::invalid_argument);
+  EXPECT_TRUE(backend_->copy_to_device_buffer(stream_, buffer, word, 0));  // empty: a no-op
+  ASSERT_TRUE(backend_->synchronize(stream_));
+  backend_->free_device_buffer(buffer);
+  backend_->free_device_buffer(buffer + 4096);  // unknown: ignored
+}
+
+TEST_P(BackendConformance, ANativeStreamExistsExactlyOnGpuBackends) {
+  void* native = backend_->native_stream(stream_);
+  if (GetParam() == "cpu")
+    EXPECT_EQ(native, nullptr);
+  else
+    EXPECT_NE(native, nullptr);
+  EXPECT_EQ(backend_->native_stream(stream_ + 1000), nullptr);
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, BackendConformance, ::testing::Values("cpu", "cuda", "hip"),
                          [](const auto& param_info) { return param_info.param; });
 

@@ -1,0 +1,197 @@
+#include "device_launch.hpp"
+
+#include <algorithm>
+#include <deque>
+#include <mutex>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "context_impl.hpp"
+#include "read_mostly.hpp"
+#include "uhmm/detail/log.hpp"
+
+namespace uhmm::detail {
+namespace {
+
+constexpr std::size_t kMigrateTries = 4;
+
+// The pages of one span, locked on the device for a launch.
+struct HeldSpan {
+  RangeSpan span;
+  std::vector<std::size_t> held;  // pages this launch locked
+};
+
+// Runs the host-compiled kernels of one launch on its stream and keeps their
+// results until the stream has drained.
+class HostQueue final : public HostLaunchQueue {
+ public:
+  HostQueue(Backend& backend, StreamId stream, std::uint32_t capabilities, const char* call, std::string backend_name)
+      : backend_(backend), stream_(stream), capabilities_(capabilities), call_(call),
+        backend_name_(std::move(backend_name)) {}
+
+  void enqueue(std::size_t n, std::function<void(std::size_t, std::size_t)> kernel) override {
+    if (!kernel) throw Error(Errc::invalid_argument, fmt::format("{}: empty kernel", call_));
+    if ((capabilities_ & kCapHostKernels) != 0) {
+      BatchResult* result = nullptr;
+      {
+        std::lock_guard lock(mutex_);
+        result = &results_.emplace_back();
+      }
+      backend_.launch(stream_, n, std::move(kernel), result).raise_if_error();
+      return;
+    }
+    if ((capabilities_ & kCapHostVisibleMemory) != 0) {
+      // A device whose memory the host reaches but which runs no host kernels:
+      // the kernel runs here, after the work queued before it (stream order).
+      backend_.synchronize(stream_).raise_if_error();
+      if (n == 0) return;
+      try {
+        kernel(0, n);
+      } catch (const DeviceFaultException& fault) {
+        throw Error(Errc::device_fault, fmt::format("{}: kernel touched a page that is not resident on the device, "
+                                                    "at byte offset {} of a span", call_, fault.byte_offset));
+      }
+      return;
+    }
+    throw Error(Errc::invalid_argument,
+                fmt::format("{}: this kernel was compiled by the host compiler, and the {} backend runs only kernels "
+                            "compiled by nvcc or hipcc (build the source that calls uhmm::launch with them)",
+                            call_, backend_name_));
+  }
+
+  void report_native_error(const char* name, const char* text) noexcept override {
+    std::lock_guard lock(mutex_);
+    if (!native_error_) return;  // the first one is the cause
+    try {
+      native_error_ = {Errc::device_error, fmt::format("{}: kernel launch failed: {} ({})", call_,
+                                                       name != nullptr ? name : "?", text != nullptr ? text : "?")};
+    } catch (...) {
+      native_error_ = {Errc::device_error, {}};
+    }
+  }
+
+  // Pre: the stream has drained. The first failure of this launch's kernels.
+  Status failure() const {
+    std::lock_guard lock(mutex_);
+    if (!native_error_) return native_error_;
+    for (const BatchResult& r : results_)
+      if (!r.status) return r.status;
+    return Status::ok();
+  }
+
+ private:
+  Backend& backend_;
+  const StreamId stream_;
+  const std::uint32_t capabilities_;
+  const char* const call_;
+  const std::string backend_name_;
+  mutable std::mutex mutex_;
+  std::deque<BatchResult> results_;  // stable addresses: the backend writes them asynchronously
+  Status native_error_;
+};
+
+}  // namespace
+
+void run_device_launch(ContextImpl& ctx, OwnerId device, std::span<const LaunchSpan> spans, const char* call,
+                       const DeviceLaunchBody& body) {
+  Device& dev = ctx.device(device, call);
+  if (!body) throw Error(Errc::invalid_argument, fmt::format("{}: empty kernel", call));
+
+  // Resolve every span before anything moves, so bad input changes nothing.
+  std::vector<HeldSpan> held(spans.size());
+  std::vector<std::pair<std::byte*, std::size_t>> pages(spans.size());
+  for (std::size_t k = 0; k < spans.size(); ++k) {
+    if (spans[k].data == nullptr || spans[k].bytes == 0)
+      throw Error(Errc::invalid_argument, fmt::format("{}: span {} is empty or null", call, k));
+    const auto addr = reinterpret_cast<std::uintptr_t>(spans[k].data);
+    const std::uintptr_t lo = addr & ~(kPageSize - 1);
+    const std::uintptr_t hi = (addr + spans[k].bytes + kPageSize - 1) & ~(kPageSize - 1);
+    pages[k] = {reinterpret_cast<std::byte*>(lo), hi - lo};
+    held[k].span = ctx.ranges.resolve(pages[k].first, pages[k].second, call);
+  }
+
+  Backend& backend = dev.backend();
+  const DeviceInfo info = dev.info();
+  LaunchStreamPool::Lease lease = ctx.launch_streams.of(dev.owner(), backend).acquire();
+  HostQueue queue(backend, lease.stream(), info.capabilities, call, info.backend);
+  std::vector<std::uint64_t> host_tables;  // uploaded from here: valid until the stream drains
+  std::vector<DevicePageTable> tables(spans.size());
+
+  const auto release = [&] {
+    for (auto& h : held) {
+      if (h.span) ctx.unlock(h.span.range(), h.held);
+      h.held.clear();
+    }
+  };
+  const auto drain = [&]() -> Status {
+    Status s = backend.synchronize(lease.stream());
+    if (!s) lease.mark_broken();  // a stream that failed is not handed to the next launch
+    return s;
+  };
+
+  try {
+    std::vector<std::size_t> first_entry(spans.size());
+    for (std::size_t k = 0; k < spans.size(); ++k) {
+      auto& h = held[k];
+      auto& table = h.span.range().table();
+      first_entry[k] = host_tables.size();
+      host_tables.resize(host_tables.size() + h.span.count(), 0);
+      std::uint64_t* entries = host_tables.data() + first_entry[k];
+      // Migrate, then lock what arrived. Another thread's eviction may take
+      // pages between the two steps (they are unlocked then): migrate again
+      // while that brings pages, so a kernel whose spans fit gets them all.
+      for (std::size_t tries = 0; tries < kMigrateTries && h.held.size() < h.span.count(); ++tries) {
+        const std::size_t before = h.held.size();
+        ctx.migrate_to_device(pages[k].first, pages[k].second, dev.owner());
+        const std::uint64_t now = ctx.recency->tick();  // a kernel's spans are its working set: recently used
+        std::vector<std::size_t> collapse;  // read-mostly pages this kernel may write
+        for (std::size_t q = h.span.first(); q < h.span.end(); ++q) {
+          std::lock_guard lock(table.block_mutex(MirrorTable::block_of(q)));
+          MirrorEntry& e = table.entry(q);
+          const bool dup = e.residency() == Residency::Duplicated;
+          if ((e.residency() != Residency::Device && !dup) || e.device_page().owner != dev.owner() || e.locked())
+            continue;
+          e.set(MirrorEntry::kLocked | (dup && !spans[k].writable ? 0 : MirrorEntry::kDirty));
+          h.held.push_back(q);
+          if (dup && spans[k].writable) collapse.push_back(q);
+          ctx.recency->touch(e.device_page(), now);
+          entries[q - h.span.first()] = dev.address_of(e.device_page().index);
+        }
+        collapse_to_device(ctx, h.span.range(), collapse);
+        if (h.held.size() == before) break;
+      }
+      std::sort(h.held.begin(), h.held.end());
+    }
+
+    // Upload every span's table into the stream's buffer in one copy; the
+    // kernels queued after it on the stream read them there.
+    if (!host_tables.empty()) {
+      const std::size_t bytes = host_tables.size() * sizeof(std::uint64_t);
+      DeviceAddress buffer = 0;
+      lease.reserve_tables(bytes, &buffer).raise_if_error();
+      backend.copy_to_device_buffer(lease.stream(), buffer, host_tables.data(), bytes).raise_if_error();
+      for (std::size_t k = 0; k < spans.size(); ++k) {
+        const auto* device_entries = reinterpret_cast<const std::uint64_t*>(
+            static_cast<std::uintptr_t>(buffer + first_entry[k] * sizeof(std::uint64_t)));
+        tables[k] = DevicePageTable{device_entries, held[k].span.count(),
+                                    static_cast<std::size_t>(static_cast<const std::byte*>(spans[k].data) -
+                                                             pages[k].first),
+                                    spans[k].bytes};
+      }
+    }
+
+    body(LaunchStream{backend.native_stream(lease.stream()), &queue}, tables);
+  } catch (...) {
+    // The stream must not run on unlocked pages or read a freed host table.
+    if (const Status s = drain(); !s) log().warn("{}: draining the launch stream after a failure: {}", call, s.message);
+    release();
+    throw;
+  }
+  Status status = drain();
+  if (status) status = queue.failure();
+  release();
+  status.raise_if_error();
+}
+
+}  // namespace uhmm::detail

@@ -1,0 +1,34 @@
+// The one implementation behind Context::launch and Context::launch_device:
+// resolve the spans (bad input changes nothing), take a launch stream from the
+// device's pool, migrate the spans to the device and lock their pages, upload
+// one device page table per span into the stream's device buffer, run the
+// caller's body with the stream, drain the stream, unlock. Whatever the body
+// or the device does, the pages are unlocked and the stream drained before the
+// call returns or throws.
+#pragma once
+
+#include <cstddef>
+#include <functional>
+#include <span>
+
+#include "uhmm/backend.hpp"
+#include "uhmm/device_span.hpp"
+#include "uhmm/launch_stream.hpp"
+
+namespace uhmm::detail {
+
+class ContextImpl;
+
+struct LaunchSpan {
+  const void* data;
+  std::size_t bytes;
+  bool writable;  // the kernel may write it: read-mostly pages collapse to the device copy
+};
+
+using DeviceLaunchBody = std::function<void(const LaunchStream& stream, std::span<const DevicePageTable> tables)>;
+
+// `call` names the public call in error messages ("launch", "launch_device").
+void run_device_launch(ContextImpl& ctx, OwnerId device, std::span<const LaunchSpan> spans, const char* call,
+                       const DeviceLaunchBody& body);
+
+}  // namespace uhmm::detail
