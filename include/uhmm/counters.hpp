@@ -38,7 +38,10 @@
   X(pages_lost)     /* pages that could not come back to RAM (poisoned: SIGBUS on access) */         \
   /* The application's own madvise/munmap/mremap of managed memory. */                           \
   X(pages_discarded) /* device pages dropped because the application discarded or unmapped them */ \
-  X(ranges_retired)  /* ranges the application unmapped entirely */
+  X(ranges_retired)  /* ranges the application unmapped entirely */                             \
+  /* Snapshots and interval notifiers (range_snapshot.hpp, interval_notifier.hpp). */             \
+  X(pages_populated)        /* never-touched pages a snapshot made host pages (zero-filled) */    \
+  X(notifier_invalidations) /* interval-notifier callbacks called */
 
 namespace uhmm {
 
