@@ -16,6 +16,7 @@
 #include "managed_comparison.hpp"
 #include "progress.hpp"
 #include "uhmm/uhmm.hpp"
+#include "snapshot_workloads.hpp"
 #include "workloads.hpp"
 
 namespace {
@@ -87,7 +88,7 @@ int main(int argc, char** argv) {
     const std::vector<unsigned> storm_threads = quick ? std::vector<unsigned>{1, 2} : std::vector<unsigned>{1, 2, 4, 8};
     const std::size_t faults = quick ? 500 : 4000;
     const std::size_t random_pages = quick ? 1000 : 8192;
-    Progress progress(static_cast<unsigned>(sizes.size() + 7 + (managed ? 1 : 0)));
+    Progress progress(static_cast<unsigned>(sizes.size() + 8 + (managed ? 1 : 0)));
     std::vector<Row> rows;
     std::map<std::size_t, MigrateRates> uhmm_rates;  // 2 MiB-block migrations by size, for --gpu
 
@@ -224,6 +225,27 @@ int main(int argc, char** argv) {
                       managed->name(), f.cpu_fault_p50_us, dev.p50_us / f.cpu_fault_p50_us});
       rows.push_back({"fault latency vs managed", 99, "CPU fault on a device page, p99: uhmm", dev.p99_us, "us",
                       managed->name(), f.cpu_fault_p99_us, dev.p99_us / f.cpu_fault_p99_us});
+    }
+
+    progress.step("range snapshots");
+    {
+      // Mirror words a snapshot writes (8 B per page) against memcpy of as many bytes.
+      const std::size_t range = quick ? 64 * MiB : 1024 * MiB;
+      const double words = snapshot_word_gbps(range, quick ? 5 : 20);
+      const std::size_t word_bytes = range / uhmm::kPageSize * sizeof(std::uint64_t);
+      const double copy = memcpy_gbps(word_bytes);
+      rows.push_back({"snapshot throughput", double(range),
+                      fmt::format("snapshot {}: mirror words out", size_name(range)), words, "GB/s",
+                      fmt::format("memcpy {}", size_name(word_bytes)), copy, words / copy});
+      // Two walks (snapshot with populate, then migrate) against one (snapshot with migrate).
+      const std::size_t moved = quick ? 8 * MiB : 64 * MiB;
+      for (bool half : {false, true}) {
+        const WalkTimes t = one_walk_vs_two(moved, half, quick ? 3 : 5);
+        rows.push_back({"one walk vs two walks", half ? 1.0 : 0.0,
+                        fmt::format("{} {}: two walks / one walk", size_name(moved),
+                                    half ? "half written" : "never touched"),
+                        t.two_walks_s * 1e3, "ms", "one walk", t.one_walk_s * 1e3, t.two_walks_s / t.one_walk_s});
+      }
     }
 
     progress.step("mirror page table memory");

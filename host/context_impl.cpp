@@ -82,7 +82,10 @@ void ContextImpl::free(void* base) {
   auto range = ranges.remove(base, "free");
   // Nothing new can reach the range; wait for what already has.
   range->wait_idle();
-  release_device_pages(*range);
+  {
+    const auto invalidation = notifiers.invalidate(*range, 0, range->npages(), InvalidateKind::free, kNoOwner);
+    release_device_pages(*range);
+  }
   // ~ManagedRange unregisters (waking any thread still faulting here) and
   // unmaps what the application left mapped.
 }
@@ -209,6 +212,7 @@ MigrationResult ContextImpl::migrate_to_device(void* p, std::size_t bytes, Owner
     args.dst = dst.data();
     args.flags = flags;
     args.pgmap_owner = from;
+    args.destination = dev.owner();
     migrate_vma_setup(*this, args);
     const std::uint64_t copy_start = now_ns();
     const Status copied = args.cpages > 0 ? dev.alloc_and_copy(args) : Status{};
@@ -327,6 +331,8 @@ MigrationResult ContextImpl::set_pinned(void* p, std::size_t bytes, bool pinned)
   const char* call = pinned ? "pin" : "unpin";
   const RangeSpan span = ranges.resolve(p, bytes, call);
   auto& table = span.range().table();
+  if (pinned)
+    notifiers.invalidate(span.range(), span.first(), span.end(), InvalidateKind::protection_change, kNoOwner).end();
   for (std::size_t block = table.block_of(span.first()); block <= table.block_of(span.end() - 1); ++block) {
     const std::size_t lo = std::max(span.first(), table.block_begin(block));
     const std::size_t hi = std::min(span.end(), table.block_end(block));

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string_view>
@@ -21,6 +22,7 @@
 #include "fault_mechanism.hpp"
 #include "fault_policy.hpp"
 #include "launch_stream_pool.hpp"
+#include "notifier_registry.hpp"
 #include "unlock_events.hpp"
 
 namespace uhmm::detail {
@@ -72,7 +74,10 @@ class ContextImpl {
     std::vector<std::size_t> failed;
     Status status;
   };
-  BackResult bring_back(ManagedRange& range, std::span<const std::size_t> pages, std::byte* staging) noexcept;
+  // Interval notifiers hear of it first as `kind`, for `cause` (the evicting
+  // device, or kNoOwner: the pages go to the host).
+  BackResult bring_back(ManagedRange& range, std::span<const std::size_t> pages, std::byte* staging,
+                        InvalidateKind kind = InvalidateKind::migrate, OwnerId cause = kNoOwner) noexcept;
   // Clears LOCKED on pages (ascending) and announces it, then wakes threads
   // waiting on them: a faulting access returns only once the mirror says
   // where its page is.
@@ -100,6 +105,7 @@ class ContextImpl {
   const std::unique_ptr<FaultMechanism> mechanism;
   RangeRegistry ranges;
   AtomicCounters counters;
+  NotifierRegistry notifiers{counters.notifier_invalidations};  // interval notifiers (interval_notifier.hpp)
   Observer observer{options.trace_path};
   UnlockEvents unlocks;
   std::unique_ptr<AccessRecency> recency;  // set once the devices are open
@@ -134,7 +140,11 @@ class ContextImpl {
 };
 
 // The per-migration state migrate_vma_setup hands to _pages and _finalize.
-void migrate_vma_setup(ContextImpl& ctx, MigrateVma& args);
+// `visit`, when given, sees each page of the one walk under its block mutex:
+// its index, its entry before setup locked it, and its src word (the range
+// snapshot's SNAPSHOT_REQ_MIGRATE rides on this walk).
+using SetupVisitor = std::function<void(std::size_t i, MirrorEntry before, std::uint64_t src)>;
+void migrate_vma_setup(ContextImpl& ctx, MigrateVma& args, const SetupVisitor* visit = nullptr);
 std::size_t migrate_vma_pages(ContextImpl& ctx, MigrateVma& args);
 void migrate_vma_finalize(ContextImpl& ctx, MigrateVma& args);
 

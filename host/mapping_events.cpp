@@ -47,10 +47,32 @@ void MappingEvents::fault_outside_ranges(std::uintptr_t address, bool write_prot
   if (!write_protect && uffd_.zeropage(page, kPageSize) != 0) uffd_.wake(page, kPageSize);
 }
 
-std::size_t MappingEvents::drop_device_pages(ManagedRange& range, std::size_t first, std::size_t end) noexcept {
-  auto& table = range.table();
+std::size_t MappingEvents::drop_device_pages(ManagedRange& range, std::size_t first, std::size_t end,
+                                             InvalidateKind kind) noexcept {
   std::vector<std::vector<DevicePageIndex>> to_free(ctx_.device_count() + 1);
   std::size_t dropped = 0;
+  // Interval notifiers hear only of discards that change something: uhmm's
+  // own zaps in migrate_vma_finalize meet locked pages alone (and drivers
+  // would retry on every migration). A first pass stops at the first page it
+  // would change, having changed nothing but DISCARDED marks (idempotent);
+  // then the invalidation opens, and stays open until the entries changed.
+  NotifierRegistry::Invalidation invalidation;
+  for (bool invalidated = false;; invalidated = true) {
+    if (invalidated) invalidation = ctx_.notifiers.invalidate(range, first, end, kind, kNoOwner);
+    if (!drop_pass(range, first, end, invalidated, to_free, dropped)) break;
+  }
+  for (OwnerId owner = 1; owner < to_free.size(); ++owner) {
+    if (to_free[owner].empty()) continue;
+    for (DevicePageIndex index : to_free[owner]) ctx_.rmap(owner).clear(index);
+    ctx_.pagemap(owner)->page_free(to_free[owner]);
+  }
+  AtomicCounters::add(ctx_.counters.pages_discarded, dropped);
+  return dropped;
+}
+
+bool MappingEvents::drop_pass(ManagedRange& range, std::size_t first, std::size_t end, bool invalidated,
+                              std::vector<std::vector<DevicePageIndex>>& to_free, std::size_t& dropped) noexcept {
+  auto& table = range.table();
   try {
     for (std::size_t block = MirrorTable::block_of(first); first < end && block <= MirrorTable::block_of(end - 1);
          ++block) {
@@ -67,6 +89,7 @@ std::size_t MappingEvents::drop_device_pages(ManagedRange& range, std::size_t fi
         // migration leaves it on the host (migrate_vma_pages).
         if (e.locked() && e.residency() == Residency::System) e.set(MirrorEntry::kDiscarded);
         if (e.locked() || e.residency() == Residency::Empty) continue;
+        if (!invalidated) return true;
         if (e.residency() == Residency::Device || e.residency() == Residency::Duplicated) {
           to_free[e.device_page().owner].push_back(e.device_page().index);
           ++dropped;
@@ -81,19 +104,13 @@ std::size_t MappingEvents::drop_device_pages(ManagedRange& range, std::size_t fi
     log().error("mapping event: out of memory; some device pages of range {} stay allocated until it is freed",
                 range.id());
   }
-  for (OwnerId owner = 1; owner < to_free.size(); ++owner) {
-    if (to_free[owner].empty()) continue;
-    for (DevicePageIndex index : to_free[owner]) ctx_.rmap(owner).clear(index);
-    ctx_.pagemap(owner)->page_free(to_free[owner]);
-  }
-  AtomicCounters::add(ctx_.counters.pages_discarded, dropped);
-  return dropped;
+  return false;
 }
 
 void MappingEvents::discard(std::uintptr_t lo, std::uintptr_t hi) noexcept {
   for (const auto& range : ctx_.ranges.overlapping(lo, hi)) {
     const auto [first, end] = pages_within(*range, lo, hi);
-    drop_device_pages(*range, first, end);
+    drop_device_pages(*range, first, end, InvalidateKind::discard);
   }
 }
 
@@ -106,7 +123,7 @@ void MappingEvents::unmap(std::uintptr_t lo, std::uintptr_t hi) noexcept {
     } catch (const std::bad_alloc&) {
       log().error("mapping event: out of memory recording that range {} lost pages [{}, {})", range->id(), first, end);
     }
-    drop_device_pages(*range, first, end);
+    drop_device_pages(*range, first, end, InvalidateKind::unmap);
     log().info("the application unmapped pages [{}, {}) of managed range {} at {}", first, end, range->id(),
                static_cast<void*>(range->base()));
     if (range->all_unmapped(0, range->npages())) ctx_.retire(range);
@@ -176,7 +193,7 @@ void MappingEvents::remap(std::uintptr_t from, std::uintptr_t to, std::size_t le
     } catch (const std::bad_alloc&) {
       log().error("mapping event: out of memory recording that range {} lost pages [{}, {})", range->id(), first, end);
     }
-    drop_device_pages(*range, first, end);
+    drop_device_pages(*range, first, end, InvalidateKind::unmap);
     log().info("the application moved pages [{}, {}) of managed range {} to {}: they are ordinary memory there now",
                first, end, range->id(),
                static_cast<void*>(range->page_address(first) + static_cast<std::intptr_t>(to - from)));

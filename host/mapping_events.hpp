@@ -19,8 +19,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "fault_mechanism.hpp"
+#include "notifier_registry.hpp"
+#include "uhmm/interval_notifier.hpp"
 
 namespace uhmm::detail {
 
@@ -48,8 +51,14 @@ class MappingEvents {
   void unmap(std::uintptr_t lo, std::uintptr_t hi) noexcept;
   void remap(std::uintptr_t from, std::uintptr_t to, std::size_t len, std::byte* staging) noexcept;
   // Empties the unlocked pages [first, end) of range (device pages released,
-  // PINNED kept); returns how many device pages were dropped.
-  std::size_t drop_device_pages(ManagedRange& range, std::size_t first, std::size_t end) noexcept;
+  // PINNED kept); returns how many device pages were dropped. Interval
+  // notifiers hear of it first as `kind`.
+  std::size_t drop_device_pages(ManagedRange& range, std::size_t first, std::size_t end,
+                                InvalidateKind kind) noexcept;
+  // One pass of it; without `invalidated` it returns true at the first page
+  // it would change, before changing it.
+  bool drop_pass(ManagedRange& range, std::size_t first, std::size_t end, bool invalidated,
+                 std::vector<std::vector<DevicePageIndex>>& to_free, std::size_t& dropped) noexcept;
   // Copies the device pages of [first, end) to the same pages displaced by
   // `shift` bytes (the range's new place after mremap).
   void copy_out(ManagedRange& range, std::size_t first, std::size_t end, std::intptr_t shift,

@@ -17,9 +17,12 @@
 namespace uhmm::detail {
 
 ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<const std::size_t> pages,
-                                                std::byte* staging) noexcept {
+                                                std::byte* staging, InvalidateKind kind, OwnerId cause) noexcept {
   BackResult out;
   if (pages.empty()) return out;
+  // The pages are locked (snapshots see them as not valid); devices drop
+  // their view before the device pages are freed below.
+  notifiers.invalidate(range, pages.front(), pages.back() + 1, kind, cause).end();
   const std::uint64_t start_ns = now_ns();
   auto& table = range.table();
   const std::size_t block = MirrorTable::block_of(pages.front());
@@ -230,13 +233,13 @@ ContextImpl::DeviceRangeEviction ContextImpl::evict_device_range(OwnerId owner, 
       }
       // A read-mostly page has its host copy: leaving the device costs no copy.
       if (!duplicated.empty()) {
-        collapse_to_host(*this, range, duplicated);
+        collapse_to_host(*this, range, duplicated, InvalidateKind::eviction, owner);
         unlock(range, duplicated);
         out.moved += duplicated.size();
         progressed = true;
       }
       if (taken.empty()) continue;
-      const BackResult back = bring_back(range, taken, staging.get());
+      const BackResult back = bring_back(range, taken, staging.get(), InvalidateKind::eviction, owner);
       for (std::size_t q : back.failed) {
         // Still on the device, still authoritative: report it, don't spin on it.
         std::lock_guard lock(table.block_mutex(block));

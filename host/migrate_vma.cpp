@@ -56,7 +56,7 @@ std::uint64_t select(MirrorEntry e, const MigrateVma& a) {
 
 }  // namespace
 
-void migrate_vma_setup(ContextImpl& ctx, MigrateVma& a) {
+void migrate_vma_setup(ContextImpl& ctx, MigrateVma& a, const SetupVisitor* visit) {
   check_args(ctx, a);
   const std::size_t bytes =
       static_cast<std::size_t>(static_cast<std::byte*>(a.end) - static_cast<std::byte*>(a.start));
@@ -80,6 +80,7 @@ void migrate_vma_setup(ContextImpl& ctx, MigrateVma& a) {
       const std::size_t i = p - first;
       a.src[i] = select(e, a);
       a.dst[i] = 0;
+      if (visit != nullptr) (*visit)(i, e, a.src[i]);
       if (a.src[i] & MIGRATE_PFN_MIGRATE) {
         e.set(MirrorEntry::kLocked);
         e.clear(MirrorEntry::kDiscarded);  // left by an earlier holder; this migration reads the page afresh
@@ -107,6 +108,15 @@ void migrate_vma_setup(ContextImpl& ctx, MigrateVma& a) {
                                      [](std::uint64_t w) { return (w & MIGRATE_PFN_MIGRATE) && !(w & MIGRATE_PFN_DEVICE); });
       if (whole) a.src[lo - first] |= MIGRATE_PFN_COMPOUND;
     }
+  }
+
+  // Devices drop their view of the selected pages now that they are locked
+  // (a snapshot reports them as not valid until finalize unlocks them).
+  if (cpages > 0) {
+    std::size_t lo = 0, hi = n;
+    while (!session->selected[lo]) ++lo;
+    while (!session->selected[hi - 1]) --hi;
+    ctx.notifiers.invalidate(range, first + lo, first + hi, InvalidateKind::migrate, a.destination).end();
   }
 
   // Hold writers while the copy runs; readers go on. Pages selected from the

@@ -153,6 +153,9 @@ std::size_t discard(ContextImpl& ctx, void* p, std::size_t bytes) {
       ctx, span,
       [](MirrorEntry e) { return e.residency() != Residency::Empty && !e.has(MirrorEntry::kPoisoned); },
       [&](std::span<const std::size_t> taken) {
+        // Devices drop their view first (locked pages read as not valid in
+        // snapshots meanwhile).
+        ctx.notifiers.invalidate(range, taken.front(), taken.back() + 1, InvalidateKind::discard, kNoOwner).end();
         // Host copies go while the pages are locked: an access waits, then
         // finds them Empty and gets zeros.
         for (std::size_t i = 0; i < taken.size();) {

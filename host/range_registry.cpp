@@ -74,11 +74,12 @@ std::shared_ptr<ManagedRange> RangeRegistry::containing(std::uintptr_t addr) con
   return hole_of;
 }
 
-RangeSpan RangeRegistry::resolve(const void* p, std::size_t bytes, std::string_view call) const {
+RangeSpan RangeRegistry::resolve(const void* p, std::size_t bytes, std::string_view call,
+                                 bool wait_for_events) const {
   const auto addr = reinterpret_cast<std::uintptr_t>(p);
   if (p == nullptr) throw Error(Errc::invalid_argument, fmt::format("{}: null pointer", call));
   if (bytes == 0) throw Error(Errc::zero_length, fmt::format("{}: zero-length span at {}", call, p));
-  gate_.wait_applied();
+  if (wait_for_events) gate_.wait_applied();
   if ((addr & (kPageSize - 1)) != 0 || (bytes & (kPageSize - 1)) != 0)
     throw Error(Errc::not_aligned,
                 fmt::format("{}: span [{}, +{:#x}) is not aligned to {}-byte pages", call, p, bytes, kPageSize));

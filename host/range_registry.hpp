@@ -45,7 +45,9 @@ class RangeRegistry {
   // nothing) if no live range starts there. The caller waits for it to go idle.
   std::shared_ptr<ManagedRange> remove(const void* base, std::string_view call);
   // Validates a user span (aligned, non-zero, inside one range); throws uhmm::Error.
-  RangeSpan resolve(const void* p, std::size_t bytes, std::string_view call) const;
+  // Without wait_for_events it does not wait for the gate (a notifier callback,
+  // which may run on the fault service while it applies an event).
+  RangeSpan resolve(const void* p, std::size_t bytes, std::string_view call, bool wait_for_events = true) const;
   // The range containing addr, held open; empty if none (never throws).
   RangeSpan find(const void* addr) const noexcept;
   RangeSpan find_by_id(std::uint32_t id) const noexcept;

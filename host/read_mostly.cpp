@@ -23,8 +23,12 @@ void for_each_page_run(std::span<const std::size_t> pages, F&& fn) {
 
 }  // namespace
 
-void collapse_to_host(ContextImpl& ctx, ManagedRange& range, std::span<const std::size_t> pages) noexcept {
+void collapse_to_host(ContextImpl& ctx, ManagedRange& range, std::span<const std::size_t> pages, InvalidateKind kind,
+                      OwnerId cause) noexcept {
   if (pages.empty()) return;
+  // The device copies go: devices drop their view first (the pages are
+  // locked, so a snapshot taken meanwhile sees them as not valid).
+  ctx.notifiers.invalidate(range, pages.front(), pages.back() + 1, kind, cause).end();
   auto& table = range.table();
   for (std::size_t p : pages) {
     DevicePage page;
@@ -47,6 +51,10 @@ void collapse_to_host(ContextImpl& ctx, ManagedRange& range, std::span<const std
 
 void collapse_to_device(ContextImpl& ctx, ManagedRange& range, std::span<const std::size_t> pages) noexcept {
   if (pages.empty()) return;
+  // The device copies become the only, writable ones: a protection change
+  // for the devices that mirror the range.
+  const OwnerId owner = range.table().entry(pages.front()).device_page().owner;
+  ctx.notifiers.invalidate(range, pages.front(), pages.back() + 1, InvalidateKind::protection_change, owner).end();
   auto& table = range.table();
   // The host copies go first, while the pages are locked: a CPU access waits
   // for the unlock, then faults the device copy back.

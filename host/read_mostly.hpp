@@ -8,6 +8,9 @@
 #include <cstddef>
 #include <span>
 
+#include "uhmm/interval_notifier.hpp"
+#include "uhmm/types.hpp"
+
 namespace uhmm::detail {
 
 class ContextImpl;
@@ -17,7 +20,8 @@ class ManagedRange;
 // their pools, the entries become System and writable (the write-protection
 // is lifted without waking: the caller unlocks, which wakes). Pre: `pages`
 // ascending, LOCKED by the caller, Duplicated. Never throws.
-void collapse_to_host(ContextImpl& ctx, ManagedRange& range, std::span<const std::size_t> pages) noexcept;
+void collapse_to_host(ContextImpl& ctx, ManagedRange& range, std::span<const std::size_t> pages,
+                      InvalidateKind kind = InvalidateKind::migrate, OwnerId cause = kNoOwner) noexcept;
 // Keeps the device copies: the host copies are dropped, the entries become
 // Device and writable. Same preconditions; not on the fault service's thread
 // (it waits for the fault service to apply its own zap).

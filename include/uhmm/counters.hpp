@@ -45,7 +45,10 @@
   X(advice_ranked_evictions) /* eviction rounds that ranked chunks by their pages' advice */     \
   X(pages_discarded_by_call) /* pages whose contents Context::discard dropped */               \
   X(pages_duplicated)        /* read-mostly pages copied to a device with their host copy kept */ \
-  X(duplicates_collapsed)    /* Duplicated pages reduced to one copy (a write, eviction, unset) */
+  X(duplicates_collapsed)    /* Duplicated pages reduced to one copy (a write, eviction, unset) */ \
+  /* Snapshots and interval notifiers (range_snapshot.hpp, interval_notifier.hpp). */             \
+  X(pages_populated)        /* never-touched pages a snapshot made host pages (zero-filled) */    \
+  X(notifier_invalidations) /* interval-notifier callbacks called */
 
 namespace uhmm {
 

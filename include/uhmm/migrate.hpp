@@ -77,6 +77,9 @@ struct MigrateVma {
   }
   // Set by setup, released by finalize: the migration in flight.
   std::shared_ptr<detail::MigrationSession> session;
+  // The device the pages go to, named as the owner of the interval
+  // notifiers' migrate event (kNoOwner: not said; every driver invalidates).
+  OwnerId destination = kNoOwner;
 };
 
 // Throws uhmm::Error on bad input, in which case nothing changed. Pages that

@@ -1,0 +1,251 @@
+// snapshot_range: one walk of the mirror table reporting each page to a
+// device (hmm_range_fault), populating or bringing back pages on request, or
+// riding on migrate_vma_setup's walk for SNAPSHOT_REQ_MIGRATE.
+#include "uhmm/range_snapshot.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <iterator>
+#include <new>
+#include <optional>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "context_impl.hpp"
+#include "page_runs.hpp"
+#include "uhmm/context.hpp"
+
+namespace uhmm::detail {
+namespace {
+
+constexpr std::uint64_t kPageRequests = SNAPSHOT_REQ_POPULATE | SNAPSHOT_REQ_HOST;
+constexpr std::uint64_t kRangeRequests = kPageRequests | SNAPSHOT_REQ_MIGRATE;
+
+void check_args(const ContextImpl& ctx, const SnapshotRange& r) {
+  if (r.pfns == nullptr) throw Error(Errc::invalid_argument, "snapshot_range: the pfns array is required");
+  if (r.end <= r.start)
+    throw Error(r.end == r.start ? Errc::zero_length : Errc::invalid_argument,
+                fmt::format("snapshot_range: end {} is not after start {}", r.end, r.start));
+  if ((r.default_flags & ~kRangeRequests) != 0)
+    throw Error(Errc::invalid_argument,
+                fmt::format("snapshot_range: unknown request bits {:#x} in default_flags", r.default_flags & ~kRangeRequests));
+  if ((r.pfn_flags_mask & ~kPageRequests) != 0)
+    throw Error(Errc::invalid_argument,
+                fmt::format("snapshot_range: pfn_flags_mask {:#x} has bits that are not per-page requests "
+                            "(POPULATE, HOST; MIGRATE goes in default_flags)",
+                            r.pfn_flags_mask));
+  if (r.owner != kNoOwner && ctx.pagemap(r.owner) == nullptr)
+    throw Error(Errc::invalid_argument, fmt::format("snapshot_range: owner {} is not a device of this context", r.owner));
+  const bool requests = (r.default_flags | r.pfn_flags_mask) != 0;
+  if (requests && NotifierRegistry::in_callback())
+    throw Error(Errc::busy, "snapshot_range: request bits are not allowed inside a notifier callback (they may wait "
+                            "for pages the invalidation holds)");
+  if (r.default_flags & SNAPSHOT_REQ_MIGRATE) {
+    if (r.owner == kNoOwner)
+      throw Error(Errc::invalid_argument, "snapshot_range: SNAPSHOT_REQ_MIGRATE needs the owner to migrate to");
+    if (r.migrate == nullptr)
+      throw Error(Errc::invalid_argument, "snapshot_range: SNAPSHOT_REQ_MIGRATE needs a MigrateVma to set up");
+    if ((r.default_flags & kPageRequests) != 0 || r.pfn_flags_mask != 0)
+      throw Error(Errc::invalid_argument,
+                  "snapshot_range: SNAPSHOT_REQ_MIGRATE goes alone (the migration populates never-touched pages itself)");
+  }
+}
+
+// What a device sees of a page whose entry is e.
+std::uint64_t word_of(MirrorEntry e, OwnerId requester) {
+  if (e.has(MirrorEntry::kPoisoned)) return SNAPSHOT_PFN_ERROR;
+  const DevicePage page = e.device_page();
+  const std::uint64_t page_bits = (std::uint64_t{page.owner} << SNAPSHOT_PFN_OWNER_SHIFT) |
+                                  (std::uint64_t{page.index} << SNAPSHOT_PFN_INDEX_SHIFT);
+  const bool mine = requester != kNoOwner && page.owner == requester;
+  const std::uint64_t write = e.has(MirrorEntry::kWrite) ? SNAPSHOT_PFN_WRITE : 0;
+  switch (e.residency()) {
+    case Residency::Empty:
+      return 0;
+    case Residency::System:
+      return SNAPSHOT_PFN_VALID | write;
+    case Residency::Device:
+      return mine ? SNAPSHOT_PFN_VALID | SNAPSHOT_PFN_DEVICE_PRIVATE | write | page_bits
+                  : SNAPSHOT_PFN_OTHER_DEVICE | page_bits;
+    case Residency::Duplicated:  // read-only on both sides
+      return SNAPSHOT_PFN_VALID | (mine ? SNAPSHOT_PFN_DEVICE_PRIVATE | page_bits : 0);
+  }
+  return 0;
+}
+
+Status snapshot_migrate(ContextImpl& ctx, SnapshotRange& r) {
+  MigrateVma& m = *r.migrate;
+  m.start = r.start;
+  m.end = r.end;
+  m.flags |= MIGRATE_VMA_FAULT;
+  if ((m.flags & (MIGRATE_VMA_SELECT_SYSTEM | MIGRATE_VMA_SELECT_DEVICE_PRIVATE)) == 0)
+    m.flags |= MIGRATE_VMA_SELECT_SYSTEM;
+  m.destination = r.owner;
+  const SetupVisitor visit = [&](std::size_t i, MirrorEntry before, std::uint64_t src) {
+    r.pfns[i] = word_of(before, r.owner) | ((src & MIGRATE_PFN_MIGRATE) ? SNAPSHOT_PFN_MIGRATE : 0);
+    if (before.locked() && !(src & MIGRATE_PFN_MIGRATE)) r.pfns[i] = 0;  // held by someone else: not valid now
+  };
+  migrate_vma_setup(ctx, m, &visit);
+  // Pages setup had to give up after the walk (write-protection failed) are
+  // not collected after all.
+  for (std::size_t i = 0; i < m.npages(); ++i)
+    if (!(m.src[i] & MIGRATE_PFN_MIGRATE)) r.pfns[i] &= ~SNAPSHOT_PFN_MIGRATE;
+  return {};
+}
+
+Status snapshot(ContextImpl& ctx, SnapshotRange& r) {
+  check_args(ctx, r);
+  r.populated = 0;
+  if (r.default_flags & SNAPSHOT_REQ_MIGRATE) return snapshot_migrate(ctx, r);
+
+  const std::size_t bytes =
+      static_cast<std::size_t>(static_cast<std::byte*>(r.end) - static_cast<std::byte*>(r.start));
+  const RangeSpan span = ctx.ranges.resolve(r.start, bytes, "snapshot_range", !NotifierRegistry::in_callback());
+  auto& range = span.range();
+  auto& table = range.table();
+  const std::size_t first = span.first();
+  const std::size_t n = span.count();
+
+  // The requests, read before the words are overwritten. Without any, one
+  // pass under the block mutexes reports what is there.
+  std::vector<std::uint8_t> request;
+  const bool any_request = (r.default_flags | r.pfn_flags_mask) != 0;
+  if (any_request) {
+    request.resize(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      const std::uint64_t want = (r.pfns[i] & r.pfn_flags_mask) | r.default_flags;
+      request[i] = (want & SNAPSHOT_REQ_HOST) ? 2 : (want & SNAPSHOT_REQ_POPULATE) ? 1 : 0;
+    }
+  }
+  std::vector<std::uint8_t> pending(n, 1);
+  std::size_t left = n;
+  Status status;
+  std::optional<StagingBuffer> staging;  // taken on the first page to bring back
+  std::size_t populated = 0;
+
+  while (left > 0) {
+    const std::uint64_t generation = ctx.unlocks.generation();
+    bool waiting = false;
+    for (std::size_t block = table.block_of(first); block <= table.block_of(first + n - 1); ++block) {
+      const std::size_t lo = std::max(first, table.block_begin(block));
+      const std::size_t hi = std::min(first + n, table.block_end(block));
+      std::vector<std::size_t> zero, back;
+      {
+        std::lock_guard lock(table.block_mutex(block));
+        for (std::size_t p = lo; p < hi; ++p) {
+          const std::size_t i = p - first;
+          if (!pending[i]) continue;
+          MirrorEntry& e = table.entry(p);
+          const unsigned want = any_request ? request[i] : 0;
+          if (want != 0 && e.locked() && !e.has(MirrorEntry::kPoisoned)) {
+            waiting = true;  // a migration or kernel holds it: its outcome is what the request needs
+            continue;
+          }
+          pending[i] = 0;
+          --left;
+          if (e.locked()) {
+            r.pfns[i] = 0;  // in transition: not valid until its holder is done
+          } else if (want != 0 && e.residency() == Residency::Empty && !e.has(MirrorEntry::kPoisoned)) {
+            e.set(MirrorEntry::kLocked);
+            zero.push_back(p);
+          } else if (want == 2 && e.residency() == Residency::Device && !e.has(MirrorEntry::kPoisoned)) {
+            e.set(MirrorEntry::kLocked);
+            back.push_back(p);
+          } else {
+            r.pfns[i] = word_of(e, r.owner);
+          }
+        }
+      }
+      // Never-touched pages become host zero pages, one install per run.
+      std::vector<std::uint8_t> zero_ok(zero.size(), 0);
+      for (std::size_t k = 0; k < zero.size();) {
+        std::size_t run = 1;
+        while (k + run < zero.size() && zero[k + run] == zero[k] + run) ++run;
+        int err = ctx.mechanism->install_zeros(range, zero[k], run);
+        if (err == 0) {
+          std::fill_n(zero_ok.begin() + static_cast<std::ptrdiff_t>(k), run, 1);
+        } else {
+          for (std::size_t q = 0; q < run; ++q) {
+            err = ctx.mechanism->install_zeros(range, zero[k + q], 1);
+            if (err == 0 || err == EEXIST) {
+              zero_ok[k + q] = 1;  // EEXIST: mapped already (what the request wants)
+            } else if (status) {
+              status = {Errc::system_error, fmt::format("snapshot_range: populating the page at {} failed: {}",
+                                                        static_cast<void*>(range.page_address(zero[k + q])),
+                                                        std::strerror(err))};
+            }
+          }
+        }
+        k += run;
+      }
+      // Device pages asked to be host pages come back (notifiers hear of it).
+      ContextImpl::BackResult came_back;
+      if (!back.empty()) {
+        if (!staging) staging.emplace(ctx.staging());
+        if (staging->get() == nullptr) {
+          came_back.failed = back;
+          came_back.status = {Errc::out_of_memory, "snapshot_range: no host memory for a staging buffer"};
+        } else {
+          came_back = ctx.bring_back(range, back, staging->get(), InvalidateKind::migrate, kNoOwner);
+        }
+        if (!came_back.status && status) status = came_back.status;
+      }
+      {
+        std::lock_guard lock(table.block_mutex(block));
+        for (std::size_t k = 0; k < zero.size(); ++k) {
+          MirrorEntry& e = table.entry(zero[k]);
+          if (zero_ok[k]) {
+            if (e.residency() == Residency::Empty) e.move_to(MirrorEntry::system());
+            ++populated;
+          }
+          r.pfns[zero[k] - first] = zero_ok[k] ? word_of(e, r.owner) : SNAPSHOT_PFN_ERROR;
+        }
+        for (std::size_t p : back) {
+          const bool failed = std::find(came_back.failed.begin(), came_back.failed.end(), p) != came_back.failed.end();
+          r.pfns[p - first] = failed ? SNAPSHOT_PFN_ERROR | word_of(table.entry(p), r.owner) : word_of(table.entry(p), r.owner);
+        }
+      }
+      // Unlocking reports the pages (words are written) and wakes their faults.
+      std::vector<std::size_t> held;
+      held.reserve(zero.size() + back.size());
+      std::merge(zero.begin(), zero.end(), back.begin(), back.end(), std::back_inserter(held));
+      ctx.unlock(range, held);
+    }
+    if (left > 0 && waiting) ctx.unlocks.wait_after(generation);
+  }
+  r.populated = populated;
+  AtomicCounters::add(ctx.counters.pages_populated, populated);
+  if (any_request) ctx.check_invariants();
+  // The words of pages just unlocked were written under their block mutex
+  // before the unlock; a concurrent change after it is the notifiers' business.
+  return status;
+}
+
+}  // namespace
+
+}  // namespace uhmm::detail
+
+namespace uhmm {
+
+Status snapshot_range(Context& ctx, SnapshotRange& range) noexcept {
+  try {
+    return detail::snapshot(ctx.impl(), range);
+  } catch (const Error& e) {
+    return {e.code(), e.what()};
+  } catch (const std::bad_alloc&) {
+    return {Errc::out_of_memory, "snapshot_range: out of host memory"};
+  } catch (const std::exception& e) {
+    return {Errc::system_error, fmt::format("snapshot_range: {}", e.what())};
+  }
+}
+
+DevicePagemap& device_pagemap(Context& ctx, OwnerId owner) {
+  DevicePagemap* pagemap = ctx.impl().pagemap(owner);
+  if (pagemap == nullptr)
+    throw Error(Errc::invalid_argument, fmt::format("device_pagemap: owner {} is not a device of this context", owner));
+  return *pagemap;
+}
+
+}  // namespace uhmm
