@@ -52,6 +52,7 @@ void Context::set_thrashing(const ThrashingOptions& t) {
   if (t.bounces < 2 || t.bounces > 65535) throw out_of("bounces", t.bounces, 2, 65535);
   if (t.window_ms < 1 || t.window_ms > 60000) throw out_of("window_ms", t.window_ms, 1, 60000);
   if (t.cooldown_ms < 1 || t.cooldown_ms > 600000) throw out_of("cooldown_ms", t.cooldown_ms, 1, 600000);
+  if (t.throttle_ms > 1000) throw out_of("throttle_ms", t.throttle_ms, 0, 1000);
   impl_->policy.set_thrashing(t);
 }
 ThrashingOptions Context::thrashing() const noexcept { return impl_->policy.thrashing(); }

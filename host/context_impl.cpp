@@ -191,7 +191,7 @@ void ContextImpl::wait_for_address_reuse(const std::byte* base, std::size_t byte
   }
 }
 
-MigrationResult ContextImpl::migrate_to_device(void* p, std::size_t bytes, OwnerId owner) {
+MigrationResult ContextImpl::migrate_to_device(void* p, std::size_t bytes, OwnerId owner, const PageFilter* leave) {
   const std::uint64_t start_ns = now_ns();
   Device& dev = device(owner, "migrate_to_device");
   const RangeSpan span = ranges.resolve(p, bytes, "migrate_to_device");  // validates before anything changes
@@ -213,7 +213,7 @@ MigrationResult ContextImpl::migrate_to_device(void* p, std::size_t bytes, Owner
     args.flags = flags;
     args.pgmap_owner = from;
     args.destination = dev.owner();
-    migrate_vma_setup(*this, args);
+    migrate_vma_setup(*this, args, nullptr, leave);
     const std::uint64_t copy_start = now_ns();
     const Status copied = args.cpages > 0 ? dev.alloc_and_copy(args) : Status{};
     AtomicCounters::add(counters.copy_ns_to_device, args.cpages > 0 ? now_ns() - copy_start : 0);

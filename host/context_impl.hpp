@@ -29,6 +29,11 @@ namespace uhmm::detail {
 
 class FaultService;
 
+// `leave`, when given, is asked under the block mutex about each host page
+// setup would select (its index in the range): true leaves it where it is
+// (a launch leaves thrashing pages on the host this way).
+using PageFilter = std::function<bool(std::size_t page)>;
+
 class ContextImpl {
  public:
   explicit ContextImpl(const ContextOptions& options);
@@ -38,7 +43,7 @@ class ContextImpl {
 
   void* allocate(std::size_t bytes);
   void free(void* base);
-  MigrationResult migrate_to_device(void* p, std::size_t bytes, OwnerId owner);
+  MigrationResult migrate_to_device(void* p, std::size_t bytes, OwnerId owner, const PageFilter* leave = nullptr);
   MigrationResult migrate_to_host(void* p, std::size_t bytes);
   std::size_t migrate_device_range(OwnerId owner, DevicePageIndex first, std::size_t npages);
   // migrate_device_range's work, on arguments already checked: moves every
@@ -144,7 +149,8 @@ class ContextImpl {
 // its index, its entry before setup locked it, and its src word (the range
 // snapshot's SNAPSHOT_REQ_MIGRATE rides on this walk).
 using SetupVisitor = std::function<void(std::size_t i, MirrorEntry before, std::uint64_t src)>;
-void migrate_vma_setup(ContextImpl& ctx, MigrateVma& args, const SetupVisitor* visit = nullptr);
+void migrate_vma_setup(ContextImpl& ctx, MigrateVma& args, const SetupVisitor* visit = nullptr,
+                       const PageFilter* leave = nullptr);
 std::size_t migrate_vma_pages(ContextImpl& ctx, MigrateVma& args);
 void migrate_vma_finalize(ContextImpl& ctx, MigrateVma& args);
 

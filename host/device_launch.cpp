@@ -1,13 +1,16 @@
 #include "device_launch.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <deque>
 #include <mutex>
+#include <thread>
 #include <vector>
 
 #include <fmt/format.h>
 
 #include "context_impl.hpp"
+#include "page_bounces.hpp"
 #include "read_mostly.hpp"
 #include "uhmm/detail/log.hpp"
 
@@ -21,6 +24,28 @@ struct HeldSpan {
   RangeSpan span;
   std::vector<std::size_t> held;  // pages this launch locked
 };
+
+// Throttling (DESIGN.md, "Thrashing"): where thrashing pages cannot stay on the
+// host, the launch waits until each cooling host page of its spans has been
+// back on the host for throttle_ms, so the CPU gets to use it before the
+// device takes it again (UVM naps the faulting processor for the same reason).
+void throttle(ContextImpl& ctx, std::span<const HeldSpan> spans, const ThrashingSettings& thrashing) {
+  const std::uint32_t now_ms = monotonic_ms();
+  std::uint32_t wait_ms = 0;
+  for (const HeldSpan& h : spans) {
+    auto& range = h.span.range();
+    auto& table = range.table();
+    for (std::size_t q = h.span.first(); q < h.span.end(); ++q) {
+      std::lock_guard lock(table.block_mutex(MirrorTable::block_of(q)));
+      std::uint32_t back_for_ms = 0;
+      if (table.entry(q).residency() == Residency::System && range.bounces().cooling(q, now_ms, thrashing, &back_for_ms))
+        wait_ms = std::max(wait_ms, thrashing.throttle_ms - std::min(back_for_ms, thrashing.throttle_ms));
+    }
+  }
+  if (wait_ms == 0) return;
+  AtomicCounters::add(ctx.counters.thrashing_throttles, 1);
+  std::this_thread::sleep_for(std::chrono::milliseconds(wait_ms));
+}
 
 // Runs the host-compiled kernels of one launch on its stream and keeps their
 // results until the stream has drained.
@@ -113,6 +138,12 @@ void run_device_launch(ContextImpl& ctx, OwnerId device, std::span<const LaunchS
 
   Backend& backend = dev.backend();
   const DeviceInfo info = dev.info();
+  // Thrashing pages stay on the host where this device's kernels reach host
+  // memory (pinning), else the launch waits for them (throttling).
+  const ThrashingSettings thrashing = ctx.policy.thrashing();
+  const bool pin = thrashing.enabled && thrashing.pin && (info.capabilities & kCapHostMemoryAccess) != 0;
+  if (thrashing.enabled && !pin && thrashing.throttle_ms > 0) throttle(ctx, held, thrashing);
+  std::size_t pinned = 0;
   LaunchStreamPool::Lease lease = ctx.launch_streams.of(dev.owner(), backend).acquire();
   HostQueue queue(backend, lease.stream(), info.capabilities, call, info.backend);
   std::vector<std::uint64_t> host_tables;  // uploaded from here: valid until the stream drains
@@ -143,12 +174,26 @@ void run_device_launch(ContextImpl& ctx, OwnerId device, std::span<const LaunchS
       // while that brings pages, so a kernel whose spans fit gets them all.
       for (std::size_t tries = 0; tries < kMigrateTries && h.held.size() < h.span.count(); ++tries) {
         const std::size_t before = h.held.size();
-        ctx.migrate_to_device(pages[k].first, pages[k].second, dev.owner());
+        auto& range = h.span.range();
+        const std::uint32_t now_ms = monotonic_ms();
+        const PageFilter cooling = [&range, now_ms, &thrashing](std::size_t q) {
+          return range.bounces().cooling(q, now_ms, thrashing);
+        };
+        ctx.migrate_to_device(pages[k].first, pages[k].second, dev.owner(), pin ? &cooling : nullptr);
         const std::uint64_t now = ctx.recency->tick();  // a kernel's spans are its working set: recently used
         std::vector<std::size_t> collapse;  // read-mostly pages this kernel may write
         for (std::size_t q = h.span.first(); q < h.span.end(); ++q) {
           std::lock_guard lock(table.block_mutex(MirrorTable::block_of(q)));
           MirrorEntry& e = table.entry(q);
+          if (pin && e.residency() == Residency::System && !e.locked() && !e.has(MirrorEntry::kPoisoned) &&
+              (e.has(MirrorEntry::kWrite) || !spans[k].writable) && range.bounces().cooling(q, now_ms, thrashing)) {
+            // Pinned on the host: the kernel reaches the page where it is.
+            e.set(MirrorEntry::kLocked);
+            h.held.push_back(q);
+            entries[q - h.span.first()] = reinterpret_cast<std::uintptr_t>(range.page_address(q));
+            ++pinned;
+            continue;
+          }
           const bool dup = e.residency() == Residency::Duplicated;
           if ((e.residency() != Residency::Device && !dup) || e.device_page().owner != dev.owner() || e.locked())
             continue;
@@ -181,6 +226,7 @@ void run_device_launch(ContextImpl& ctx, OwnerId device, std::span<const LaunchS
       }
     }
 
+    AtomicCounters::add(ctx.counters.thrashing_pages_pinned, pinned);
     body(LaunchStream{backend.native_stream(lease.stream()), &queue}, tables);
   } catch (...) {
     // The stream must not run on unlocked pages or read a freed host table.

@@ -56,7 +56,7 @@ std::uint64_t select(MirrorEntry e, const MigrateVma& a) {
 
 }  // namespace
 
-void migrate_vma_setup(ContextImpl& ctx, MigrateVma& a, const SetupVisitor* visit) {
+void migrate_vma_setup(ContextImpl& ctx, MigrateVma& a, const SetupVisitor* visit, const PageFilter* leave) {
   check_args(ctx, a);
   const std::size_t bytes =
       static_cast<std::size_t>(static_cast<std::byte*>(a.end) - static_cast<std::byte*>(a.start));
@@ -79,6 +79,7 @@ void migrate_vma_setup(ContextImpl& ctx, MigrateVma& a, const SetupVisitor* visi
       MirrorEntry& e = table.entry(p);
       const std::size_t i = p - first;
       a.src[i] = select(e, a);
+      if (leave != nullptr && a.src[i] != 0 && e.residency() == Residency::System && (*leave)(p)) a.src[i] = 0;
       a.dst[i] = 0;
       if (visit != nullptr) (*visit)(i, e, a.src[i]);
       if (a.src[i] & MIGRATE_PFN_MIGRATE) {

@@ -131,6 +131,12 @@ const Option kOptions[] = {
      [](ContextOptions& o, std::string_view n, std::string_view v) {
        o.thrashing.cooldown_ms = parse_bounded(n, v, 1, 600000, "milliseconds from 1 to 600000");
      }},
+    {"UHMM_THRASHING_PIN",
+     [](ContextOptions& o, std::string_view n, std::string_view v) { o.thrashing.pin = parse_bool(n, v); }},
+    {"UHMM_THRASHING_THROTTLE_MS",
+     [](ContextOptions& o, std::string_view n, std::string_view v) {
+       o.thrashing.throttle_ms = parse_bounded(n, v, 0, 1000, "milliseconds from 0 to 1000");
+     }},
     {"UHMM_FAULT_SPIN_US",
      [](ContextOptions& o, std::string_view n, std::string_view v) {
        const auto us = parse_unsigned(n, v, "microseconds from 0 to 100000");

@@ -33,14 +33,18 @@ class PageBounces {
   // the moment it starts thrashing, cooling while its cool-down lasts.
   // Pre: the caller holds the page's block mutex.
   Verdict record(std::size_t page, std::uint32_t now_ms, const ThrashingSettings& s);
-  // Whether `page` is cooling down at `now_ms`. Pre: its block mutex is held.
-  bool cooling(std::size_t page, std::uint32_t now_ms, const ThrashingSettings& s) const noexcept;
+  // Whether `page` is cooling down at `now_ms`; if so and `back_for_ms` is
+  // given, how long ago it last came back to the host. Pre: its block mutex
+  // is held.
+  bool cooling(std::size_t page, std::uint32_t now_ms, const ThrashingSettings& s,
+               std::uint32_t* back_for_ms = nullptr) const noexcept;
 
  private:
   struct History {
     std::uint32_t since_ms = 0;  // start of the window, or of the cool-down
     std::uint16_t bounces = 0;
     bool cooling = false;
+    std::uint32_t back_ms = 0;   // the latest return to the host (throttling counts from it)
   };
   using Block = std::array<History, kPagesPerBlock>;
   std::vector<std::unique_ptr<Block>> blocks_;

@@ -29,7 +29,8 @@ const char* const kVariables[] = {"UHMM_BACKEND",       "UHMM_DEVICE_POOL",   "U
                                   "UHMM_FAULT_AHEAD",   "UHMM_FAULT_SPIN_US", "UHMM_CPU_COPY_THREADS", "UHMM_STATS",
                                   "UHMM_PLUGIN_DIR",
                                   "UHMM_FAULT_MODE",    "UHMM_PREFETCH_THRESHOLD", "UHMM_THRASHING",
-                                  "UHMM_THRASHING_BOUNCES", "UHMM_THRASHING_WINDOW_MS", "UHMM_THRASHING_COOLDOWN_MS"};
+                                  "UHMM_THRASHING_BOUNCES", "UHMM_THRASHING_WINDOW_MS", "UHMM_THRASHING_COOLDOWN_MS",
+                                  "UHMM_THRASHING_PIN", "UHMM_THRASHING_THROTTLE_MS"};
 
 std::string lower(std::string s) {
   std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
@@ -194,11 +195,16 @@ TEST_F(OptionsTest, ThrashingKnobsParseWithinTheirRanges) {
   set("UHMM_THRASHING_BOUNCES", "3");
   set("UHMM_THRASHING_WINDOW_MS", "1");
   set("UHMM_THRASHING_COOLDOWN_MS", "600000");
+  set("UHMM_THRASHING_PIN", "0");
+  set("UHMM_THRASHING_THROTTLE_MS", "1000");
   const ContextOptions o = ContextOptions::from_environment();
   EXPECT_FALSE(o.thrashing.enabled);
   EXPECT_EQ(o.thrashing.bounces, 3u);
   EXPECT_EQ(o.thrashing.window_ms, 1u);
   EXPECT_EQ(o.thrashing.cooldown_ms, 600000u);
+  EXPECT_TRUE(d.thrashing.pin);
+  EXPECT_FALSE(o.thrashing.pin);
+  EXPECT_EQ(o.thrashing.throttle_ms, 1000u);
 }
 
 TEST_F(OptionsTest, ThrashingKnobsOutOfRangeOrMalformedAreInvalidArgumentNamingThem) {
@@ -206,6 +212,8 @@ TEST_F(OptionsTest, ThrashingKnobsOutOfRangeOrMalformedAreInvalidArgumentNamingT
   for (const char* bad : {"", "0", "60001", "50ms", "1.5"}) expect_rejected("UHMM_THRASHING_WINDOW_MS", bad);
   for (const char* bad : {"", "0", "600001", "-1", "soon"}) expect_rejected("UHMM_THRASHING_COOLDOWN_MS", bad);
   for (const char* bad : {"", "2", "maybe"}) expect_rejected("UHMM_THRASHING", bad);
+  for (const char* bad : {"", "2", "sometimes"}) expect_rejected("UHMM_THRASHING_PIN", bad);
+  for (const char* bad : {"", "1001", "-1", "2ms"}) expect_rejected("UHMM_THRASHING_THROTTLE_MS", bad);
 }
 
 // ---- UHMM_FAULT_SPIN_US ----

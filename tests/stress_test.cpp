@@ -76,6 +76,14 @@ TEST(Stress, FourThreadsWithFaultAhead) {
   EXPECT_GT(r.counters.pages_fault_ahead, 0u);
 }
 
+// Launches pin thrashing pages on the host; kernels write them in place.
+TEST(Stress, FourThreadsWithEagerThrashingPinning) {
+  StressConfig c = base(505, 4, 6000);
+  c.eager_thrashing = true;
+  const StressReport r = run_and_check(c);
+  EXPECT_GT(r.counters.thrashing_pages_pinned, 0u);
+}
+
 TEST(Stress, FourThreadsWithoutFaultAhead) {
   StressConfig c = base(404, 4, 2500);
   c.fault_ahead = false;

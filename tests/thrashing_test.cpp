@@ -104,7 +104,8 @@ TEST_F(ThrashingTest, BadSettingsAreRefusedAndChangeNothing) {
                                   {.enabled = true, .bounces = 8, .window_ms = 0, .cooldown_ms = 500},
                                   {.enabled = true, .bounces = 8, .window_ms = 60001, .cooldown_ms = 500},
                                   {.enabled = true, .bounces = 8, .window_ms = 50, .cooldown_ms = 0},
-                                  {.enabled = true, .bounces = 8, .window_ms = 50, .cooldown_ms = 600001}};
+                                  {.enabled = true, .bounces = 8, .window_ms = 50, .cooldown_ms = 600001},
+                                  {.enabled = true, .bounces = 8, .window_ms = 50, .cooldown_ms = 500, .throttle_ms = 1001}};
   for (const ThrashingOptions& t : bad) {
     try {
       ctx.set_thrashing(t);
@@ -117,7 +118,60 @@ TEST_F(ThrashingTest, BadSettingsAreRefusedAndChangeNothing) {
     EXPECT_EQ(now.bounces, before.bounces);
     EXPECT_EQ(now.window_ms, before.window_ms);
     EXPECT_EQ(now.cooldown_ms, before.cooldown_ms);
+    EXPECT_EQ(now.throttle_ms, before.throttle_ms);
   }
+}
+
+// A kernel over the block: each page's first byte becomes p + 100.
+void write_pages(Context& ctx, unsigned char* block) {
+  ctx.launch(
+      kPagesPerBlock, [](std::size_t p, device_span<unsigned char> s) { s[p * kPageSize] = static_cast<unsigned char>(p + 100); },
+      std::span<unsigned char>(block, kBlockSize));
+}
+
+TEST_F(ThrashingTest, ALaunchLeavesCoolingPagesPinnedOnTheHostAndItsKernelReachesThem) {
+  for (int round = 0; round < 4; ++round) bounce();
+  ASSERT_EQ(ctx.counters().thrashing_pages_detected, kBouncing);
+  const Counters before = ctx.counters();
+  write_pages(ctx, block);
+  const auto states = ctx.residency(block, kBlockSize);
+  for (std::size_t p = 0; p < kPagesPerBlock; ++p) {
+    EXPECT_EQ(states[p].residency, p < kBouncing ? Residency::System : Residency::Device) << p;
+    EXPECT_FALSE(states[p].locked) << p;
+  }
+  const Counters after = ctx.counters();
+  EXPECT_EQ(after.thrashing_pages_pinned - before.thrashing_pages_pinned, kBouncing);
+  EXPECT_EQ(after.thrashing_throttles, before.thrashing_throttles);
+  // The kernel wrote the pinned pages in place: reading them faults nothing back.
+  for (std::size_t p = 0; p < kPagesPerBlock; ++p)
+    EXPECT_EQ(static_cast<volatile unsigned char*>(block)[p * kPageSize], static_cast<unsigned char>(p + 100)) << p;
+  EXPECT_EQ(ctx.counters().faults_from_device - after.faults_from_device, kPagesPerBlock - kBouncing);
+  EXPECT_TRUE(ctx.validate()) << ctx.validate().message;
+}
+
+TEST_F(ThrashingTest, WithoutPinningALaunchWaitsForCoolingPagesThenTakesThem) {
+  ThrashingOptions t = ctx.thrashing();
+  t.pin = false;
+  t.throttle_ms = 1000;  // the most: the launch comes well within it of the last bounce
+  ctx.set_thrashing(t);
+  for (int round = 0; round < 4; ++round) bounce();
+  ASSERT_EQ(ctx.counters().thrashing_pages_detected, kBouncing);
+  const Counters before = ctx.counters();
+  write_pages(ctx, block);  // pages 0..7 came back just now: the launch waits
+  EXPECT_EQ(ctx.counters().thrashing_throttles - before.thrashing_throttles, 1u);
+  EXPECT_EQ(ctx.counters().thrashing_pages_pinned, before.thrashing_pages_pinned);
+  EXPECT_EQ(on_device(), kPagesPerBlock);
+  for (std::size_t p = 0; p < kPagesPerBlock; ++p)
+    EXPECT_EQ(static_cast<volatile unsigned char*>(block)[p * kPageSize], static_cast<unsigned char>(p + 100)) << p;
+  // Throttling off: the launch takes them at once.
+  t.throttle_ms = 0;
+  ctx.set_thrashing(t);
+  for (std::size_t p = 0; p < kBouncing; ++p)  // back to the host, just now
+    EXPECT_EQ(static_cast<volatile unsigned char*>(block)[p * kPageSize], static_cast<unsigned char>(p + 100)) << p;
+  const Counters again = ctx.counters();
+  write_pages(ctx, block);
+  EXPECT_EQ(ctx.counters().thrashing_throttles, again.thrashing_throttles);
+  EXPECT_TRUE(ctx.validate()) << ctx.validate().message;
 }
 
 }  // namespace

@@ -365,7 +365,7 @@ CpuBackend::~CpuBackend() {
 
 DeviceInfo CpuBackend::info() const {
   return DeviceInfo{"cpu", options_.name, std::uint64_t{nchunks_} * kChunkSize,
-                    kCapHostKernels | kCapHostVisibleMemory | kCapPeerCopy};
+                    kCapHostKernels | kCapHostVisibleMemory | kCapPeerCopy | kCapHostMemoryAccess};
 }
 
 // ---- device memory ----

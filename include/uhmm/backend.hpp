@@ -28,6 +28,7 @@ enum BackendCapability : std::uint32_t {
   kCapVirtualMemory = 1u << 2,       // virtual-memory mapping of chunks
   kCapHostKernels = 1u << 3,         // launch() runs host functions (cpu backend)
   kCapHostVisibleMemory = 1u << 4,   // device addresses are host pointers
+  kCapHostMemoryAccess = 1u << 5,    // kernels reach host (managed-range) memory in place
 };
 
 struct DeviceInfo {

@@ -31,13 +31,17 @@ class StreamImpl;
 
 // Thrashing: a page that comes back to the host on CPU faults at least
 // `bounces` times within `window_ms` thrashes; for `cooldown_ms` from then it
-// is not brought back as a fault's neighbour (fault-ahead) and launches
-// (docs/DESIGN.md, "Thrashing").
+// is not brought back as a fault's neighbour (fault-ahead), and a launch that
+// declares it either leaves it pinned on the host, where the device's kernels
+// reach host memory (`pin`), or waits until it has been on the host for
+// `throttle_ms` (docs/DESIGN.md, "Thrashing").
 struct ThrashingOptions {
   bool enabled = true;         // UHMM_THRASHING
   unsigned bounces = 8;        // UHMM_THRASHING_BOUNCES (2-65535)
   unsigned window_ms = 50;     // UHMM_THRASHING_WINDOW_MS (1-60000)
   unsigned cooldown_ms = 500;  // UHMM_THRASHING_COOLDOWN_MS (1-600000)
+  bool pin = true;             // UHMM_THRASHING_PIN
+  unsigned throttle_ms = 2;    // UHMM_THRASHING_THROTTLE_MS (0-1000; 0: no throttling)
 };
 
 struct UHMM_EXPORT ContextOptions {

@@ -27,6 +27,8 @@
   X(thrashing_pages_detected) /* pages that started a cool-down */                               \
   X(thrashing_faults)         /* CPU faults on pages cooling down */                             \
   X(thrashing_not_prefetched) /* cooling neighbours left on the device by fault-ahead */         \
+  X(thrashing_pages_pinned)   /* cooling pages a launch's kernel reached on the host, unmigrated */ \
+  X(thrashing_throttles)      /* launches that waited for a cooling page's time on the host */   \
   /* Device pool. */                                                                             \
   X(device_pages_in_use)                                                                         \
   X(device_evictions) /* pages moved back by migrate_device_range (and eviction, which uses it) */ \

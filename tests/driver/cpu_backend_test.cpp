@@ -74,7 +74,7 @@ TEST_F(CpuBackendTest, InfoAdvertisesHostKernelsHostVisibleMemoryAndPeerCopy) {
   const DeviceInfo info = backend_.info();
   EXPECT_EQ(info.backend, "cpu");
   EXPECT_EQ(info.memory_bytes, 8 * kChunkSize);
-  EXPECT_EQ(info.capabilities, kCapHostKernels | kCapHostVisibleMemory | kCapPeerCopy);
+  EXPECT_EQ(info.capabilities, kCapHostKernels | kCapHostVisibleMemory | kCapPeerCopy | kCapHostMemoryAccess);
 }
 
 TEST(CpuBackendMemory, ChunksAreAlignedDistinctAndOutOfMemoryWhenCapacityIsUsed) {

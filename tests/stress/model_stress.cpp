@@ -233,6 +233,7 @@ ContextOptions Harness::options_of(const StressConfig& cfg) {
   o.devices = cfg.devices;
   o.fault_ahead = cfg.fault_ahead;
   o.evict = cfg.evict;
+  if (cfg.eager_thrashing) o.thrashing = {.enabled = true, .bounces = 2, .window_ms = 1000, .cooldown_ms = 200};
   // scripts/test.sh --fault-mode=signal runs the stress test on the signal path too.
   if (const char* mode = std::getenv("UHMM_FAULT_MODE")) o.fault_mode = mode;
   return o;
@@ -962,9 +963,9 @@ bool StressConfig::oversubscribed() const noexcept { return std::size_t{ranges} 
 std::string StressConfig::describe() const {
   return fmt::format(
       "seed={} threads={} ops_per_thread={} duration_s={} ranges={} range_pages={} pool_bytes={} devices={} "
-      "fault_ahead={} inject_failures={} evict={}{}",
+      "fault_ahead={} inject_failures={} evict={} eager_thrashing={}{}",
       seed, threads, ops_per_thread, duration_s, ranges, range_pages, pool_bytes, devices, fault_ahead,
-      inject_failures, evict, oversubscribed() ? " (oversubscribed)" : "");
+      inject_failures, evict, eager_thrashing, oversubscribed() ? " (oversubscribed)" : "");
 }
 
 const char* to_string(Op op) noexcept {

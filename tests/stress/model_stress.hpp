@@ -78,6 +78,9 @@ struct StressConfig {
   bool fault_ahead = true;
   bool inject_failures = false;
   bool evict = true;  // ContextOptions::evict: a full pool evicts its least recently used chunks
+  // Thrashing detected after 2 bounces within a second, cooling 200 ms: launches
+  // then pin pages on the host and their kernels reach them there.
+  bool eager_thrashing = false;
   std::size_t log_records = 64;  // records kept per thread (ring buffer)
   // A thread stuck this long in one operation is reported (config and logs on
   // stderr) and the process exits with status 3: a hang names its operation.
