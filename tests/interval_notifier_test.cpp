@@ -197,7 +197,12 @@ TEST(IntervalNotifier, ACallbackMaySnapshotAndReadRetryButNotWait) {
   std::vector<std::uint64_t> seen(n, 1);
   Status plain, populate;
   bool retry = false, read_begin_refused = false;
+  // The callback may run on the fault service's thread: what it records is
+  // read here under this mutex (a userfaultfd wake is no happens-before edge
+  // TSan can see).
+  std::mutex m;
   IntervalNotifier notifier(ctx, p, n * kPageSize, [&](const InvalidateEvent& e) {
+    std::lock_guard lock(m);
     SnapshotRange r;
     r.start = p;
     r.end = p + n * kPageSize;
@@ -215,15 +220,21 @@ TEST(IntervalNotifier, ACallbackMaySnapshotAndReadRetryButNotWait) {
   });
   self = &notifier;
   ctx.migrate_to_device(p, n * kPageSize, 1);
-  EXPECT_TRUE(plain) << plain.message;
-  for (std::uint64_t w : seen) EXPECT_EQ(w, 0u);  // locked by the migration: not valid
-  EXPECT_EQ(populate.code, Errc::busy);
-  EXPECT_TRUE(retry);
-  EXPECT_TRUE(read_begin_refused);
-  // The same from the fault service's thread (a CPU fault brings pages back).
-  plain = {};
+  {
+    std::lock_guard lock(m);
+    EXPECT_TRUE(plain) << plain.message;
+    for (std::uint64_t w : seen) EXPECT_EQ(w, 0u);  // locked by the migration: not valid
+    EXPECT_EQ(populate.code, Errc::busy);
+    EXPECT_TRUE(retry);
+    EXPECT_TRUE(read_begin_refused);
+    // The same from the fault service's thread (a CPU fault brings pages back).
+    plain = {};
+  }
   EXPECT_EQ(first_mismatch(p, n * kPageSize, 5), SIZE_MAX);
-  EXPECT_TRUE(plain) << plain.message;
+  {
+    std::lock_guard lock(m);
+    EXPECT_TRUE(plain) << plain.message;
+  }
   ctx.free(p);
 }
 
