@@ -1,6 +1,7 @@
 #include "range_advice.hpp"
 
 #include <algorithm>
+#include <bitset>
 #include <cerrno>
 #include <cstring>
 #include <vector>
@@ -36,13 +37,16 @@ void check_device(const ContextImpl& ctx, Location where, const char* call) {
 // For each block of the span, sets LOCKED on the pages `want` selects and
 // hands them (ascending) to `use`, which unlocks them. Pages that a migration,
 // fault or kernel holds are waited for: their holder may be about to give
-// them a new home, which the caller must see.
+// them a new home, which the caller must see. Each page is taken at most
+// once: one another thread repopulates after `use` released it holds data
+// newer than the call, and is left alone.
 template <class Want, class Use>
 void take_pages(ContextImpl& ctx, const RangeSpan& span, Want want, Use use) {
   auto& table = span.range().table();
   for (std::size_t block = table.block_of(span.first()); block <= table.block_of(span.end() - 1); ++block) {
     const std::size_t lo = std::max(span.first(), table.block_begin(block));
     const std::size_t hi = std::min(span.end(), table.block_end(block));
+    std::bitset<kPagesPerBlock> done;  // by page - lo
     for (;;) {
       const std::uint64_t generation = ctx.unlocks.generation();
       bool waiting = false;
@@ -51,12 +55,13 @@ void take_pages(ContextImpl& ctx, const RangeSpan& span, Want want, Use use) {
         std::lock_guard lock(table.block_mutex(block));
         for (std::size_t q = lo; q < hi; ++q) {
           MirrorEntry& e = table.entry(q);
-          if (!want(e)) continue;
+          if (done[q - lo] || !want(e)) continue;
           if (e.locked()) {
             waiting = true;
             continue;
           }
           e.set(MirrorEntry::kLocked);
+          done[q - lo] = true;
           taken.push_back(q);
         }
       }

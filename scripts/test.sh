@@ -63,7 +63,11 @@ fi
 run_config() {
   local config=$1 dir args=(-DUHMM_WERROR=ON) wrap=()
   case "$config" in
-    plain) dir=build ;;
+    plain)
+      dir=build
+      # CMake's default generator, as users and packagers build (the others use Ninja).
+      export UHMM_GENERATOR=default
+      ;;
     address)
       dir=build-asan
       # -O1 and asserts on: UBSan makes -O2 builds compile about 4x slower

@@ -320,6 +320,43 @@ TEST(AdviceTest, DiscardDuringConcurrentMigrationsLeavesNothingBehind) {
   ctx.free(r);
 }
 
+// A discard drops each page of its span at most once. It takes a block's free
+// pages, then waits for a page a kernel holds; meanwhile another thread
+// writes a page it already dropped. That page now holds data written after
+// the discard began, and the discard leaves it: its count is at most the span's
+// pages (it was 2 more than that when later passes took repopulated pages).
+TEST(AdviceTest, DiscardDropsEachPageAtMostOnceWhileOthersRepopulateIt) {
+  Context ctx(cpu_options());
+  constexpr std::size_t kPages = 8;
+  void* r = ctx.allocate(kPages * kPageSize);
+  fill(r, kPages * kPageSize, 3);
+  std::atomic<bool> kernel_holds{false}, release_kernel{false};
+  std::thread kernel([&] {
+    ctx.launch_device(
+        [&](const LaunchStream&, device_span<std::uint64_t>) {
+          kernel_holds = true;
+          while (!release_kernel) std::this_thread::yield();
+        },
+        std::span<std::uint64_t>(reinterpret_cast<std::uint64_t*>(r), kPageSize / 8));
+  });
+  while (!kernel_holds) std::this_thread::yield();
+  std::size_t dropped = 0;
+  std::thread discarder([&] { dropped = ctx.discard(r, kPages * kPageSize); });
+  // The discard's first pass has dropped pages 1..7 once page 1 reads Empty.
+  while (residency_of(ctx, r, 1) != Residency::Empty) std::this_thread::yield();
+  *reinterpret_cast<volatile std::uint64_t*>(page(r, 1)) = 77;
+  *reinterpret_cast<volatile std::uint64_t*>(page(r, 2)) = 78;
+  release_kernel = true;
+  kernel.join();
+  discarder.join();
+  EXPECT_EQ(dropped, kPages) << "pages 0..7, each once";
+  EXPECT_EQ(read_word(r, 1), 77u) << "a store after the page was dropped is kept";
+  EXPECT_EQ(read_word(r, 2), 78u);
+  EXPECT_EQ(read_word(r, 0), 0u);
+  EXPECT_TRUE(all_zero(page(r, 3), 5 * kPageSize));
+  ctx.free(r);
+}
+
 // Advice changes under threads that fault pages back and migrations that
 // move them: the data stays right and the mirror stays consistent.
 TEST(AdviceTest, AdviceChangesWhileThreadsFaultAndMigrate) {

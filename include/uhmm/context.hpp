@@ -193,7 +193,9 @@ class UHMM_EXPORT Context {
   // The span's contents become zeros, and nothing is copied anywhere: device
   // pages go back to their pools, host pages are released. Waits for pages a
   // migration, fault or kernel holds; poisoned pages stay poisoned. Returns
-  // the pages whose contents were dropped.
+  // the pages whose contents were dropped, each counted once (at most the
+  // span's pages): a page another thread writes after the discard dropped it,
+  // while the call still waits for other pages, keeps that write.
   std::size_t discard(void* p, std::size_t bytes);
 
   // Each page's state in [p, p + bytes), page aligned, inside one range.
