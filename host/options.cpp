@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 
 #include "uhmm/context.hpp"
+#include "uhmm/detail/log.hpp"
 
 namespace uhmm {
 namespace {
@@ -104,6 +105,12 @@ const Option kOptions[] = {
      [](ContextOptions& o, std::string_view n, std::string_view v) {
        if (v.empty()) bad(n, v, "a directory holding libuhmm-backend-<name>.so");
        o.plugin_dir = std::string(v);
+     }},
+    {"UHMM_LOG",
+     [](ContextOptions&, std::string_view n, std::string_view v) {
+       // The logger reads it for the whole process; checked here so that a
+       // typo is an error, not silence.
+       if (!detail::parse_log_level(v)) bad(n, v, detail::kLogLevels);
      }},
     {"UHMM_TRACE", [](ContextOptions& o, std::string_view, std::string_view v) { o.trace_path = v; }},
     {"UHMM_STATS", [](ContextOptions& o, std::string_view n, std::string_view v) { o.print_stats = parse_bool(n, v); }},

@@ -202,4 +202,16 @@ TEST(LimitsTest, TheMostDevicesMigrateToEachOtherAndBackWithoutHanging) {
   ctx.free(p);
 }
 
+TEST(LimitsTest, MoreDevicesThanOwnerIdsIsInvalidArgumentNamingTheMost) {
+  for (unsigned devices : {256u, 1000u}) {
+    try {
+      Context ctx(cpu_options(2 * MiB, true, devices));
+      ADD_FAILURE() << devices << " devices accepted";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), Errc::invalid_argument) << e.what();
+      EXPECT_NE(std::string(e.what()).find("255"), std::string::npos) << e.what();
+    }
+  }
+}
+
 }  // namespace
