@@ -5,9 +5,10 @@
 
 #include <algorithm>
 #include <cctype>
-#include <cstdlib>
 #include <string>
 #include <utility>
+
+#include "environment.hpp"
 
 namespace uhmm::detail {
 
@@ -29,12 +30,13 @@ spdlog::logger& log() {
   static const std::shared_ptr<spdlog::logger> logger = [] {
     auto l = spdlog::stderr_color_mt("uhmm");
     l->set_pattern("[uhmm %l] %v");
-    const char* level = std::getenv("UHMM_LOG");
-    const auto parsed = level != nullptr ? parse_log_level(level) : spdlog::level::warn;
+    const EnvironmentValue level = read_environment("UHMM_LOG");
+    const auto parsed = level.value != nullptr ? parse_log_level(level.value) : spdlog::level::warn;
     // An unknown level logs at the default rather than not at all: a typo
     // must not hide a poisoned page (ContextOptions::from_environment rejects it).
     l->set_level(parsed.value_or(spdlog::level::warn));
-    if (!parsed) l->warn("UHMM_LOG={}: expected {}; logging at warn", level, kLogLevels);
+    if (!parsed) l->warn("UHMM_LOG={}: expected {}; logging at warn", level.value, kLogLevels);
+    if (level.ignored) l->warn("{}", ignored_variable_message("UHMM_LOG"));
     return l;
   }();
   return *logger;

@@ -1,13 +1,14 @@
 // ContextOptions from UHMM_* environment variables: one table, sizes with
-// K/M/G suffixes, a clear error naming the variable for a malformed value.
+// K/M/G suffixes, a clear error naming the variable for a malformed value. A
+// privileged process ignores them all (environment.hpp).
 #include <cctype>
 #include <charconv>
-#include <cstdlib>
 #include <string>
 #include <string_view>
 
 #include <fmt/format.h>
 
+#include "environment.hpp"
 #include "uhmm/context.hpp"
 #include "uhmm/detail/log.hpp"
 
@@ -169,7 +170,7 @@ const Option kOptions[] = {
 ContextOptions ContextOptions::from_environment() {
   ContextOptions o;
   for (const Option& opt : kOptions)
-    if (const char* v = std::getenv(opt.name); v != nullptr) opt.apply(o, opt.name, v);
+    if (const char* v = detail::environment_variable(opt.name); v != nullptr) opt.apply(o, opt.name, v);
   return o;
 }
 
