@@ -17,7 +17,7 @@ using namespace uhmm::detail;
 
 bool privileged() noexcept { return true; }
 
-class SecureEnvironment : public testing::Test {
+class SecureEnvironmentReader : public testing::Test {
  protected:
   void SetUp() override {
     ::setenv("UHMM_PLUGIN_DIR", "/home/someone/evil", 1);
@@ -30,13 +30,13 @@ class SecureEnvironment : public testing::Test {
   }
 };
 
-TEST_F(SecureEnvironment, AnUnprivilegedProcessReadsItsVariables) {
+TEST_F(SecureEnvironmentReader, AnUnprivilegedProcessReadsItsVariables) {
   EXPECT_FALSE(process_is_privileged());  // the test runs without setuid or file capabilities
   EXPECT_STREQ(environment_variable("UHMM_PLUGIN_DIR"), "/home/someone/evil");
   EXPECT_THROW((void)ContextOptions::from_environment(), Error);  // UHMM_DEVICES is parsed, and malformed
 }
 
-TEST_F(SecureEnvironment, APrivilegedProcessIgnoresEveryVariableSayingSoInOneLineEach) {
+TEST_F(SecureEnvironmentReader, APrivilegedProcessIgnoresEveryVariableSayingSoInOneLineEach) {
   set_privilege_check_for_testing(&privileged);
   const ContextOptions defaults;
   testing::internal::CaptureStderr();
