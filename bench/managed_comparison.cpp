@@ -3,11 +3,12 @@
 #include <dlfcn.h>
 #include <unistd.h>
 
-#include <cstdlib>
 #include <filesystem>
 #include <stdexcept>
 
 #include <fmt/format.h>
+
+#include "uhmm/context.hpp"
 
 namespace uhmm::bench {
 namespace {
@@ -24,9 +25,10 @@ ManagedBaseline::ManagedBaseline(const std::string& backend)
     : name_(fmt::format("{}MallocManaged + prefetch", backend == "hip" ? "hip" : "cuda")) {
   if (backend != "cuda" && backend != "hip")
     throw std::runtime_error(fmt::format("no managed-memory baseline for the {} backend", backend));
-  const char* dir = std::getenv("UHMM_PLUGIN_DIR");
+  // UHMM_PLUGIN_DIR as the library reads it (ignored in a privileged process).
+  const std::string dir = ContextOptions::from_environment().plugin_dir;
   const std::filesystem::path path =
-      (dir != nullptr && *dir != '\0' ? std::filesystem::path(dir) : own_directory()) /
+      (!dir.empty() ? std::filesystem::path(dir) : own_directory()) /
       fmt::format("libuhmm-managed-baseline-{}.so", backend);
   // Never unloaded: a GPU runtime must not be unloaded under its own atexit work.
   void* lib = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);

@@ -1,6 +1,9 @@
 // Finds and loads GPU backend plugins (libuhmm-backend-<name>.so). Search
 // order: UHMM_PLUGIN_DIR when set (only there), else the directory libuhmm.so
-// was loaded from, then the install directory (${libdir}/uhmm). A loaded plugin
+// was loaded from, then the install directory (${libdir}/uhmm). A plugin that
+// someone else could replace (it, or a directory above it, is writable by
+// group or others, or owned by neither root nor the effective user) is
+// refused, with the reason in `why`. A loaded plugin
 // stays loaded for the life of the process: its GPU runtime must not be
 // unloaded under live backends or at-exit destructors.
 #pragma once

@@ -8,6 +8,7 @@
 
 #include "eviction.hpp"
 #include "fault_service.hpp"
+#include "owner_ids.hpp"
 #include "uhmm/detail/log.hpp"
 #include "uhmm/migrate.hpp"
 
@@ -234,7 +235,7 @@ MigrationResult ContextImpl::migrate_to_device(void* p, std::size_t bytes, Owner
   };
   auto all_passes = [&] {
     pass(MIGRATE_VMA_SELECT_SYSTEM | MIGRATE_VMA_FAULT | MIGRATE_VMA_SELECT_COMPOUND, kNoOwner);
-    for (OwnerId other = 1; other <= devices_.size(); ++other) {
+    for (const OwnerId other : owner_ids(devices_.size())) {
       if (other == dev.owner()) continue;
       bool present = false;
       for (std::size_t q = span.first(); q < span.end() && !present; ++q) {

@@ -2,6 +2,7 @@
 // (kernels the application launches on the device's stream): both run through
 // run_device_launch (device_launch.hpp), which migrates and locks the spans,
 // uploads their device page tables and drains the stream before unlocking.
+#include <cstdint>
 #include <vector>
 
 #include <fmt/format.h>
@@ -12,10 +13,27 @@
 namespace uhmm {
 namespace {
 
-std::vector<detail::LaunchSpan> to_launch_spans(const auto& spans) {
+// device_span<T> reads element i whole from the page its first byte is in, so
+// an element that straddles two pages would have its tail read from the wrong
+// page. With 4096 % sizeof(T) == 0 (device_span's static_assert) none does iff
+// the span starts at a multiple of sizeof(T) inside its page.
+void check_no_element_straddles(const void* data, std::size_t element_size, std::size_t k, const char* call) {
+  const std::size_t offset = reinterpret_cast<std::uintptr_t>(data) % kPageSize;
+  if (element_size == 0 || offset % element_size == 0) return;
+  throw Error(Errc::invalid_argument,
+              fmt::format("{}: span {} starts {} bytes into its page, not at a multiple of its element size ({} "
+                          "bytes): its elements would straddle pages",
+                          call, k, offset, element_size));
+}
+
+// Checks every span before anything moves.
+std::vector<detail::LaunchSpan> to_launch_spans(const auto& spans, const char* call) {
   std::vector<detail::LaunchSpan> out;
   out.reserve(spans.size());
-  for (const auto& s : spans) out.push_back({s.data, s.bytes, s.writable});
+  for (const auto& s : spans) {
+    check_no_element_straddles(s.data, s.element_size, out.size(), call);
+    out.push_back({s.data, s.bytes, s.writable});
+  }
   return out;
 }
 
@@ -29,7 +47,7 @@ void Context::launch_impl(OwnerId device, std::size_t n, std::span<const SpanReq
                 fmt::format("launch: the {} backend runs no host kernels (use launch_device with a kernel compiled "
                             "by nvcc or hipcc)", dev.info().backend));
   if (!body) throw Error(Errc::invalid_argument, "launch: empty kernel");
-  const auto launch_spans = to_launch_spans(spans);
+  const auto launch_spans = to_launch_spans(spans, "launch");
   detail::run_device_launch(ctx, device, launch_spans, "launch",
                             [&](const LaunchStream& stream, std::span<const DevicePageTable> tables) {
                               stream.host->enqueue(n, [&body, tables](std::size_t first, std::size_t last) {
@@ -39,7 +57,7 @@ void Context::launch_impl(OwnerId device, std::size_t n, std::span<const SpanReq
 }
 
 void Context::launch_device_impl(OwnerId device, std::span<const SpanRequest> spans, const DeviceLaunchBody& body) {
-  const auto launch_spans = to_launch_spans(spans);
+  const auto launch_spans = to_launch_spans(spans, "launch_device");
   detail::run_device_launch(*impl_, device, launch_spans, "launch_device", body);
 }
 

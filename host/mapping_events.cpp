@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "context_impl.hpp"
+#include "owner_ids.hpp"
 #include "uhmm/detail/log.hpp"
 #include "uhmm/migrate.hpp"
 #include "userfaultfd.hpp"
@@ -61,7 +62,7 @@ std::size_t MappingEvents::drop_device_pages(ManagedRange& range, std::size_t fi
     if (invalidated) invalidation = ctx_.notifiers.invalidate(range, first, end, kind, kNoOwner);
     if (!drop_pass(range, first, end, invalidated, to_free, dropped)) break;
   }
-  for (OwnerId owner = 1; owner < to_free.size(); ++owner) {
+  for (const OwnerId owner : owner_ids(to_free.size() - 1)) {
     if (to_free[owner].empty()) continue;
     for (DevicePageIndex index : to_free[owner]) ctx_.rmap(owner).clear(index);
     ctx_.pagemap(owner)->page_free(to_free[owner]);

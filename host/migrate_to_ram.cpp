@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 
 #include "context_impl.hpp"
+#include "owner_ids.hpp"
 #include "page_runs.hpp"
 #include "read_mostly.hpp"
 #include "uhmm/detail/log.hpp"
@@ -36,7 +37,7 @@ ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<c
     std::lock_guard lock(table.block_mutex(block));
     for (std::size_t k = 0; k < pages.size(); ++k) device[k] = table.entry(pages[k]).device_page();
   }
-  for (OwnerId owner = 1; owner <= devices_.size(); ++owner) {
+  for (const OwnerId owner : owner_ids(devices_.size())) {
     std::vector<DevicePageIndex> indices;
     std::vector<std::byte*> dst;
     std::vector<std::size_t> which;
@@ -100,7 +101,7 @@ ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<c
       ++out.moved;
     }
   }
-  for (OwnerId owner = 1; owner < to_free.size(); ++owner) {
+  for (const OwnerId owner : owner_ids(to_free.size() - 1)) {
     if (to_free[owner].empty()) continue;
     for (DevicePageIndex index : to_free[owner]) rmaps_[owner - 1]->clear(index);
     devices_[owner - 1]->page_free(to_free[owner]);

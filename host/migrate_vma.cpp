@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "context_impl.hpp"
+#include "owner_ids.hpp"
 #include "page_runs.hpp"
 #include "uhmm/detail/log.hpp"
 #include "uhmm/migrate.hpp"
@@ -258,10 +259,10 @@ void migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
     for (std::size_t p = lo; p < hi; ++p)
       if (s.selected[p - first]) table.entry(p).clear(MirrorEntry::kLocked);
   }
-  for (std::size_t owner = 1; owner < to_free.size(); ++owner) {
+  for (const OwnerId owner : owner_ids(to_free.size() - 1)) {
     if (to_free[owner].empty()) continue;
-    for (DevicePageIndex index : to_free[owner]) ctx.rmap(static_cast<OwnerId>(owner)).clear(index);
-    ctx.pagemap(static_cast<OwnerId>(owner))->page_free(to_free[owner]);
+    for (DevicePageIndex index : to_free[owner]) ctx.rmap(owner).clear(index);
+    ctx.pagemap(owner)->page_free(to_free[owner]);
   }
   ctx.unlocks.announce();
   for_each_run(0, n, stayed, [&](std::size_t i, std::size_t count) {

@@ -1,14 +1,16 @@
 // ContextOptions from UHMM_* environment variables: one table, sizes with
-// K/M/G suffixes, a clear error naming the variable for a malformed value.
+// K/M/G suffixes, a clear error naming the variable for a malformed value. A
+// privileged process ignores them all (environment.hpp).
 #include <cctype>
 #include <charconv>
-#include <cstdlib>
 #include <string>
 #include <string_view>
 
 #include <fmt/format.h>
 
+#include "environment.hpp"
 #include "uhmm/context.hpp"
+#include "uhmm/detail/log.hpp"
 
 namespace uhmm {
 namespace {
@@ -105,6 +107,12 @@ const Option kOptions[] = {
        if (v.empty()) bad(n, v, "a directory holding libuhmm-backend-<name>.so");
        o.plugin_dir = std::string(v);
      }},
+    {"UHMM_LOG",
+     [](ContextOptions&, std::string_view n, std::string_view v) {
+       // The logger reads it for the whole process; checked here so that a
+       // typo is an error, not silence.
+       if (!detail::parse_log_level(v)) bad(n, v, detail::kLogLevels);
+     }},
     {"UHMM_TRACE", [](ContextOptions& o, std::string_view, std::string_view v) { o.trace_path = v; }},
     {"UHMM_STATS", [](ContextOptions& o, std::string_view n, std::string_view v) { o.print_stats = parse_bool(n, v); }},
     {"UHMM_FAULT_AHEAD", [](ContextOptions& o, std::string_view n, std::string_view v) { o.fault_ahead = parse_bool(n, v); }},
@@ -162,7 +170,7 @@ const Option kOptions[] = {
 ContextOptions ContextOptions::from_environment() {
   ContextOptions o;
   for (const Option& opt : kOptions)
-    if (const char* v = std::getenv(opt.name); v != nullptr) opt.apply(o, opt.name, v);
+    if (const char* v = detail::environment_variable(opt.name); v != nullptr) opt.apply(o, opt.name, v);
   return o;
 }
 

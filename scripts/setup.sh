@@ -9,6 +9,7 @@ packages=(
   libfmt-dev libspdlog-dev libgtest-dev libgmock-dev libbenchmark-dev
   libcli11-dev nlohmann-json3-dev libdrm-dev clang-format
   gnuplot-nox jq  # scripts/plot-bench.sh
+  libcap2-bin  # setcap: secure_environment_test runs a program with a file capability
   # The HIP plugin: hipcc (clang-15) and the HIP runtime, from Debian's ROCm
   # 5.2. About 66 MB to download, 350 MB installed, ~35 s on a fresh machine.
   hipcc libamdhip64-dev

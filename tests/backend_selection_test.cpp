@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <string>
+#include <utility>
 
 #include "uhmm/uhmm.hpp"
 
@@ -140,6 +141,58 @@ TEST(BackendSelection, PagesMigrateThroughAPluginBackend) {
   for (std::size_t i = 0; i < kBytes / 8; ++i) bad += w[i] != i * 7 + 3;  // faults bring them back
   EXPECT_EQ(bad, 0u);
   ctx.free(w);
+}
+
+// A copy of the test plugin in base/name, the directory and the file with
+// the given modes; returns the directory.
+fs::path plugin_copy(const fs::path& base, const std::string& name, fs::perms dir_mode, fs::perms file_mode) {
+  const fs::path dir = base / name;
+  fs::create_directories(dir);
+  const fs::path file = dir / "libuhmm-backend-cuda.so";
+  fs::copy_file(fs::path(UHMM_TEST_PLUGINS) / "libuhmm-backend-cuda.so", file);
+  fs::permissions(file, file_mode);
+  fs::permissions(dir, dir_mode);
+  return dir;
+}
+
+std::string refusal_of(const fs::path& dir) {
+  ContextOptions o = options_for("cuda");
+  o.plugin_dir = dir.string();
+  return device_error_of(o);
+}
+
+TEST(BackendSelection, APluginOthersCouldReplaceIsRefusedSayingWhy) {
+  using enum fs::perms;
+  const fs::path base = fs::temp_directory_path() / ("uhmm-plugin-trust-" + std::to_string(::getpid()));
+  fs::remove_all(base);
+  fs::create_directories(base);
+  fs::permissions(base, owner_all | group_read | group_exec | others_read | others_exec);
+  const fs::perms rwxr_xr_x = owner_all | group_read | group_exec | others_read | others_exec;
+  const fs::perms rw_r__r__ = owner_read | owner_write | group_read | others_read;
+
+  const fs::path open_dir = plugin_copy(base, "dir-0777", all, rw_r__r__);
+  std::string what = refusal_of(open_dir);
+  EXPECT_NE(what.find("refused: " + open_dir.string() + " is writable by others (mode 0777)"), std::string::npos)
+      << what;
+  what = refusal_of(plugin_copy(base, "file-0666", rwxr_xr_x, rw_r__r__ | group_write | others_write));
+  EXPECT_NE(what.find("libuhmm-backend-cuda.so is writable by others (mode 0666)"), std::string::npos) << what;
+  what = refusal_of(plugin_copy(base, "file-0664", rwxr_xr_x, rw_r__r__ | group_write));
+  EXPECT_NE(what.find("libuhmm-backend-cuda.so is writable by its group (mode 0664)"), std::string::npos) << what;
+  if (::geteuid() == 0) {
+    const fs::path foreign = plugin_copy(base, "file-of-nobody", rwxr_xr_x, rw_r__r__);
+    ASSERT_EQ(::chown((foreign / "libuhmm-backend-cuda.so").c_str(), 65534, 65534), 0);
+    what = refusal_of(foreign);
+    EXPECT_NE(what.find("is owned by uid 65534, neither root nor this process's user"), std::string::npos) << what;
+  }
+
+  for (const auto& [name, dir_mode] : {std::pair{"dir-0755", rwxr_xr_x}, std::pair{"dir-1777", all | sticky_bit}}) {
+    SCOPED_TRACE(name);
+    ContextOptions o = options_for("cuda");
+    o.plugin_dir = plugin_copy(base, name, dir_mode, rw_r__r__).string();
+    Context ctx(o);
+    EXPECT_EQ(ctx.device_info(ctx.device_owner(0)).name, "cpu-as-gpu0");
+  }
+  fs::remove_all(base);
 }
 
 TEST(BackendSelection, APluginFromAnotherBuildIsRefusedNotCalled) {

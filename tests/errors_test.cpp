@@ -264,6 +264,38 @@ TEST_F(ErrorsTest, LaunchOverAnEmptySpanIsRejected) {
   expect_unchanged();
 }
 
+// 16 bytes aligned to 4: legal in a std::span at any multiple of 4, but one
+// that starts 4 bytes into a page has elements that straddle two pages.
+struct Quad {
+  std::uint32_t v[4];
+};
+static_assert(sizeof(Quad) == 16 && alignof(Quad) == 4);
+
+TEST_F(ErrorsTest, LaunchOverASpanWhoseElementsStraddlePagesIsInvalidArgumentAndMovesNothing) {
+  // Host pages 0 and 1; element 255 would cover bytes 4084..4099.
+  const std::span<const Quad> straddling(reinterpret_cast<const Quad*>(at(a_, 4)), 2 * kPageSize / sizeof(Quad) - 1);
+  int calls = 0;
+  EXPECT_TRUE(Throws(Errc::invalid_argument, {"launch:", "span 0", "4 bytes", "16"}, [&] {
+    ctx_.launch(straddling.size(), [&](std::size_t, device_span<const Quad>) { ++calls; }, straddling);
+  }));
+  EXPECT_TRUE(Throws(Errc::invalid_argument, {"launch_device:", "span 1", "4 bytes", "16"}, [&] {
+    ctx_.launch_device([&](const LaunchStream&, device_span<const std::uint64_t>, device_span<const Quad>) { ++calls; },
+                       std::span<const std::uint64_t>(static_cast<const std::uint64_t*>(a_), 8), straddling);
+  }));
+  EXPECT_EQ(calls, 0);
+  expect_unchanged();
+}
+
+TEST_F(ErrorsTest, LaunchOverASpanAtAMultipleOfItsElementSizeInsideAPageReadsEveryElementRight) {
+  // 16 bytes into page 0, over the page boundary: element 255 is the first of page 1.
+  const std::span<const Quad> span(reinterpret_cast<const Quad*>(at(a_, 16)), 2 * kPageSize / sizeof(Quad) - 1);
+  std::vector<Quad> seen(span.size());
+  ctx_.launch(span.size(), [&](std::size_t i, device_span<const Quad> s) { seen[i] = s[i]; }, span);
+  const auto* w = static_cast<const std::uint32_t*>(a_);
+  for (std::size_t i = 0; i < span.size(); ++i)
+    for (std::size_t k = 0; k < 4; ++k) ASSERT_EQ(seen[i].v[k], w[4 + 4 * i + k]) << "element " << i;
+}
+
 TEST_F(ErrorsTest, StackAddressIsOutOfRangeInEverySpanCall) {
   alignas(4096) unsigned char on_stack[2 * kPageSize] = {};
   expect_all_span_calls(on_stack, kPageSize, Errc::out_of_range, {"not in any managed range"});

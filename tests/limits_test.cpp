@@ -163,4 +163,55 @@ TEST(LimitsTest, TeardownWithPagesOnTheDeviceRightAfterThreadsFaulted) {
   }
 }
 
+// Owner ids are 8 bits and 255 devices is the documented most: a loop over
+// owners in an OwnerId never ends at 255. Each call below runs such a loop
+// (migration between devices, to RAM, freeing device pages, a launch).
+TEST(LimitsTest, TheMostDevicesMigrateToEachOtherAndBackWithoutHanging) {
+  constexpr unsigned kDevices = 255;
+  Context ctx(cpu_options(2 * MiB, /*fault_ahead=*/false, kDevices));
+  ASSERT_EQ(ctx.device_count(), kDevices);
+  const OwnerId last = ctx.device_owner(kDevices - 1);
+  ASSERT_EQ(last, 255);
+  constexpr std::size_t kPages = 4;
+  constexpr std::size_t kBytes = kPages * kPageSize;
+  void* p = ctx.allocate(kBytes);
+  fill(p, kBytes, 7);
+  const auto expect_on = [&](OwnerId owner) {
+    for (const PageState& s : ctx.residency(p, kBytes)) {
+      EXPECT_EQ(s.residency, Residency::Device);
+      EXPECT_EQ(s.device.owner, owner);
+    }
+  };
+  ASSERT_EQ(ctx.migrate_to_device(p, kBytes).migrated, kPages);
+  expect_on(ctx.device_owner(0));
+  ASSERT_EQ(ctx.migrate_to_device(p, kBytes, last).migrated, kPages);  // device to device
+  expect_on(last);
+  expect_pattern(p, kPageSize, 7);  // a CPU fault brings the first page back
+  ASSERT_EQ(ctx.migrate_to_host(p, kBytes).migrated, kPages - 1);
+  expect_pattern(p, kBytes, 7);
+  EXPECT_EQ(count(ctx.residency(p, kBytes), Residency::System), kPages);
+
+  ctx.launch_on(last, kBytes / 8, [](std::size_t i, device_span<std::uint64_t> w) { w[i] += 1; },
+                std::span<std::uint64_t>(static_cast<std::uint64_t*>(p), kBytes / 8));
+  expect_on(last);
+  EXPECT_EQ(ctx.discard(p, kBytes), kPages);  // device pages back to device 255's pool
+  EXPECT_EQ(count(ctx.residency(p, kBytes), Residency::Device), 0u);
+  EXPECT_EQ(ctx.counters().device_pages_in_use, 0u);
+  const Status valid = ctx.validate();
+  EXPECT_TRUE(valid) << valid.message;
+  ctx.free(p);
+}
+
+TEST(LimitsTest, MoreDevicesThanOwnerIdsIsInvalidArgumentNamingTheMost) {
+  for (unsigned devices : {256u, 1000u}) {
+    try {
+      Context ctx(cpu_options(2 * MiB, true, devices));
+      ADD_FAILURE() << devices << " devices accepted";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), Errc::invalid_argument) << e.what();
+      EXPECT_NE(std::string(e.what()).find("255"), std::string::npos) << e.what();
+    }
+  }
+}
+
 }  // namespace

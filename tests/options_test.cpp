@@ -30,7 +30,7 @@ const char* const kVariables[] = {"UHMM_BACKEND",       "UHMM_DEVICE_POOL",   "U
                                   "UHMM_PLUGIN_DIR",
                                   "UHMM_FAULT_MODE",    "UHMM_PREFETCH_THRESHOLD", "UHMM_THRASHING",
                                   "UHMM_THRASHING_BOUNCES", "UHMM_THRASHING_WINDOW_MS", "UHMM_THRASHING_COOLDOWN_MS",
-                                  "UHMM_THRASHING_PIN", "UHMM_THRASHING_THROTTLE_MS"};
+                                  "UHMM_THRASHING_PIN", "UHMM_THRASHING_THROTTLE_MS", "UHMM_LOG"};
 
 std::string lower(std::string s) {
   std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
@@ -301,6 +301,29 @@ TEST_F(OptionsTest, FaultModeUnknownNameIsInvalidArgumentNamingIt) {
 
 TEST_F(OptionsTest, BackendUnknownNameIsInvalidArgumentNamingIt) {
   for (const char* bad : {"", "opencl", "gpu", "cpu ", "cpu,cuda", "vulkan"}) expect_rejected("UHMM_BACKEND", bad);
+}
+
+// ---- UHMM_LOG (the logger reads it; from_environment checks it) ----
+
+TEST_F(OptionsTest, LogTakesEachLevelInEitherCase) {
+  for (const char* level : {"trace", "debug", "info", "warn", "warning", "error", "err", "critical", "off", "WARN",
+                            "Debug"}) {
+    SCOPED_TRACE(level);
+    set("UHMM_LOG", level);
+    EXPECT_NO_THROW((void)ContextOptions::from_environment());
+  }
+}
+
+TEST_F(OptionsTest, LogUnknownLevelIsInvalidArgumentNamingItAndTheLevels) {
+  for (const char* bad : {"", "verbose", "warn ", "2", "of"}) expect_rejected("UHMM_LOG", bad);
+  set("UHMM_LOG", "verbose");
+  try {
+    (void)ContextOptions::from_environment();
+    ADD_FAILURE() << "accepted";
+  } catch (const Error& e) {
+    for (const char* level : {"trace", "debug", "info", "warn", "error", "critical", "off"})
+      EXPECT_NE(std::string(e.what()).find(level), std::string::npos) << e.what();
+  }
 }
 
 // ---- several at once ----

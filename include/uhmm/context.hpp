@@ -215,6 +215,9 @@ class UHMM_EXPORT Context {
   // const T, and lose it for a span the kernel may write). The spans' pages stay locked on the device while the
   // kernel runs (CPU accesses wait); a kernel that touches a page that is not
   // there fails with Errc::device_fault. Returns when the kernel has finished.
+  // A span whose first element is not at a multiple of sizeof(T) inside its
+  // page (its elements would straddle pages) is Errc::invalid_argument, here
+  // and in launch_device, before anything moves.
   template <class F, class... T>
   void launch(std::size_t n, F&& body, std::span<T>... data);
   template <class F, class... T>
@@ -243,6 +246,7 @@ class UHMM_EXPORT Context {
     const void* data;
     std::size_t bytes;
     bool writable;  // a span of non-const T: the kernel may write it (read-mostly pages collapse to the device)
+    std::size_t element_size;  // sizeof(T): no element may straddle a page (launch checks)
   };
   using LaunchBody = std::function<void(std::size_t first, std::size_t last,
                                         std::span<const DevicePageTable> tables)>;
@@ -263,7 +267,7 @@ void Context::launch(std::size_t n, F&& body, std::span<T>... data) {
 
 template <class F, class... T>
 void Context::launch_on(OwnerId device, std::size_t n, F&& body, std::span<T>... data) {
-  const SpanRequest spans[] = {SpanRequest{data.data(), data.size_bytes(), !std::is_const_v<T>}..., SpanRequest{}};
+  const SpanRequest spans[] = {SpanRequest{data.data(), data.size_bytes(), !std::is_const_v<T>, sizeof(T)}..., SpanRequest{}};
   launch_impl(device, n, std::span<const SpanRequest>(spans, sizeof...(T)),
               [&body](std::size_t first, std::size_t last, std::span<const DevicePageTable> tables) {
                 [&]<std::size_t... I>(std::index_sequence<I...>) {
@@ -280,7 +284,7 @@ void Context::launch_device(F&& body, std::span<T>... data) {
 
 template <class F, class... T>
 void Context::launch_device_on(OwnerId device, F&& body, std::span<T>... data) {
-  const SpanRequest spans[] = {SpanRequest{data.data(), data.size_bytes(), !std::is_const_v<T>}..., SpanRequest{}};
+  const SpanRequest spans[] = {SpanRequest{data.data(), data.size_bytes(), !std::is_const_v<T>, sizeof(T)}..., SpanRequest{}};
   launch_device_impl(device, std::span<const SpanRequest>(spans, sizeof...(T)),
                      [&body](const LaunchStream& stream, std::span<const DevicePageTable> tables) {
                        (void)tables;  // unused without spans
