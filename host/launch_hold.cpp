@@ -1,6 +1,7 @@
 #include "launch_hold.hpp"
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <mutex>
 
@@ -76,10 +77,12 @@ void LaunchHold::build_regions(std::span<const Span> spans) {
 }
 
 bool LaunchHold::stays_on_host(MirrorEntry e, const Region& r, std::size_t page, std::uint32_t now_ms) const {
-  if (e.residency() != Residency::System || e.has(MirrorEntry::kPoisoned)) return false;
-  if (!e.has(MirrorEntry::kWrite) && r.writable) return false;
-  if (e.has(MirrorEntry::kPinned)) return host_access_;  // Context::pin: the kernel reaches it in place
-  return policy_.pin_thrashing && r.pages.range().bounces().cooling(page, now_ms, policy_.thrashing);
+  if (e.has(MirrorEntry::kPoisoned)) return false;
+  const bool usable = e.residency() == Residency::System && (e.has(MirrorEntry::kWrite) || !r.writable);
+  // Context::pin: the kernel reaches the page in place (a never-touched one
+  // gets its zeros on the host first).
+  if (e.has(MirrorEntry::kPinned)) return host_access_ && (usable || e.residency() == Residency::Empty);
+  return usable && policy_.pin_thrashing && r.pages.range().bounces().cooling(page, now_ms, policy_.thrashing);
 }
 
 std::size_t LaunchHold::count_in_place() const {
@@ -129,6 +132,7 @@ void LaunchHold::take_from_other_devices(Region& r) {
 
 void LaunchHold::hold_in_place(Region& r, std::uint32_t now_ms) {
   auto& table = r.pages.range().table();
+  std::vector<std::size_t> empty;  // locked here, held once they have their zeros
   for_each_block(table, r.pages.first(), r.pages.end(), [&](std::size_t block, std::size_t lo, std::size_t hi) {
     std::lock_guard lock(table.block_mutex(block));
     for (std::size_t q = lo; q < hi; ++q) {
@@ -136,10 +140,33 @@ void LaunchHold::hold_in_place(Region& r, std::uint32_t now_ms) {
       MirrorEntry& e = table.entry(q);
       if (r.hold.held[i] || e.locked() || !stays_on_host(e, r, q, now_ms)) continue;
       e.set(MirrorEntry::kLocked);
+      if (e.residency() == Residency::Empty) {
+        empty.push_back(q);
+        continue;
+      }
       r.hold.held[i] = 1;
       r.on_host[i] = 1;
     }
   });
+  zero_fill(r, empty);
+}
+
+void LaunchHold::zero_fill(Region& r, std::span<const std::size_t> pages) {
+  auto& range = r.pages.range();
+  auto& table = range.table();
+  std::vector<std::size_t> failed;
+  for (std::size_t q : pages) {
+    // Page by page: pinned never-touched pages are few. EEXIST: mapped already.
+    if (const int err = ctx_.mechanism->install_zeros(range, q, 1); err != 0 && err != EEXIST) {
+      failed.push_back(q);
+      continue;
+    }
+    std::lock_guard lock(table.block_mutex(MirrorTable::block_of(q)));
+    table.entry(q).move_to(MirrorEntry::system());
+    r.hold.held[q - r.pages.first()] = 1;
+    r.on_host[q - r.pages.first()] = 1;
+  }
+  ctx_.unlock(range, failed);  // left for the next try
 }
 
 void LaunchHold::classify(const Region& r, Shortfall& out) const {
@@ -148,8 +175,11 @@ void LaunchHold::classify(const Region& r, Shortfall& out) const {
     std::lock_guard lock(table.block_mutex(block));
     for (std::size_t q = lo; q < hi; ++q) {
       if (r.hold.held[q - r.pages.first()]) continue;
-      out.complete = false;
       const MirrorEntry e = table.entry(q);
+      if (out.complete)
+        out.missing = fmt::format("the page at {} is {}{}{}", static_cast<const void*>(r.pages.range().page_address(q)), to_string(e.residency()),
+                                  e.locked() ? ", locked" : "", e.has(MirrorEntry::kPinned) ? ", pinned" : "");
+      out.complete = false;
       if (e.locked() || !out.unreachable) continue;
       const void* at = r.pages.range().page_address(q);
       if (e.has(MirrorEntry::kPoisoned))
@@ -223,7 +253,7 @@ void LaunchHold::acquire() {
                                     dev_.owner(), s.failure.message));
     throw Error(Errc::device_error,
                 fmt::format("{}: the spans could not be migrated to device {}: {}; nothing was run", call_,
-                            dev_.owner(), s.failure ? "their pages kept moving" : s.failure.message));
+                            dev_.owner(), s.failure ? s.missing : s.failure.message));
   }
 }
 

@@ -14,6 +14,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "context_impl.hpp"
@@ -66,6 +67,7 @@ class LaunchHold {
     bool complete = true;
     Status failure;      // of the migration (out_of_memory, device_error)
     Status unreachable;  // pages the device can never reach
+    std::string missing;  // the first page not held, for the error message
   };
 
   void build_regions(std::span<const Span> spans);
@@ -74,6 +76,7 @@ class LaunchHold {
   Shortfall try_hold();
   void take_from_other_devices(Region& r);
   void hold_in_place(Region& r, std::uint32_t now_ms);
+  void zero_fill(Region& r, std::span<const std::size_t> pages);
   void classify(const Region& r, Shortfall& out) const;
   bool others_hold_pages() const;
   void finish();
