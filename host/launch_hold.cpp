@@ -16,6 +16,7 @@ namespace {
 // Tries that fall short although nobody holds what is missing (copies that
 // failed, room other threads took first) before the launch gives up.
 constexpr int kFruitlessTries = 8;
+constexpr std::chrono::milliseconds kFruitlessWait{2};
 // A holder that goes without announcing an unlock (a range freed under it)
 // costs a waiting launch this much, not a hang.
 constexpr std::chrono::milliseconds kUnlockWaitLimit{100};
@@ -176,17 +177,17 @@ void LaunchHold::classify(const Region& r, Shortfall& out) const {
     for (std::size_t q = lo; q < hi; ++q) {
       if (r.hold.held[q - r.pages.first()]) continue;
       const MirrorEntry e = table.entry(q);
+      const void* at = r.pages.range().page_address(q);
       if (out.complete)
-        out.missing = fmt::format("the page at {} is {}{}{}", static_cast<const void*>(r.pages.range().page_address(q)), to_string(e.residency()),
+        out.missing = fmt::format("the page at {} is {}{}{}", at, to_string(e.residency()),
                                   e.locked() ? ", locked" : "", e.has(MirrorEntry::kPinned) ? ", pinned" : "");
       out.complete = false;
       if (e.locked() || !out.unreachable) continue;
-      const void* at = r.pages.range().page_address(q);
       if (e.has(MirrorEntry::kPoisoned))
         out.unreachable = {Errc::device_fault, fmt::format("{}: the page at {} is poisoned (its data could not be "
                                                            "brought back from its device); nothing was run",
                                                            call_, at)};
-      else if (e.has(MirrorEntry::kPinned) && e.residency() == Residency::System && !host_access_)
+      else if (e.has(MirrorEntry::kPinned) && !host_access_)
         out.unreachable = {Errc::device_fault, fmt::format("{}: the page at {} is pinned to the host (Context::pin) "
                                                            "and device {}'s kernels reach only its own memory; "
                                                            "nothing was run",
@@ -198,7 +199,7 @@ void LaunchHold::classify(const Region& r, Shortfall& out) const {
 LaunchHold::Shortfall LaunchHold::try_hold() {
   Shortfall out;
   for (Region& r : regions_) {
-    take_from_other_devices(r);
+    if (ctx_.device_count() > 1) take_from_other_devices(r);
     auto& range = r.pages.range();
     const std::uint32_t now_ms = monotonic_ms();
     const PageFilter cooling = [&range, now_ms, this](std::size_t q) {
@@ -247,7 +248,10 @@ void LaunchHold::acquire() {
       ctx_.unlocks.wait_after_for(generation, kUnlockWaitLimit);
       continue;
     }
-    if (++fruitless < kFruitlessTries) continue;
+    if (++fruitless < kFruitlessTries) {
+      ctx_.unlocks.wait_after_for(generation, kFruitlessWait);  // others move on meanwhile
+      continue;
+    }
     if (no_room)
       throw OutOfMemory(fmt::format("{}: device {}'s pool has no room for the spans: {}; nothing was run", call_,
                                     dev_.owner(), s.failure.message));
