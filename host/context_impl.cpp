@@ -192,7 +192,8 @@ void ContextImpl::wait_for_address_reuse(const std::byte* base, std::size_t byte
   }
 }
 
-MigrationResult ContextImpl::migrate_to_device(void* p, std::size_t bytes, OwnerId owner, const PageFilter* leave) {
+MigrationResult ContextImpl::migrate_to_device(void* p, std::size_t bytes, OwnerId owner, const PageFilter* leave,
+                                               PageHold* hold) {
   const std::uint64_t start_ns = now_ns();
   Device& dev = device(owner, "migrate_to_device");
   const RangeSpan span = ranges.resolve(p, bytes, "migrate_to_device");  // validates before anything changes
@@ -214,7 +215,7 @@ MigrationResult ContextImpl::migrate_to_device(void* p, std::size_t bytes, Owner
     args.flags = flags;
     args.pgmap_owner = from;
     args.destination = dev.owner();
-    migrate_vma_setup(*this, args, nullptr, leave);
+    migrate_vma_setup(*this, args, nullptr, leave, hold);
     const std::uint64_t copy_start = now_ns();
     const Status copied = args.cpages > 0 ? dev.alloc_and_copy(args) : Status{};
     AtomicCounters::add(counters.copy_ns_to_device, args.cpages > 0 ? now_ns() - copy_start : 0);
@@ -251,9 +252,11 @@ MigrationResult ContextImpl::migrate_to_device(void* p, std::size_t bytes, Owner
   // own pages, and run the passes again for what is left. A request larger
   // than the pool migrates what fits; the rest fails with out_of_memory. The
   // rounds are bounded: under contention other threads may take the room
-  // each round frees (each round still moves pages for someone).
+  // each round frees (each round still moves pages for someone). A held
+  // migration needs no guard: its pages on the device are locked.
   constexpr int kEvictionRounds = 16;
   const EvictionGuard guard{span.range().id(), span.first(), span.end()};
+  const EvictionGuard* own = hold != nullptr ? nullptr : &guard;
   for (int round = 0;; ++round) {
     round_failure = Status{};
     all_passes();
@@ -262,7 +265,7 @@ MigrationResult ContextImpl::migrate_to_device(void* p, std::size_t bytes, Owner
       break;
     // Ranges the application unmapped hold device pages no registered range
     // names (eviction cannot find them by id): releasing those makes room first.
-    if (reap_retired(/*wait=*/false) == 0 && make_room(*this, dev.owner(), left, &guard).pages == 0) break;
+    if (reap_retired(/*wait=*/false) == 0 && make_room(*this, dev.owner(), left, own).pages == 0) break;
   }
 
   // Per page, the last pass that selected it decides (a page another thread
@@ -279,7 +282,7 @@ MigrationResult ContextImpl::migrate_to_device(void* p, std::size_t bytes, Owner
     std::lock_guard lock(table.block_mutex(MirrorTable::block_of(page)));
     const MirrorEntry e = table.entry(page);
     const bool there = (e.residency() == Residency::Device || e.residency() == Residency::Duplicated) &&
-                       e.device_page().owner == dev.owner() && !e.locked();
+                       e.device_page().owner == dev.owner() && (!e.locked() || (hold != nullptr && hold->held[i]));
     there ? ++result.already : ++result.skipped;
     if (there) recency->touch(e.device_page(), now);
   }

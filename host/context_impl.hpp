@@ -34,6 +34,15 @@ class FaultService;
 // (a launch leaves thrashing pages on the host this way).
 using PageFilter = std::function<bool(std::size_t page)>;
 
+// A launch's migration holds its pages (device_launch.cpp): setup's walk also
+// locks the span's unlocked pages already on the destination, and finalize
+// leaves the pages it moved LOCKED instead of unlocking them. held[i] (one per
+// page of the span, the caller's) says which pages the caller now holds and
+// must unlock. Pressure eviction then needs no guard: the held pages are locked.
+struct PageHold {
+  std::vector<std::uint8_t> held;
+};
+
 class ContextImpl {
  public:
   explicit ContextImpl(const ContextOptions& options);
@@ -43,7 +52,8 @@ class ContextImpl {
 
   void* allocate(std::size_t bytes);
   void free(void* base);
-  MigrationResult migrate_to_device(void* p, std::size_t bytes, OwnerId owner, const PageFilter* leave = nullptr);
+  MigrationResult migrate_to_device(void* p, std::size_t bytes, OwnerId owner, const PageFilter* leave = nullptr,
+                                    PageHold* hold = nullptr);
   MigrationResult migrate_to_host(void* p, std::size_t bytes);
   std::size_t migrate_device_range(OwnerId owner, DevicePageIndex first, std::size_t npages);
   // migrate_device_range's work, on arguments already checked: moves every
@@ -150,7 +160,7 @@ class ContextImpl {
 // snapshot's SNAPSHOT_REQ_MIGRATE rides on this walk).
 using SetupVisitor = std::function<void(std::size_t i, MirrorEntry before, std::uint64_t src)>;
 void migrate_vma_setup(ContextImpl& ctx, MigrateVma& args, const SetupVisitor* visit = nullptr,
-                       const PageFilter* leave = nullptr);
+                       const PageFilter* leave = nullptr, PageHold* hold = nullptr);
 std::size_t migrate_vma_pages(ContextImpl& ctx, MigrateVma& args);
 void migrate_vma_finalize(ContextImpl& ctx, MigrateVma& args);
 
@@ -159,6 +169,7 @@ struct MigrationSession {
   std::vector<std::uint8_t> selected;  // per page: setup locked it
   std::vector<std::uint8_t> source;    // per page: its Residency when selected
   std::vector<std::uint8_t> duplicate; // per page: read-mostly host page, keeps its host copy (Duplicated)
+  PageHold* hold = nullptr;            // a launch's migration: finalize keeps what moved LOCKED
   bool pages_done = false;
 };
 

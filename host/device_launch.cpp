@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 
 #include "context_impl.hpp"
+#include "launch_hold.hpp"
 #include "page_bounces.hpp"
 #include "read_mostly.hpp"
 #include "uhmm/detail/log.hpp"
@@ -17,25 +18,17 @@
 namespace uhmm::detail {
 namespace {
 
-constexpr std::size_t kMigrateTries = 4;
-
-// The pages of one span, locked on the device for a launch.
-struct HeldSpan {
-  RangeSpan span;
-  std::vector<std::size_t> held;  // pages this launch locked
-};
-
 // Throttling (DESIGN.md, "Thrashing"): where thrashing pages cannot stay on the
 // host, the launch waits until each cooling host page of its spans has been
 // back on the host for throttle_ms, so the CPU gets to use it before the
 // device takes it again (UVM naps the faulting processor for the same reason).
-void throttle(ContextImpl& ctx, std::span<const HeldSpan> spans, const ThrashingSettings& thrashing) {
+void throttle(ContextImpl& ctx, std::span<const LaunchHold::Span> spans, const ThrashingSettings& thrashing) {
   const std::uint32_t now_ms = monotonic_ms();
   std::uint32_t wait_ms = 0;
-  for (const HeldSpan& h : spans) {
-    auto& range = h.span.range();
+  for (const LaunchHold::Span& h : spans) {
+    auto& range = h.pages.range();
     auto& table = range.table();
-    for (std::size_t q = h.span.first(); q < h.span.end(); ++q) {
+    for (std::size_t q = h.pages.first(); q < h.pages.end(); ++q) {
       std::lock_guard lock(table.block_mutex(MirrorTable::block_of(q)));
       std::uint32_t back_for_ms = 0;
       if (table.entry(q).residency() == Residency::System && range.bounces().cooling(q, now_ms, thrashing, &back_for_ms))
@@ -118,23 +111,60 @@ class HostQueue final : public HostLaunchQueue {
 
 }  // namespace
 
-void run_device_launch(ContextImpl& ctx, OwnerId device, std::span<const LaunchSpan> spans, const char* call,
-                       const DeviceLaunchBody& body) {
-  Device& dev = ctx.device(device, call);
-  if (!body) throw Error(Errc::invalid_argument, fmt::format("{}: empty kernel", call));
+namespace {
 
-  // Resolve every span before anything moves, so bad input changes nothing.
-  std::vector<HeldSpan> held(spans.size());
-  std::vector<std::pair<std::byte*, std::size_t>> pages(spans.size());
+// Resolves every span to whole pages before anything moves: bad input changes nothing.
+std::vector<LaunchHold::Span> resolve_spans(ContextImpl& ctx, std::span<const LaunchSpan> spans, const char* call) {
+  std::vector<LaunchHold::Span> out;
+  out.reserve(spans.size());
   for (std::size_t k = 0; k < spans.size(); ++k) {
     if (spans[k].data == nullptr || spans[k].bytes == 0)
       throw Error(Errc::invalid_argument, fmt::format("{}: span {} is empty or null", call, k));
     const auto addr = reinterpret_cast<std::uintptr_t>(spans[k].data);
     const std::uintptr_t lo = addr & ~(kPageSize - 1);
     const std::uintptr_t hi = (addr + spans[k].bytes + kPageSize - 1) & ~(kPageSize - 1);
-    pages[k] = {reinterpret_cast<std::byte*>(lo), hi - lo};
-    held[k].span = ctx.ranges.resolve(pages[k].first, pages[k].second, call);
+    out.push_back({ctx.ranges.resolve(reinterpret_cast<const void*>(lo), hi - lo, call), spans[k].writable});
   }
+  return out;
+}
+
+// Every span's table in one host buffer (span k's from first_entry[k]),
+// uploaded into the stream's buffer in one copy; the kernels queued after it
+// on the stream read them there. `host_tables` must live until the stream drains.
+std::vector<DevicePageTable> upload_tables(Backend& backend, LaunchStreamPool::Lease& lease, const LaunchHold& hold,
+                                           std::span<const LaunchSpan> spans,
+                                           std::span<const LaunchHold::Span> resolved,
+                                           std::vector<std::uint64_t>& host_tables) {
+  std::vector<std::size_t> first_entry(spans.size());
+  for (std::size_t k = 0; k < spans.size(); ++k) {
+    first_entry[k] = host_tables.size();
+    host_tables.resize(host_tables.size() + resolved[k].pages.count(), 0);
+  }
+  for (std::size_t k = 0; k < spans.size(); ++k) hold.table(k, host_tables.data() + first_entry[k]);
+  std::vector<DevicePageTable> tables(spans.size());
+  if (host_tables.empty()) return tables;
+  const std::size_t bytes = host_tables.size() * sizeof(std::uint64_t);
+  DeviceAddress buffer = 0;
+  lease.reserve_tables(bytes, &buffer).raise_if_error();
+  backend.copy_to_device_buffer(lease.stream(), buffer, host_tables.data(), bytes).raise_if_error();
+  for (std::size_t k = 0; k < spans.size(); ++k) {
+    const auto* device_entries = reinterpret_cast<const std::uint64_t*>(
+        static_cast<std::uintptr_t>(buffer + first_entry[k] * sizeof(std::uint64_t)));
+    const auto* first_page = resolved[k].pages.range().page_address(resolved[k].pages.first());
+    tables[k] = DevicePageTable{device_entries, resolved[k].pages.count(),
+                                static_cast<std::size_t>(static_cast<const std::byte*>(spans[k].data) - first_page),
+                                spans[k].bytes};
+  }
+  return tables;
+}
+
+}  // namespace
+
+void run_device_launch(ContextImpl& ctx, OwnerId device, std::span<const LaunchSpan> spans, const char* call,
+                       const DeviceLaunchBody& body) {
+  Device& dev = ctx.device(device, call);
+  if (!body) throw Error(Errc::invalid_argument, fmt::format("{}: empty kernel", call));
+  const std::vector<LaunchHold::Span> resolved = resolve_spans(ctx, spans, call);
 
   Backend& backend = dev.backend();
   const DeviceInfo info = dev.info();
@@ -142,19 +172,14 @@ void run_device_launch(ContextImpl& ctx, OwnerId device, std::span<const LaunchS
   // memory (pinning), else the launch waits for them (throttling).
   const ThrashingSettings thrashing = ctx.policy.thrashing();
   const bool pin = thrashing.enabled && thrashing.pin && (info.capabilities & kCapHostMemoryAccess) != 0;
-  if (thrashing.enabled && !pin && thrashing.throttle_ms > 0) throttle(ctx, held, thrashing);
-  std::size_t pinned = 0;
+  if (thrashing.enabled && !pin && thrashing.throttle_ms > 0) throttle(ctx, resolved, thrashing);
+  LaunchHold hold(ctx, dev, resolved, {pin, thrashing}, call);
+  hold.acquire();  // every page resident and locked, or nothing held and nothing run
   LaunchStreamPool::Lease lease = ctx.launch_streams.of(dev.owner(), backend).acquire();
   HostQueue queue(backend, lease.stream(), info.capabilities, call, info.backend);
   std::vector<std::uint64_t> host_tables;  // uploaded from here: valid until the stream drains
-  std::vector<DevicePageTable> tables(spans.size());
+  std::vector<DevicePageTable> tables;     // the body's kernels may read them until the stream drains
 
-  const auto release = [&] {
-    for (auto& h : held) {
-      if (h.span) ctx.unlock(h.span.range(), h.held);
-      h.held.clear();
-    }
-  };
   const auto drain = [&]() -> Status {
     Status s = backend.synchronize(lease.stream());
     if (!s) lease.mark_broken();  // a stream that failed is not handed to the next launch
@@ -162,81 +187,18 @@ void run_device_launch(ContextImpl& ctx, OwnerId device, std::span<const LaunchS
   };
 
   try {
-    std::vector<std::size_t> first_entry(spans.size());
-    for (std::size_t k = 0; k < spans.size(); ++k) {
-      auto& h = held[k];
-      auto& table = h.span.range().table();
-      first_entry[k] = host_tables.size();
-      host_tables.resize(host_tables.size() + h.span.count(), 0);
-      std::uint64_t* entries = host_tables.data() + first_entry[k];
-      // Migrate, then lock what arrived. Another thread's eviction may take
-      // pages between the two steps (they are unlocked then): migrate again
-      // while that brings pages, so a kernel whose spans fit gets them all.
-      for (std::size_t tries = 0; tries < kMigrateTries && h.held.size() < h.span.count(); ++tries) {
-        const std::size_t before = h.held.size();
-        auto& range = h.span.range();
-        const std::uint32_t now_ms = monotonic_ms();
-        const PageFilter cooling = [&range, now_ms, &thrashing](std::size_t q) {
-          return range.bounces().cooling(q, now_ms, thrashing);
-        };
-        ctx.migrate_to_device(pages[k].first, pages[k].second, dev.owner(), pin ? &cooling : nullptr);
-        const std::uint64_t now = ctx.recency->tick();  // a kernel's spans are its working set: recently used
-        std::vector<std::size_t> collapse;  // read-mostly pages this kernel may write
-        for (std::size_t q = h.span.first(); q < h.span.end(); ++q) {
-          std::lock_guard lock(table.block_mutex(MirrorTable::block_of(q)));
-          MirrorEntry& e = table.entry(q);
-          if (pin && e.residency() == Residency::System && !e.locked() && !e.has(MirrorEntry::kPoisoned) &&
-              (e.has(MirrorEntry::kWrite) || !spans[k].writable) && range.bounces().cooling(q, now_ms, thrashing)) {
-            // Pinned on the host: the kernel reaches the page where it is.
-            e.set(MirrorEntry::kLocked);
-            h.held.push_back(q);
-            entries[q - h.span.first()] = reinterpret_cast<std::uintptr_t>(range.page_address(q));
-            ++pinned;
-            continue;
-          }
-          const bool dup = e.residency() == Residency::Duplicated;
-          if ((e.residency() != Residency::Device && !dup) || e.device_page().owner != dev.owner() || e.locked())
-            continue;
-          e.set(MirrorEntry::kLocked | (dup && !spans[k].writable ? 0 : MirrorEntry::kDirty));
-          h.held.push_back(q);
-          if (dup && spans[k].writable) collapse.push_back(q);
-          ctx.recency->touch(e.device_page(), now);
-          entries[q - h.span.first()] = dev.address_of(e.device_page().index);
-        }
-        collapse_to_device(ctx, h.span.range(), collapse);
-        if (h.held.size() == before) break;
-      }
-      std::sort(h.held.begin(), h.held.end());
-    }
-
-    // Upload every span's table into the stream's buffer in one copy; the
-    // kernels queued after it on the stream read them there.
-    if (!host_tables.empty()) {
-      const std::size_t bytes = host_tables.size() * sizeof(std::uint64_t);
-      DeviceAddress buffer = 0;
-      lease.reserve_tables(bytes, &buffer).raise_if_error();
-      backend.copy_to_device_buffer(lease.stream(), buffer, host_tables.data(), bytes).raise_if_error();
-      for (std::size_t k = 0; k < spans.size(); ++k) {
-        const auto* device_entries = reinterpret_cast<const std::uint64_t*>(
-            static_cast<std::uintptr_t>(buffer + first_entry[k] * sizeof(std::uint64_t)));
-        tables[k] = DevicePageTable{device_entries, held[k].span.count(),
-                                    static_cast<std::size_t>(static_cast<const std::byte*>(spans[k].data) -
-                                                             pages[k].first),
-                                    spans[k].bytes};
-      }
-    }
-
-    AtomicCounters::add(ctx.counters.thrashing_pages_pinned, pinned);
+    tables = upload_tables(backend, lease, hold, spans, resolved, host_tables);
+    AtomicCounters::add(ctx.counters.thrashing_pages_pinned, hold.pinned());
     body(LaunchStream{backend.native_stream(lease.stream()), &queue}, tables);
   } catch (...) {
     // The stream must not run on unlocked pages or read a freed host table.
     if (const Status s = drain(); !s) log().warn("{}: draining the launch stream after a failure: {}", call, s.message);
-    release();
+    hold.release();
     throw;
   }
   Status status = drain();
   if (status) status = queue.failure();
-  release();
+  hold.release();
   status.raise_if_error();
 }
 

@@ -1,10 +1,11 @@
 // The one implementation behind Context::launch and Context::launch_device:
-// resolve the spans (bad input changes nothing), take a launch stream from the
-// device's pool, migrate the spans to the device and lock their pages, upload
-// one device page table per span into the stream's device buffer, run the
-// caller's body with the stream, drain the stream, unlock. Whatever the body
-// or the device does, the pages are unlocked and the stream drained before the
-// call returns or throws.
+// resolve the spans (bad input changes nothing), hold every page of every
+// span on the device (launch_hold.hpp: migrated and LOCKED, or the launch
+// fails having run nothing), take a launch stream from the device's pool,
+// upload one device page table per span into the stream's device buffer, run
+// the caller's body with the stream, drain the stream, release. Whatever the
+// body or the device does, the stream is drained before the pages are
+// released and the call returns or throws.
 #pragma once
 
 #include <cstddef>

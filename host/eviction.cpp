@@ -116,6 +116,22 @@ EvictionResult make_room(ContextImpl& ctx, OwnerId owner, std::size_t pages, con
   return out;
 }
 
+std::size_t evictable_pages(ContextImpl& ctx, OwnerId owner) noexcept {
+  const ReverseMap& map = ctx.rmap(owner);
+  std::size_t out = 0;
+  RangeSpan span;  // the last range looked up: neighbouring pages mostly share one
+  for (std::size_t k = 0; k < map.capacity(); ++k) {
+    const auto target = map.get(static_cast<DevicePageIndex>(k));
+    if (!target) continue;
+    if (!span || span.range().id() != target->range_id) span = ctx.ranges.find_by_id(target->range_id);
+    if (!span || target->page >= span.range().npages()) continue;
+    auto& table = span.range().table();
+    std::lock_guard lock(table.block_mutex(MirrorTable::block_of(target->page)));
+    out += !table.entry(target->page).locked();
+  }
+  return out;
+}
+
 EvictionResult evict_down_to(ContextImpl& ctx, OwnerId owner, std::size_t limit_pages) {
   EvictionResult out;
   DevicePagemap* pagemap = ctx.pagemap(owner);

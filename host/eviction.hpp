@@ -40,6 +40,11 @@ struct EvictionResult {
 // back fails stay on the device (they are counted as copy failures).
 EvictionResult make_room(ContextImpl& ctx, OwnerId owner, std::size_t pages, const EvictionGuard* guard) noexcept;
 
+// owner's device pages an eviction could take now: named by a registered
+// range and not locked. Pages in use beyond these are held by operations in
+// flight (or by ranges being freed). Walks the whole pool: for a failure path.
+std::size_t evictable_pages(ContextImpl& ctx, OwnerId owner) noexcept;
+
 // Evicts owner's least recently used chunks until at most `limit_pages`
 // device pages are in use, waiting for pages locked by operations in flight.
 // The caller holds no page locks. Throws uhmm::Error (device_error) when

@@ -55,9 +55,16 @@ std::uint64_t select(MirrorEntry e, const MigrateVma& a) {
   return 0;
 }
 
+// A held migration's walk also locks what is already on the destination.
+bool already_there(MirrorEntry e, OwnerId destination) {
+  return (e.residency() == Residency::Device || e.residency() == Residency::Duplicated) &&
+         e.device_page().owner == destination && !e.locked();
+}
+
 }  // namespace
 
-void migrate_vma_setup(ContextImpl& ctx, MigrateVma& a, const SetupVisitor* visit, const PageFilter* leave) {
+void migrate_vma_setup(ContextImpl& ctx, MigrateVma& a, const SetupVisitor* visit, const PageFilter* leave,
+                       PageHold* hold) {
   check_args(ctx, a);
   const std::size_t bytes =
       static_cast<std::size_t>(static_cast<std::byte*>(a.end) - static_cast<std::byte*>(a.start));
@@ -69,6 +76,7 @@ void migrate_vma_setup(ContextImpl& ctx, MigrateVma& a, const SetupVisitor* visi
   const std::size_t n = session->span.count();
   session->selected.assign(n, 0);
   session->source.assign(n, 0);
+  session->hold = hold;
 
   // The one walk: select and lock, block by block.
   std::size_t cpages = 0;
@@ -83,6 +91,10 @@ void migrate_vma_setup(ContextImpl& ctx, MigrateVma& a, const SetupVisitor* visi
       if (leave != nullptr && a.src[i] != 0 && e.residency() == Residency::System && (*leave)(p)) a.src[i] = 0;
       a.dst[i] = 0;
       if (visit != nullptr) (*visit)(i, e, a.src[i]);
+      if (hold != nullptr && already_there(e, a.destination)) {
+        e.set(MirrorEntry::kLocked);
+        hold->held[i] = 1;
+      }
       if (a.src[i] & MIGRATE_PFN_MIGRATE) {
         e.set(MirrorEntry::kLocked);
         e.clear(MirrorEntry::kDiscarded);  // left by an earlier holder; this migration reads the page afresh
@@ -256,8 +268,12 @@ void migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
     const std::size_t lo = std::max(first, table.block_begin(block));
     const std::size_t hi = std::min(first + n, table.block_end(block));
     std::lock_guard lock(table.block_mutex(block));
-    for (std::size_t p = lo; p < hi; ++p)
-      if (s.selected[p - first]) table.entry(p).clear(MirrorEntry::kLocked);
+    for (std::size_t p = lo; p < hi; ++p) {
+      const std::size_t i = p - first;
+      if (!s.selected[i]) continue;
+      if (s.hold != nullptr && migrated(i)) s.hold->held[i] = 1;  // the launch unlocks it
+      else table.entry(p).clear(MirrorEntry::kLocked);
+    }
   }
   for (const OwnerId owner : owner_ids(to_free.size() - 1)) {
     if (to_free[owner].empty()) continue;

@@ -3,6 +3,7 @@
 // re-runs the faults it parked.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -29,6 +30,12 @@ class UnlockEvents {
   void wait_after(std::uint64_t seen) {
     std::unique_lock lock(mutex_);
     changed_.wait(lock, [&] { return generation_ != seen; });
+  }
+  // The same, giving up after `limit`; true when an announcement came. For a
+  // waiter whose holder might go without announcing (a range freed under it).
+  bool wait_after_for(std::uint64_t seen, std::chrono::milliseconds limit) {
+    std::unique_lock lock(mutex_);
+    return changed_.wait_for(lock, limit, [&] { return generation_ != seen; });
   }
   // Set once, before any announce() (the fault service's wake-up).
   void set_listener(std::function<void()> listener) { listener_ = std::move(listener); }

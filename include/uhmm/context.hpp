@@ -212,9 +212,14 @@ class UHMM_EXPORT Context {
 
   // Runs body(i, device_span<T>...) for i in [0, n) on a device, after migrating
   // every span to it (read-mostly pages keep their host copy for a span of
-  // const T, and lose it for a span the kernel may write). The spans' pages stay locked on the device while the
-  // kernel runs (CPU accesses wait); a kernel that touches a page that is not
-  // there fails with Errc::device_fault. Returns when the kernel has finished.
+  // const T, and lose it for a span the kernel may write). Every page of every
+  // span is resident and locked on the device before the kernel runs, and
+  // stays so until it has finished (CPU accesses wait; migrations, eviction
+  // and fault-ahead leave them alone); a launch waits for pages other
+  // operations hold. Spans that need more than the device's pool throw
+  // Errc::out_of_memory before anything moves or runs; a kernel that touches a
+  // page outside its spans fails with Errc::device_fault. Returns when the
+  // kernel has finished.
   // A span whose first element is not at a multiple of sizeof(T) inside its
   // page (its elements would straddle pages) is Errc::invalid_argument, here
   // and in launch_device, before anything moves.
@@ -224,14 +229,16 @@ class UHMM_EXPORT Context {
   void launch_on(OwnerId device, std::size_t n, F&& body, std::span<T>... data);
 
   // Kernels the application launches itself (written once for CUDA, HIP and
-  // the cpu backend): migrates every span to the device, locks its pages,
+  // the cpu backend): migrates every span to the device and holds its pages,
   // uploads one device page table per span into device memory, then calls
   // body(const LaunchStream&, device_span<T>...) with the device's launch
   // stream and spans over the uploaded tables; the body enqueues kernels with
   // uhmm::launch(stream, n, functor) (kernels/uhmm/launch.hpp). Returns when
   // the stream has drained, then unlocks the pages. Throws uhmm::Error for bad
-  // input (nothing changed), a failed kernel (Errc::device_fault for a page not
-  // resident, device_error otherwise); an exception from body propagates after
+  // input (nothing changed), spans that do not fit (out_of_memory, before
+  // anything moves or runs; launch() says how pages are held), a failed kernel
+  // (Errc::device_fault for a page outside its spans, device_error
+  // otherwise); an exception from body propagates after
   // the stream has drained and the pages are unlocked.
   template <class F, class... T>
   void launch_device(F&& body, std::span<T>... data);

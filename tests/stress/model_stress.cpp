@@ -177,7 +177,9 @@ class Harness {
 
   void op_cpu(ThreadState& ts, bool write);
   void op_migrate(ThreadState& ts, Op op);
-  void op_launch(ThreadState& ts);
+  class Competitor;
+  void op_launch(ThreadState& ts, Op op);
+  bool launch_may_fail(const Error& e) const;
   void op_pin(ThreadState& ts, bool pin);
   void op_evict(ThreadState& ts);
   void op_checked(ThreadState& ts);
@@ -209,6 +211,7 @@ class Harness {
   std::vector<std::unique_ptr<Slot>> slots_;
   Gate evict_gate_;   // exclusive: an eviction; shared: a checked migration
   Gate inject_gate_;  // exclusive: arming an injection; shared: any CPU access (with injection only)
+  std::mutex race_mutex_;  // one launch-race op at a time
   std::vector<std::unique_ptr<Ring>> rings_;
   std::vector<std::unique_ptr<std::atomic<std::int64_t>>> busy_since_;  // ns of the op in flight, 0 when idle
   std::vector<std::unique_ptr<std::atomic<int>>> busy_op_;
@@ -273,6 +276,9 @@ Harness::Harness(const StressConfig& cfg)
   w(Op::Advise, 3);
   w(Op::Prefetch, 4);
   w(Op::Discard, 2);
+  w(Op::LaunchVsFaultAhead, 2);
+  w(Op::LaunchVsEviction, 1);
+  w(Op::LaunchVsToHost, 2);
   for (unsigned x : weights_) weight_total_ += x;
 }
 
@@ -417,9 +423,115 @@ void Harness::op_migrate(ThreadState& ts, Op op) {
   check_result(ts, r, span.count, to_device, to_string(op));
 }
 
-void Harness::op_launch(ThreadState& ts) {
+// What a race op does while its launch holds the span (in the launch's body,
+// before the kernel is queued), and what it checks.
+class Harness::Competitor {
+ public:
+  Competitor(Harness& h, ThreadState& ts, Slot& s, Span span, OwnerId dev, Op op)
+      : h_(h), ts_(ts), s_(s), span_(span), dev_(dev), op_(op) {
+    if (op_ == Op::LaunchVsFaultAhead) prepare_neighbour();
+  }
+  ~Competitor() {
+    if (evictor_.joinable()) evictor_.join();
+  }
+  Competitor(const Competitor&) = delete;
+  Competitor& operator=(const Competitor&) = delete;
+
+  template <class Report>
+  void run_while_held(const Report& report) {
+    switch (op_) {
+      case Op::LaunchVsFaultAhead: read_neighbour(report); break;
+      case Op::LaunchVsToHost: {
+        const MigrationResult r = h_.ctx_.migrate_to_host(h_.page_ptr(s_, span_.first), span_.count * kPageSize);
+        ts_.rec.flags = static_cast<std::uint8_t>(std::min<std::size_t>(r.skipped, 255));
+        if (r.migrated != 0) report(fmt::format("migrate_to_host took {} pages a launch holds", r.migrated));
+        break;
+      }
+      case Op::LaunchVsEviction:
+        // On another thread: it waits for the pages this launch holds.
+        evictor_ = std::thread([this] { evict(); });
+        break;
+      default: break;
+    }
+    check_held(report);
+  }
+
+ private:
+  // A page of the span's first 2 MiB block outside the span, put on the
+  // device so that a CPU read of it brings its block home (fault-ahead).
+  void prepare_neighbour() {
+    const std::size_t block_first = span_.first / kPagesPerBlock * kPagesPerBlock;
+    const std::size_t block_end = std::min(block_first + kPagesPerBlock, s_.pages);
+    if (span_.first > block_first) neighbour_ = span_.first - 1;
+    else if (span_.first + span_.count < block_end) neighbour_ = span_.first + span_.count;
+    else return;
+    (void)h_.ctx_.migrate_to_device(h_.page_ptr(s_, neighbour_), kPageSize, dev_);
+  }
+  template <class Report>
+  void read_neighbour(const Report& report) {  // op_launch holds the injection gate for it
+    if (neighbour_ == SIZE_MAX) return;
+    const std::size_t w = h_.first_own(neighbour_ * kWordsPerPage, ts_.tid);
+    if (w >= (neighbour_ + 1) * kWordsPerPage) return;
+    const std::uint64_t got = s_.base[w];
+    const std::uint64_t want = s_.shadow[ts_.tid][w / h_.cfg_.threads];
+    if (got != want)
+      report(fmt::format("CPU read of neighbour word {} during a launch: expected {:#018x}, got {:#018x}", w, want,
+                         got));
+  }
+  void evict() {
+    try {
+      (void)migrate_device_range(h_.ctx_, dev_, 0, h_.capacity_pages_);
+    } catch (const Error& e) {
+      if (!h_.cfg_.inject_failures || e.code() != Errc::device_error)
+        h_.mismatch(&ts_, fmt::format("migrate_device_range during a launch failed: {}", e.what()));
+    }
+  }
+  // Every page of the span is still locked where the kernel will reach it.
+  template <class Report>
+  void check_held(const Report& report) {
+    const auto pages = h_.ctx_.residency(h_.page_ptr(s_, span_.first), span_.count * kPageSize);
+    for (std::size_t i = 0; i < pages.size(); ++i) {
+      const PageState& p = pages[i];
+      const bool on_device = (p.residency == Residency::Device || p.residency == Residency::Duplicated) &&
+                             p.device.owner == dev_;
+      const bool in_place = p.residency == Residency::System;  // pinned on the host for the kernel
+      if (!p.locked || !(on_device || in_place)) {
+        report(fmt::format("page {} is {}{} while the launch holds it", span_.first + i, residency_name(p.residency),
+                           p.locked ? " locked" : " unlocked"));
+        return;
+      }
+    }
+  }
+
+  Harness& h_;
+  ThreadState& ts_;
+  Slot& s_;
+  const Span span_;
+  const OwnerId dev_;
+  const Op op_;
+  std::size_t neighbour_ = SIZE_MAX;
+  std::thread evictor_;
+};
+
+bool Harness::launch_may_fail(const Error& e) const {
+  // A launch fails, having run nothing, when its span finds no room (a pool
+  // oversubscribed or an injected allocation failure) or copies keep failing.
+  return (e.code() == Errc::out_of_memory && (cfg_.oversubscribed() || cfg_.inject_failures)) ||
+         (e.code() == Errc::device_error && cfg_.inject_failures);
+}
+
+void Harness::op_launch(ThreadState& ts, Op op) {
+  // Race ops one at a time: a body reading a neighbour page while its launch
+  // holds pages must not meet another body doing the same the other way round.
+  std::unique_lock<std::mutex> race;
+  if (op != Op::Launch) race = std::unique_lock(race_mutex_);
   Slot& s = pick_slot(ts);
   std::shared_lock slot_lock(s.lock);
+  std::unique_lock<Gate> evict_lock;  // as op_evict: no checked migration meanwhile
+  if (op == Op::LaunchVsEviction) evict_lock = std::unique_lock(evict_gate_);
+  // The body's CPU read is a CPU access (no injection armed meanwhile); taken
+  // before the launch holds pages that a CPU access holding it may wait for.
+  MaybeShared cpu_access(inject_gate_, cfg_.inject_failures && op == Op::LaunchVsFaultAhead);
   ts.rec.generation = s.generation;
   const Span span = pick_span(ts, s.pages, 256);
   const OwnerId dev = pick_device(ts);
@@ -433,37 +545,50 @@ void Harness::op_launch(ThreadState& ts) {
   std::atomic<std::size_t> bad{0};
   std::mutex bad_mutex;
   std::string bad_what;
+  const auto report = [&](std::string what) {
+    if (bad.fetch_add(1) != 0) return;
+    std::lock_guard lock(bad_mutex);
+    bad_what = std::move(what);
+  };
   const std::size_t span_word0 = span.first * kWordsPerPage;
   std::span<std::uint64_t> data(s.base + span_word0, span.count * kWordsPerPage);
-  ctx_.launch_on(
-      dev, span.count,
-      [&](std::size_t i, device_span<std::uint64_t> x) {
-        // Index i is page i of the span: its words of thread t.
-        const std::size_t page_end = span_word0 + (i + 1) * kWordsPerPage;
-        std::size_t done = 0;
-        try {
-          for (std::size_t w = first_own(span_word0 + i * kWordsPerPage, t); w < page_end; w += T) {
-            std::uint64_t& v = x[w - span_word0];
-            const std::uint64_t want = shadow[w / T];
-            if (v != want && bad.fetch_add(1) == 0) {
-              std::lock_guard lock(bad_mutex);
-              bad_what = fmt::format("kernel read of word {} (page {}) on device {}: expected {:#018x}, got {:#018x}",
-                                     w, w / kWordsPerPage, dev, want, v);
-            }
-            v = transform(want, tag);
-            ++done;
-          }
-          outcome[i] = 1;
-        } catch (const DeviceFaultException&) {
-          outcome[i] = 2;
-          if (done != 0 && bad.fetch_add(1) == 0) {
-            std::lock_guard lock(bad_mutex);
-            bad_what = fmt::format("kernel: page {} faulted after {} of its words were resident",
-                                   span.first + i, done);
-          }
-        }
-      },
-      data);
+  // Index i is page i of the span: its words of thread t.
+  const auto kernel = [&](std::size_t i, device_span<std::uint64_t> x) {
+    const std::size_t page_end = span_word0 + (i + 1) * kWordsPerPage;
+    try {
+      for (std::size_t w = first_own(span_word0 + i * kWordsPerPage, t); w < page_end; w += T) {
+        std::uint64_t& v = x[w - span_word0];
+        const std::uint64_t want = shadow[w / T];
+        if (v != want)
+          report(fmt::format("kernel read of word {} (page {}) on device {}: expected {:#018x}, got {:#018x}", w,
+                             w / kWordsPerPage, dev, want, v));
+        v = transform(want, tag);
+      }
+      outcome[i] = 1;
+    } catch (const DeviceFaultException&) {
+      outcome[i] = 2;  // a launch holds every page: never
+    }
+  };
+  try {
+    if (op == Op::Launch) {
+      ctx_.launch_on(dev, span.count, kernel, data);
+    } else {
+      Competitor competitor(*this, ts, s, span, dev, op);
+      ctx_.launch_device_on(
+          dev,
+          [&](const LaunchStream& stream, device_span<std::uint64_t> x) {
+            competitor.run_while_held(report);
+            launch(stream, span.count, [&kernel, x](std::size_t i) { kernel(i, x); });
+          },
+          data);
+    }
+  } catch (const Error& e) {
+    if (!launch_may_fail(e)) throw;
+    ts.rec.d = 1;
+    if (std::any_of(outcome.begin(), outcome.end(), [](std::uint8_t o) { return o != 0; }))
+      mismatch(&ts, fmt::format("launch failed ({}) after its kernel ran", e.what()));
+    return;
+  }
   std::size_t ran = 0, absent = 0;
   auto& own = s.shadow[t];
   for (std::size_t i = 0; i < span.count; ++i) {
@@ -481,16 +606,10 @@ void Harness::op_launch(ThreadState& ts) {
   ts.rec.c = clamp32(bad.load());
   if (ran + absent != span.count)
     mismatch(&ts, fmt::format("launch returned with {} of {} pages run by the kernel", ran + absent, span.count));
+  if (absent != 0)
+    mismatch(&ts, fmt::format("launch: the kernel found {} of its {} pages not resident (a launch holds them all)",
+                              absent, span.count));
   if (bad.load() != 0) mismatch(&ts, bad_what);
-  // Without injection, oversubscription or other threads, every page is resident.
-  if (absent != 0 && cfg_.threads == 1 && !cfg_.inject_failures && !cfg_.oversubscribed()) {
-    const auto pages = ctx_.residency(page_ptr(s, span.first), span.count * kPageSize);
-    std::size_t pinned = 0;
-    for (const auto& st : pages) pinned += st.pinned;
-    if (pinned < absent)
-      mismatch(&ts, fmt::format("launch: {} pages were not resident for the kernel although only {} are pinned",
-                                absent, pinned));
-  }
 }
 
 void Harness::op_pin(ThreadState& ts, bool pin) {
@@ -694,22 +813,28 @@ void Harness::op_realloc(ThreadState& ts) {
   ts.rec.flags = static_cast<std::uint8_t>(check | (old_on_device ? 4 : 0));
   if (check == 1) {
     std::atomic<std::size_t> nonzero{0}, absent{0};
-    ctx_.launch_on(
-        dev, pages,
-        [&](std::size_t i, device_span<std::uint64_t> x) {
-          try {
-            for (std::size_t k = 0; k < kWordsPerPage; ++k)
-              if (x[i * kWordsPerPage + k] != 0) nonzero.fetch_add(1);
-          } catch (const DeviceFaultException&) {
-            absent.fetch_add(1);
-          }
-        },
-        std::span<std::uint64_t>(s.base, pages * kWordsPerPage));
+    try {
+      ctx_.launch_on(
+          dev, pages,
+          [&](std::size_t i, device_span<std::uint64_t> x) {
+            try {
+              for (std::size_t k = 0; k < kWordsPerPage; ++k)
+                if (x[i * kWordsPerPage + k] != 0) nonzero.fetch_add(1);
+            } catch (const DeviceFaultException&) {
+              absent.fetch_add(1);
+            }
+          },
+          std::span<std::uint64_t>(s.base, pages * kWordsPerPage));
+    } catch (const Error& e) {
+      if (!launch_may_fail(e)) throw;
+    }
     ts.rec.a = clamp32(nonzero.load());
     ts.rec.b = clamp32(absent.load());
     if (nonzero.load() != 0)
       mismatch(&ts, fmt::format("a re-allocated range has {} non-zero words on device {} (invariant 4)",
                                 nonzero.load(), dev));
+    if (absent.load() != 0)
+      mismatch(&ts, fmt::format("a launch over a re-allocated range found {} pages not resident", absent.load()));
   }
   if (check <= 1) {
     MaybeShared gate(inject_gate_, cfg_.inject_failures);
@@ -839,7 +964,10 @@ void Harness::thread_main(unsigned tid) {
         case Op::ToHost:
         case Op::ToDeviceAsync:
         case Op::ToHostAsync: op_migrate(ts, op); break;
-        case Op::Launch: op_launch(ts); break;
+        case Op::Launch:
+        case Op::LaunchVsFaultAhead:
+        case Op::LaunchVsEviction:
+        case Op::LaunchVsToHost: op_launch(ts, op); break;
         case Op::Pin: op_pin(ts, true); break;
         case Op::Unpin: op_pin(ts, false); break;
         case Op::Evict: op_evict(ts); break;
@@ -987,6 +1115,9 @@ const char* to_string(Op op) noexcept {
     case Op::Advise: return "advise";
     case Op::Prefetch: return "prefetch";
     case Op::Discard: return "discard";
+    case Op::LaunchVsFaultAhead: return "launch-vs-fault-ahead";
+    case Op::LaunchVsEviction: return "launch-vs-eviction";
+    case Op::LaunchVsToHost: return "launch-vs-to-host";
     case Op::kCount: break;
   }
   return "?";
@@ -997,7 +1128,12 @@ std::string OpRecord::format() const {
   switch (op) {
     case Op::CpuWrite:
     case Op::CpuRead: results = fmt::format("step {} words {} bad {}", flags, a, b); break;
-    case Op::Launch: results = fmt::format("dev {} ran {} absent {} bad {}", device, a, b, c); break;
+    case Op::Launch:
+    case Op::LaunchVsFaultAhead:
+    case Op::LaunchVsEviction:
+    case Op::LaunchVsToHost:
+      results = fmt::format("dev {} ran {} absent {} bad {}{}", device, a, b, c, d ? " (failed, nothing ran)" : "");
+      break;
     case Op::Evict: results = fmt::format("dev {} moved {}{}", device, a, d ? " (threw)" : ""); break;
     case Op::Realloc:
       results = fmt::format("dev {} check {}{} nonzero {} absent {} bad {}", device, flags & 3,

@@ -13,10 +13,10 @@
 //   * Values. Thread t owns the 8-byte words w with w % threads == t of every
 //     range; only t writes them (on the CPU, or through a kernel it launches),
 //     so t's shadow copy predicts every value t reads, exactly, wherever the
-//     page happens to be. A kernel only reads and rewrites its caller's words,
-//     and catches the device fault of a page that is not resident on the device
-//     (another thread holds it, the pool is full, a copy failed), so the caller
-//     knows page by page which words the kernel rewrote.
+//     page happens to be. A kernel only reads and rewrites its caller's words.
+//     A launch holds every page of its span before its kernel runs (or fails
+//     first, with out_of_memory or an injected failure, having run nothing):
+//     a kernel that finds a page not resident is a mismatch.
 //   * Page-level operations (migrations, launches, pin/unpin, evictions) are
 //     done by any thread on any range. Their results are checked for
 //     consistency (the four counts add up to the pages, no failure without
@@ -110,6 +110,13 @@ enum class Op : std::uint8_t {
   Advise,    // preferred location / accessed-by on a span (read-mostly is covered by advice_test)
   Prefetch,  // Context::prefetch to the host or a device
   Discard,   // Context::discard of a span (takes its range exclusively): the model's words become zero
+  // A launch (launch_device) whose body, while the launch holds its pages,
+  // does what must not take them: a CPU read of a neighbour in the same 2 MiB
+  // block (fault-ahead brings the block home), an eviction of the whole pool
+  // (migrate_device_range, on another thread), a migrate_to_host of the span.
+  LaunchVsFaultAhead,
+  LaunchVsEviction,
+  LaunchVsToHost,
   kCount
 };
 inline constexpr std::size_t kOpKinds = static_cast<std::size_t>(Op::kCount);
