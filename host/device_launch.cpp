@@ -203,7 +203,9 @@ void run_device_launch(ContextImpl& ctx, OwnerId device, std::span<const LaunchS
           ctx.recency->touch(e.device_page(), now);
           entries[q - h.span.first()] = dev.address_of(e.device_page().index);
         }
-        collapse_to_device(ctx, h.span.range(), collapse);
+        // A page whose host copy could not go stays on the host: the kernel
+        // faults on it (device_fault) rather than write a copy the CPU never reads.
+        for (std::size_t q : collapse_to_device(ctx, h.span.range(), collapse)) entries[q - h.span.first()] = 0;
         if (h.held.size() == before) break;
       }
       std::sort(h.held.begin(), h.held.end());

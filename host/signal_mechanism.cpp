@@ -300,7 +300,14 @@ int SignalMechanism::drop(ManagedRange& range, std::size_t first, std::size_t co
   SignalMapping& m = mapping_of(range);
   // Protect first: nobody may see the hole the punch leaves as zeros.
   if (const int err = m.set(range, first, count, signal_faults::kNone, false); err != 0) return err;
-  return ::madvise(m.alias(first), count * kPageSize, MADV_REMOVE) == 0 ? 0 : errno;
+  // The hole punch frees the memory. mlockall() locks uhmm's alias too, and
+  // MADV_REMOVE refuses locked memory (EINVAL): the alias is uhmm's own
+  // window, unlocked again (the application's view keeps its lock).
+  void* alias = m.alias(first);
+  const std::size_t len = count * kPageSize;
+  if (::madvise(alias, len, MADV_REMOVE) == 0) return 0;
+  if (errno != EINVAL || ::munlock(alias, len) != 0) return errno;
+  return ::madvise(alias, len, MADV_REMOVE) == 0 ? 0 : errno;
 }
 
 int SignalMechanism::poison(ManagedRange& range, std::size_t first, std::size_t count) noexcept {
