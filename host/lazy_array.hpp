@@ -6,9 +6,13 @@
 
 #include <sys/mman.h>
 
+#include <cerrno>
 #include <cstddef>
 #include <type_traits>
 
+#include <fmt/format.h>
+
+#include "map_count.hpp"
 #include "uhmm/error.hpp"
 
 namespace uhmm::detail {
@@ -19,11 +23,11 @@ class LazyArray {
 
  public:
   LazyArray() = default;
-  // Throws OutOfMemory with `what` when the mapping fails.
+  // Throws OutOfMemory, "`what`: <what ran out>", when the mapping fails.
   LazyArray(std::size_t n, const char* what) : n_(n) {
     if (n == 0) return;
     void* p = ::mmap(nullptr, bytes(), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (p == MAP_FAILED) throw OutOfMemory(what);
+    if (p == MAP_FAILED) throw OutOfMemory(fmt::format("{}: {}", what, describe_mapping_failure(errno)));
     data_ = static_cast<T*>(p);
   }
   ~LazyArray() {

@@ -12,7 +12,7 @@ namespace uhmm::detail {
 
 namespace {
 
-std::string no_memory(std::size_t npages) { return fmt::format("no memory for the mirror table of {} pages", npages); }
+std::string no_memory(std::size_t npages) { return fmt::format("mapping the mirror table of {} pages", npages); }
 
 }  // namespace
 

@@ -29,7 +29,7 @@ inline std::uint32_t monotonic_ms() noexcept {
 
 class PageBounces {
  public:
-  explicit PageBounces(std::size_t nblocks) : blocks_(nblocks, "no memory for a range's bounce histories") {}
+  explicit PageBounces(std::size_t nblocks) : blocks_(nblocks, "mapping a range's bounce histories") {}
   ~PageBounces();
   PageBounces(const PageBounces&) = delete;
   PageBounces& operator=(const PageBounces&) = delete;
