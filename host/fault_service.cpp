@@ -409,6 +409,7 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
 
   // Zeros: one install per run; a run with a mapped page goes page by page.
   std::size_t spurious = 0;
+  BlockPages unmapped;  // installs that failed
   for (std::size_t k = 0; k < zero.size();) {
     std::size_t run = 1;
     while (k + run < zero.size() && zero[k + run] == zero[k] + run) ++run;
@@ -418,6 +419,9 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
         if (err == EEXIST) {
           ++spurious;
         } else if (err != 0) {
+          // It stays Empty (the mirror never claims a page that is not
+          // there): its thread faults again and the install is retried.
+          unmapped.set(q - lo);
           log().error("fault service: mapping zeros at {} failed: {}", static_cast<void*>(range.page_address(q)),
                       std::strerror(err));
         }
@@ -428,7 +432,8 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
   if (!zero.empty()) {
     std::lock_guard lock(table.block_mutex(block));
     for (std::size_t p : zero)
-      if (table.entry(p).residency() == Residency::Empty) table.entry(p).move_to(MirrorEntry::system());
+      if (table.entry(p).residency() == Residency::Empty && !unmapped[p - lo])
+        table.entry(p).move_to(MirrorEntry::system());
   }
   AtomicCounters::add(ctx_.counters.thrashing_not_prefetched, not_prefetched);
   AtomicCounters::add(ctx_.counters.advice_not_prefetched, kept_by_advice);
@@ -468,11 +473,17 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
   for (std::size_t k = 0; k < unprotect.size();) {
     std::size_t run = 1;
     while (k + run < unprotect.size() && unprotect[k + run] == unprotect[k] + run) ++run;
-    mechanism.write_protect(range, unprotect[k], run, false);
+    // On failure the page stays read-only: a store faults again and retries.
+    if (const int err = mechanism.write_protect(range, unprotect[k], run, false); err != 0)
+      log().error("fault service: opening {} pages at {} failed: {}", run,
+                  static_cast<void*>(range.page_address(unprotect[k])), std::strerror(err));
     k += run;
   }
   collapse_to_host(ctx_, range, collapse);
-  for (std::size_t p : reopen_read_only) mechanism.write_protect(range, p, 1, true);
+  for (std::size_t p : reopen_read_only)
+    if (const int err = mechanism.write_protect(range, p, 1, true); err != 0)  // stays closed: a read faults again
+      log().error("fault service: reopening {} read-only failed: {}", static_cast<void*>(range.page_address(p)),
+                  std::strerror(err));
   // One unlock for every page held here, after the counters: a woken thread
   // sees its fault counted and finds nothing of this resolution still locked
   // (a migration it starts next would skip a locked page).

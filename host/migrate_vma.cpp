@@ -276,7 +276,11 @@ Status migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
   // woken below, once the pages are unlocked.
   auto stayed = [&](std::size_t i) { return !migrated(i) && from(i, Residency::System); };
   for_each_run(0, n, stayed, [&](std::size_t i, std::size_t count) {
-    ctx.mechanism->write_protect(range, first + i, count, false);
+    // On failure they stay read-only: a store faults, and the fault service
+    // lifts the protection then (the mirror says System).
+    if (const int err = ctx.mechanism->write_protect(range, first + i, count, false); err != 0)
+      log().error("lifting the write-protection of {} pages at {} that stayed on the host failed: {}", count,
+                  static_cast<void*>(range.page_address(first + i)), std::strerror(err));
   });
 
   // Device pages that back nothing now: destinations of failed pages, and the
