@@ -10,6 +10,7 @@
 #include "context_impl.hpp"
 #include "page_runs.hpp"
 #include "staging_pool.hpp"
+#include "test_hooks.hpp"
 #include "uhmm/detail/log.hpp"
 #include "uhmm/migrate.hpp"
 
@@ -53,6 +54,14 @@ std::uint64_t select(MirrorEntry e, const MigrateVma& a) {
       return 0;  // read-mostly: already on a device, and on the host (a write collapses it first)
   }
   return 0;
+}
+
+int drop_host_copies(ContextImpl& ctx, ManagedRange& range, std::size_t first, std::size_t count) noexcept {
+  if (const int injected = test_hooks::migration_drop_error.load(std::memory_order_relaxed); injected != 0) {
+    if (count > 1) (void)ctx.mechanism->drop(range, first, count / 2);  // stopped part way
+    return injected;
+  }
+  return ctx.mechanism->drop(range, first, count);
 }
 
 // Migrated pages whose host copies could not be dropped (`pages`, ascending,
@@ -259,7 +268,7 @@ Status migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
   for_each_run(0, n, [&](std::size_t i) { return migrated(i) && had_host_page(i) && !s.duplicate[i]; },
                        [&](std::size_t i, std::size_t count) {
                          zapped = true;
-                         const int err = ctx.mechanism->drop(range, first + i, count);
+                         const int err = drop_host_copies(ctx, range, first + i, count);
                          if (err == 0) return;
                          drop_error = err;
                          for (std::size_t k = i; k < i + count; ++k) undropped.push_back(first + k);
