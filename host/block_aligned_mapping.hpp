@@ -11,6 +11,7 @@
 
 #include <fmt/format.h>
 
+#include "map_count.hpp"
 #include "uhmm/error.hpp"
 #include "uhmm/types.hpp"
 
@@ -22,7 +23,8 @@ inline std::byte* map_block_aligned(std::size_t bytes, int prot) {
   const std::size_t span = bytes + kBlockSize;
   void* raw = ::mmap(nullptr, span, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (raw == MAP_FAILED)
-    throw OutOfMemory(fmt::format("mmap of {} bytes for a managed range failed: {}", bytes, std::strerror(errno)));
+    throw OutOfMemory(fmt::format("mmap of {} bytes for a managed range failed: {}", bytes,
+                                  describe_mapping_failure(errno)));
   auto* start = static_cast<std::byte*>(raw);
   const auto misalign = reinterpret_cast<std::uintptr_t>(start) & (kBlockSize - 1);
   const std::size_t head = misalign == 0 ? 0 : kBlockSize - misalign;

@@ -94,7 +94,8 @@ void ContextImpl::free(void* base) {
 std::size_t ContextImpl::release_device_pages(ManagedRange& range) noexcept {
   std::size_t released = 0;
   auto& table = range.table();
-  for (std::size_t block = 0; block < table.nblocks(); ++block) {
+  // Only the blocks ever used: freeing a sparse 1 TiB range costs what it touched.
+  table.for_each_touched_block([&](std::size_t block) {
     // One block at a time: a huge range's list would cost more than its table.
     std::vector<std::pair<OwnerId, DevicePageIndex>> to_free;
     {
@@ -128,7 +129,7 @@ std::size_t ContextImpl::release_device_pages(ManagedRange& range) noexcept {
       }
       devices_[owner - 1]->page_free(indices);
     }
-  }
+  });
   return released;
 }
 
@@ -220,7 +221,7 @@ MigrationResult ContextImpl::migrate_to_device(void* p, std::size_t bytes, Owner
     const Status copied = args.cpages > 0 ? dev.alloc_and_copy(args) : Status{};
     AtomicCounters::add(counters.copy_ns_to_device, args.cpages > 0 ? now_ns() - copy_start : 0);
     migrate_vma_pages(*this, args);
-    migrate_vma_finalize(*this, args);
+    const Status kept = migrate_vma_finalize(*this, args);  // pages whose host copies could not go
     // src[i] now: MIGRATE for pages that moved; other bits without MIGRATE for
     // pages selected that could not move; 0 for pages not selected.
     std::size_t failed = 0;
@@ -229,7 +230,7 @@ MigrationResult ContextImpl::migrate_to_device(void* p, std::size_t bytes, Owner
       else if (src[i] != 0) outcome[i] = kFailed, ++failed;
     }
     if (failed > 0) {
-      round_failure = copied ? Status{Errc::device_error, "pages were not migrated"} : copied;
+      round_failure = !kept ? kept : copied ? Status{Errc::device_error, "pages were not migrated"} : copied;
       if (round_failure.code != Errc::out_of_memory) AtomicCounters::add(counters.copy_failures, 1);
       failure = round_failure;
     }
@@ -386,23 +387,27 @@ Status ContextImpl::validate(bool quiescent) const {
   for (const auto& range : ranges.all()) {
     auto& table = range->table();
     if (Status s = table.validate(); !s) return s;
-    for (std::size_t block = 0; block < table.nblocks(); ++block) {
+    Status bad;
+    table.for_each_touched_block([&](std::size_t block) {  // the others are Empty
       std::lock_guard lock(table.block_mutex(block));
-      for (std::size_t p = table.block_begin(block); p < table.block_end(block); ++p) {
+      for (std::size_t p = table.block_begin(block); p < table.block_end(block) && bad; ++p) {
         const MirrorEntry e = table.entry(p);
-        if (quiescent && e.locked())
-          return {Errc::system_error, fmt::format("range {} page {} is still locked", range->id(), p)};
+        if (quiescent && e.locked()) {
+          bad = {Errc::system_error, fmt::format("range {} page {} is still locked", range->id(), p)};
+          continue;
+        }
         if (e.residency() != Residency::Device && e.residency() != Residency::Duplicated) continue;
         const DevicePage page = e.device_page();
         if (page.owner == kNoOwner || page.owner > devices_.size() ||
             page.index >= devices_[page.owner - 1]->capacity_pages() ||
             devices_[page.owner - 1]->address_of(page.index) == 0)
-          return {Errc::system_error, fmt::format("range {} page {} names device page {}:{}, which is not allocated",
-                                                  range->id(), p, page.owner, page.index)};
-        if (quiescent && seen[page.owner - 1][page.index]++ != 0)
-          return {Errc::system_error, fmt::format("device page {}:{} backs two pages", page.owner, page.index)};
+          bad = {Errc::system_error, fmt::format("range {} page {} names device page {}:{}, which is not allocated",
+                                                 range->id(), p, page.owner, page.index)};
+        else if (quiescent && seen[page.owner - 1][page.index]++ != 0)
+          bad = {Errc::system_error, fmt::format("device page {}:{} backs two pages", page.owner, page.index)};
       }
-    }
+    });
+    if (!bad) return bad;
   }
   return {};
 }

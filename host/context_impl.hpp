@@ -129,6 +129,11 @@ class ContextImpl {
   std::atomic<bool> advised{false};
   LaunchStreamPools launch_streams;        // cleared before the devices close
 
+  // Gives every device page a range still names back to its pool (returns how
+  // many); the entries become Empty. Visits the touched blocks alone. Pre: no
+  // operation uses the range (tests call it on a quiet one).
+  std::size_t release_device_pages(ManagedRange& range) noexcept;
+
  private:
   std::vector<std::unique_ptr<Device>> devices_;
   std::vector<std::unique_ptr<ReverseMap>> rmaps_;
@@ -138,9 +143,6 @@ class ContextImpl {
   std::mutex retired_mutex_;
   std::vector<std::shared_ptr<ManagedRange>> retired_;
 
-  // Gives every device page a range still names back to its pool (returns how
-  // many); the entries become Empty. Pre: no operation uses the range.
-  std::size_t release_device_pages(ManagedRange& range) noexcept;
   // Waits until no live part of a registered range overlaps [base, base + bytes)
   // (the application unmapped it and the event is on its way); throws if that
   // never happens.
@@ -162,7 +164,9 @@ using SetupVisitor = std::function<void(std::size_t i, MirrorEntry before, std::
 void migrate_vma_setup(ContextImpl& ctx, MigrateVma& args, const SetupVisitor* visit = nullptr,
                        const PageFilter* leave = nullptr, PageHold* hold = nullptr);
 std::size_t migrate_vma_pages(ContextImpl& ctx, MigrateVma& args);
-void migrate_vma_finalize(ContextImpl& ctx, MigrateVma& args);
+// Returns why pages that migrate_vma_pages moved went back to the host (their
+// host copies could not be dropped: mlock'ed memory, a full mapping table), or ok.
+Status migrate_vma_finalize(ContextImpl& ctx, MigrateVma& args);
 
 struct MigrationSession {
   RangeSpan span;

@@ -27,6 +27,19 @@ namespace uhmm::detail {
 namespace {
 
 constexpr std::size_t kMaxEventsPerRead = 256;
+constexpr std::size_t kReservedFaults = 4096;  // faults queued or parked before a queue must grow
+
+// Appends without allocating while the reserved capacity lasts; false when
+// growing it failed.
+template <class T>
+bool queue(std::vector<T>& v, const T& item) noexcept {
+  try {
+    v.push_back(item);
+    return true;
+  } catch (const std::bad_alloc&) {
+    return false;
+  }
+}
 
 void sort_unique(std::vector<std::size_t>& v) {
   std::sort(v.begin(), v.end());
@@ -36,6 +49,13 @@ void sort_unique(std::vector<std::size_t>& v) {
 }  // namespace
 
 FaultService::FaultService(ContextImpl& ctx) : ctx_(ctx), events_(kMaxEventsPerRead) {
+  // The fault path's storage, reserved up front: near the process's limits
+  // (memory, vm.max_map_count) serving a fault allocates nothing in the
+  // common case, and never drops one (read_messages, resolve_block).
+  batch_.reserve(kReservedFaults);
+  pumped_.reserve(kReservedFaults);
+  parked_.reserve(kReservedFaults);
+  held_.reserve(5 * kPagesPerBlock);
   // Mapping events are a userfaultfd feature: only that mechanism reports them.
   if (ctx.mechanism->follows_mapping_changes())
     if (auto* u = dynamic_cast<UserfaultfdMechanism*>(ctx.mechanism.get()))
@@ -90,11 +110,10 @@ std::size_t FaultService::read_messages(std::vector<Fault>& into) noexcept {
         if (mapping_) mapping_->apply(e, staging_);
         continue;
       }
-      try {
-        into.push_back({e.address, e.write_protect, read_ns});
-      } catch (const std::bad_alloc&) {
-        // Its thread stays asleep until some later wake of that page.
-        log().error("fault service: no memory to queue a fault at {:#x}", e.address);
+      if (!queue(into, {e.address, e.write_protect, read_ns})) {
+        // No room: its thread retries the access and faults again, rather
+        // than sleep with its fault forgotten.
+        mechanism.wake(e.address, kPageSize);
         continue;
       }
       if (e.write_protect) AtomicCounters::add(ctx_.counters.faults_write_protect, 1);
@@ -121,7 +140,7 @@ void FaultService::run() noexcept {
   if (mapping_) Userfaultfd::set_thread_eagain_hook(&FaultService::pump, this);
   FaultMechanism& mechanism = *ctx_.mechanism;
   pollfd fds[2] = {{mechanism.poll_fd(), POLLIN, 0}, {event_fd_, POLLIN, 0}};
-  std::vector<Fault> batch;
+  std::vector<Fault>& batch = batch_;
   const auto spin = std::chrono::microseconds(ctx_.options.fault_spin_us);
   auto read_faults = [&] { return read_messages(batch); };
 
@@ -262,7 +281,12 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
   const std::span<const Fault> observed(faults, count);
   const auto page_of = [&](std::uintptr_t a) { return range.page_of(reinterpret_cast<const void*>(a)); };
 
-  {
+  // Every allocation of this resolution happens here, before anything is
+  // locked: without memory, the faulting threads retry (and fault again)
+  // rather than sleep forever. Each list ends with at most a block's pages.
+  try {
+    for (auto* list : {&zero, &back, &wake, &unprotect, &faulting_back, &discarded_held, &collapse, &reopen_read_only})
+      list->reserve(kPagesPerBlock + count);
     std::lock_guard lock(table.block_mutex(block));
     for (std::size_t k = 0; k < count; ++k) {
       const std::size_t p = range.page_of(reinterpret_cast<const void*>(faults[k].address));
@@ -274,7 +298,10 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
         discarded_held.push_back(p);
         wake.push_back(p);
       } else if (e.locked()) {
-        parked_.push_back(faults[k]);
+        if (!queue(parked_, faults[k])) {
+          wake.push_back(p);  // no room to park it: it retries (and faults again)
+          continue;
+        }
         parked_count_.fetch_add(1);  // under the block lock: an unlock after this sees it
         AtomicCounters::add(ctx_.counters.faults_parked, 1);
       } else if (e.has(MirrorEntry::kPoisoned)) {
@@ -370,6 +397,9 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
     for (std::size_t p : unprotect) table.entry(p).set(MirrorEntry::kLocked);
     for (std::size_t p : collapse) table.entry(p).set(MirrorEntry::kLocked);
     for (std::size_t p : reopen_read_only) table.entry(p).set(MirrorEntry::kLocked);
+  } catch (const std::bad_alloc&) {
+    for (std::size_t k = 0; k < count; ++k) mechanism.wake(faults[k].address, kPageSize);
+    return;
   }
 
   for (std::size_t p : discarded_held)
@@ -379,6 +409,7 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
 
   // Zeros: one install per run; a run with a mapped page goes page by page.
   std::size_t spurious = 0;
+  BlockPages unmapped;  // installs that failed
   for (std::size_t k = 0; k < zero.size();) {
     std::size_t run = 1;
     while (k + run < zero.size() && zero[k + run] == zero[k] + run) ++run;
@@ -388,6 +419,9 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
         if (err == EEXIST) {
           ++spurious;
         } else if (err != 0) {
+          // It stays Empty (the mirror never claims a page that is not
+          // there): its thread faults again and the install is retried.
+          unmapped.set(q - lo);
           log().error("fault service: mapping zeros at {} failed: {}", static_cast<void*>(range.page_address(q)),
                       std::strerror(err));
         }
@@ -398,7 +432,8 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
   if (!zero.empty()) {
     std::lock_guard lock(table.block_mutex(block));
     for (std::size_t p : zero)
-      if (table.entry(p).residency() == Residency::Empty) table.entry(p).move_to(MirrorEntry::system());
+      if (table.entry(p).residency() == Residency::Empty && !unmapped[p - lo])
+        table.entry(p).move_to(MirrorEntry::system());
   }
   AtomicCounters::add(ctx_.counters.thrashing_not_prefetched, not_prefetched);
   AtomicCounters::add(ctx_.counters.advice_not_prefetched, kept_by_advice);
@@ -438,16 +473,22 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
   for (std::size_t k = 0; k < unprotect.size();) {
     std::size_t run = 1;
     while (k + run < unprotect.size() && unprotect[k + run] == unprotect[k] + run) ++run;
-    mechanism.write_protect(range, unprotect[k], run, false);
+    // On failure the page stays read-only: a store faults again and retries.
+    if (const int err = mechanism.write_protect(range, unprotect[k], run, false); err != 0)
+      log().error("fault service: opening {} pages at {} failed: {}", run,
+                  static_cast<void*>(range.page_address(unprotect[k])), std::strerror(err));
     k += run;
   }
   collapse_to_host(ctx_, range, collapse);
-  for (std::size_t p : reopen_read_only) mechanism.write_protect(range, p, 1, true);
+  for (std::size_t p : reopen_read_only)
+    if (const int err = mechanism.write_protect(range, p, 1, true); err != 0)  // stays closed: a read faults again
+      log().error("fault service: reopening {} read-only failed: {}", static_cast<void*>(range.page_address(p)),
+                  std::strerror(err));
   // One unlock for every page held here, after the counters: a woken thread
   // sees its fault counted and finds nothing of this resolution still locked
   // (a migration it starts next would skip a locked page).
-  std::vector<std::size_t> held;
-  held.reserve(zero.size() + back.size() + unprotect.size() + collapse.size() + reopen_read_only.size());
+  std::vector<std::size_t>& held = held_;  // reserved for five blocks' worth: never grows
+  held.clear();
   held.insert(held.end(), collapse.begin(), collapse.end());
   held.insert(held.end(), reopen_read_only.begin(), reopen_read_only.end());
   held.insert(held.end(), zero.begin(), zero.end());

@@ -65,7 +65,9 @@ class FaultService {
   std::vector<Fault> parked_;                // faults on locked pages (service thread only)
   std::atomic<std::size_t> parked_count_{0};  // its size, for the unlock listener
   std::vector<FaultEvent> events_;
+  std::vector<Fault> batch_;   // the faults being resolved (service thread only)
   std::vector<Fault> pumped_;  // faults read by pump(), resolved in the next batch
+  std::vector<std::size_t> held_;  // resolve_block's pages to unlock
   int reading_depth_ = 0;      // read_messages() nests through pump() inside an event's ioctls
   std::unique_ptr<MappingEvents> mapping_;  // userfaultfd with mapping events only
   std::byte* staging_ = nullptr;

@@ -284,7 +284,9 @@ void LaunchHold::finish() {
         r.address[i] = dev_.address_of(e.device_page().index);
       }
     });
-    collapse_to_device(ctx_, range, collapse);
+    // A page whose host copy could not go (mlock) stays on the host: the
+    // kernel faults on it (device_fault) rather than write a copy the CPU never reads.
+    for (std::size_t q : collapse_to_device(ctx_, range, collapse)) r.address[q - r.pages.first()] = 0;
   }
 }
 

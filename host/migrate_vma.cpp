@@ -10,6 +10,8 @@
 #include "context_impl.hpp"
 #include "owner_ids.hpp"
 #include "page_runs.hpp"
+#include "staging_pool.hpp"
+#include "test_hooks.hpp"
 #include "uhmm/detail/log.hpp"
 #include "uhmm/migrate.hpp"
 
@@ -59,6 +61,53 @@ std::uint64_t select(MirrorEntry e, const MigrateVma& a) {
 bool already_there(MirrorEntry e, OwnerId destination) {
   return (e.residency() == Residency::Device || e.residency() == Residency::Duplicated) &&
          e.device_page().owner == destination && !e.locked();
+}
+
+int drop_host_copies(ContextImpl& ctx, ManagedRange& range, std::size_t first, std::size_t count) noexcept {
+  if (const int injected = test_hooks::migration_drop_error.load(std::memory_order_relaxed); injected != 0) {
+    if (count > 1) (void)ctx.mechanism->drop(range, first, count / 2);  // stopped part way
+    return injected;
+  }
+  return ctx.mechanism->drop(range, first, count);
+}
+
+// Migrated pages whose host copies could not be dropped (`pages`, ascending,
+// still locked): the device copies come back over them (a run the failed
+// drop zapped in part gets its data back; a page still mapped keeps its own,
+// which the copy read), the device pages are freed, and src[] reports them
+// not migrated. Returns the reason, naming the usual cause.
+Status back_to_host(ContextImpl& ctx, ManagedRange& range, const std::vector<std::size_t>& pages, int err,
+                    MigrateVma& a, std::size_t first) {
+  StagingBuffer staging(ctx.staging());
+  std::size_t lost = 0;
+  for (std::size_t k = 0; k < pages.size();) {
+    const std::size_t block = MirrorTable::block_of(pages[k]);
+    std::size_t end = k;
+    while (end < pages.size() && MirrorTable::block_of(pages[end]) == block) ++end;
+    const std::span<const std::size_t> of_block(pages.data() + k, end - k);
+    if (staging.get() == nullptr) {
+      lost += of_block.size();
+    } else {
+      const ContextImpl::BackResult r = ctx.bring_back(range, of_block, staging.get());
+      lost += r.failed.size();
+      for (std::size_t p : of_block) {
+        if (std::find(r.failed.begin(), r.failed.end(), p) != r.failed.end()) continue;
+        a.src[p - first] &= ~MIGRATE_PFN_MIGRATE;
+        a.dst[p - first] = 0;  // freed by bring_back
+      }
+    }
+    k = end;
+  }
+  if (lost > 0)
+    log().critical("{} migrated pages at {} kept a host copy that could not be dropped ({}) nor replaced by their "
+                   "device copy: a CPU access may read stale data",
+                   lost, static_cast<void*>(range.page_address(pages.front())), std::strerror(err));
+  return {Errc::system_error,
+          fmt::format("{} pages stayed on the host: dropping their host copies failed ({}){}", pages.size() - lost,
+                      std::strerror(err),
+                      err == EINVAL ? "; the memory is mlock'ed and this kernel lacks MADV_DONTNEED_LOCKED (Linux 5.18)"
+                                    : err == ENOMEM ? "; the process is out of mappings (vm.max_map_count)"
+                                                    : "; is the memory mlock'ed?")};
 }
 
 }  // namespace
@@ -201,7 +250,7 @@ std::size_t migrate_vma_pages(ContextImpl& ctx, MigrateVma& a) {
   return migrated;
 }
 
-void migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
+Status migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
   if (!a.session) throw Error(Errc::invalid_argument, "migrate_vma_finalize: call migrate_vma_setup first");
   const auto session = std::move(a.session);
   auto& s = *session;
@@ -224,12 +273,18 @@ void migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
   auto had_host_page = [&](std::size_t i) {
     return from(i, Residency::System) || (follows && from(i, Residency::Empty));
   };
-  // Duplicated pages keep theirs, write-protected.
+  // Duplicated pages keep theirs, write-protected. A run whose host copy
+  // cannot go (mlock'ed memory on a kernel without MADV_DONTNEED_LOCKED, no
+  // mapping left to split) goes back to the host below.
+  std::vector<std::size_t> undropped;
+  int drop_error = 0;
   for_each_run(0, n, [&](std::size_t i) { return migrated(i) && had_host_page(i) && !s.duplicate[i]; },
                        [&](std::size_t i, std::size_t count) {
                          zapped = true;
-                         if (const int err = ctx.mechanism->drop(range, first + i, count); err != 0)
-                           log().error("dropping {} migrated host pages failed: {}", count, std::strerror(err));
+                         const int err = drop_host_copies(ctx, range, first + i, count);
+                         if (err == 0) return;
+                         drop_error = err;
+                         for (std::size_t k = i; k < i + count; ++k) undropped.push_back(first + k);
                        });
   // With mapping events, each drop (MADV_DONTNEED) raised a REMOVE event that
   // the fault service has read (the kernel waits for that) but may not have
@@ -237,11 +292,17 @@ void migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
   // uhmm's own zap for the application's and drop the device pages
   // (mapping_events.hpp).
   if (zapped && follows) ctx.ranges.gate().wait_applied();
+  Status kept;
+  if (!undropped.empty()) kept = back_to_host(ctx, range, undropped, drop_error, a, first);
   // Pages that stay on the host become writable again; their writers are
   // woken below, once the pages are unlocked.
   auto stayed = [&](std::size_t i) { return !migrated(i) && from(i, Residency::System); };
   for_each_run(0, n, stayed, [&](std::size_t i, std::size_t count) {
-    ctx.mechanism->write_protect(range, first + i, count, false);
+    // On failure they stay read-only: a store faults, and the fault service
+    // lifts the protection then (the mirror says System).
+    if (const int err = ctx.mechanism->write_protect(range, first + i, count, false); err != 0)
+      log().error("lifting the write-protection of {} pages at {} that stayed on the host failed: {}", count,
+                  static_cast<void*>(range.page_address(first + i)), std::strerror(err));
   });
 
   // Device pages that back nothing now: destinations of failed pages, and the
@@ -291,6 +352,7 @@ void migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
   AtomicCounters::add(ctx.counters.compound_migrations, compound);
   AtomicCounters::add(ctx.counters.pages_duplicated, duplicated);
   ctx.check_invariants();
+  return kept;
 }
 
 }  // namespace uhmm::detail
@@ -299,7 +361,9 @@ namespace uhmm {
 
 void migrate_vma_setup(Context& ctx, MigrateVma& args) { detail::migrate_vma_setup(ctx.impl(), args); }
 std::size_t migrate_vma_pages(Context& ctx, MigrateVma& args) { return detail::migrate_vma_pages(ctx.impl(), args); }
-void migrate_vma_finalize(Context& ctx, MigrateVma& args) { detail::migrate_vma_finalize(ctx.impl(), args); }
+// Pages whose host copy could not be dropped are reported through src[] (no
+// MIGRATE), as the kernel reports pages it could not migrate.
+void migrate_vma_finalize(Context& ctx, MigrateVma& args) { (void)detail::migrate_vma_finalize(ctx.impl(), args); }
 std::size_t migrate_device_range(Context& ctx, OwnerId owner, DevicePageIndex first, std::size_t npages) {
   return ctx.impl().migrate_device_range(owner, first, npages);
 }

@@ -4,10 +4,14 @@
 // the entry's LOCKED bit instead (the kernel's page lock).
 #pragma once
 
+#include <algorithm>
+#include <atomic>
 #include <cstddef>
-#include <memory>
+#include <cstdint>
 #include <mutex>
 
+#include "block_mutex.hpp"
+#include "lazy_array.hpp"
 #include "mirror_entry.hpp"
 #include "uhmm/error.hpp"
 #include "uhmm/types.hpp"
@@ -16,10 +20,10 @@ namespace uhmm::detail {
 
 class MirrorTable {
  public:
-  // Entries live in an anonymous mapping, so a sparse range costs memory only
-  // for the parts of its table that were written. Throws OutOfMemory.
+  // Entries, block locks and the record of touched blocks live in lazily
+  // mapped arrays, so a sparse range costs memory (and time, in a walk of its
+  // blocks) only for the blocks used. Throws OutOfMemory.
   explicit MirrorTable(std::size_t npages);
-  ~MirrorTable();
   MirrorTable(const MirrorTable&) = delete;
   MirrorTable& operator=(const MirrorTable&) = delete;
 
@@ -31,10 +35,31 @@ class MirrorTable {
     return std::min(npages(), (block + 1) * kPagesPerBlock);
   }
 
-  std::mutex& block_mutex(std::size_t block) const noexcept { return locks_[block]; }
+  // Every access to entries goes through here, so the block is recorded as
+  // touched: a block never locked has only Empty entries.
+  BlockMutex& block_mutex(std::size_t block) const noexcept {
+    mark_touched(block);
+    return locks_[block];
+  }
   // Pre: the caller holds block_mutex(block_of(page)).
   MirrorEntry& entry(std::size_t page) noexcept { return entries_[page]; }
   const MirrorEntry& entry(std::size_t page) const noexcept { return entries_[page]; }
+
+  // Calls fn(block) for each block ever locked, ascending; the cost is the
+  // number of such blocks (plus one summary word per 8 GiB of range).
+  template <class Fn>
+  void for_each_touched_block(Fn&& fn) const {
+    for (std::size_t i = 0; i < summary_.size(); ++i)
+      for (std::uint64_t s = load(summary_[i]); s != 0; s &= s - 1) {
+        const std::size_t word = i * 64 + static_cast<std::size_t>(__builtin_ctzll(s));
+        for (std::uint64_t t = load(touched_[word]); t != 0; t &= t - 1)
+          fn(word * 64 + static_cast<std::size_t>(__builtin_ctzll(t)));
+      }
+  }
+  std::size_t touched_blocks() const noexcept;
+  // Pages of the entries' mapping the kernel has mapped (tests: what a walk
+  // of the table has touched).
+  std::size_t resident_entry_pages() const;
 
   // Checks every entry's encoding, block by block under the block locks
   // (expensive; tests and checked builds).
@@ -44,10 +69,22 @@ class MirrorTable {
   static std::size_t blocks_for(std::size_t npages) noexcept {
     return (npages + kPagesPerBlock - 1) / kPagesPerBlock;
   }
+  static std::uint64_t load(std::uint64_t& w) noexcept {
+    return std::atomic_ref<std::uint64_t>(w).load(std::memory_order_relaxed);
+  }
+  void mark_touched(std::size_t block) const noexcept {
+    const std::uint64_t bit = std::uint64_t{1} << (block % 64);
+    if ((load(touched_[block / 64]) & bit) != 0) return;
+    std::atomic_ref<std::uint64_t>(touched_[block / 64]).fetch_or(bit, std::memory_order_relaxed);
+    std::atomic_ref<std::uint64_t>(summary_[block / 64 / 64])
+        .fetch_or(std::uint64_t{1} << (block / 64 % 64), std::memory_order_relaxed);
+  }
 
   std::size_t npages_;
-  MirrorEntry* entries_;
-  std::unique_ptr<std::mutex[]> locks_;
+  LazyArray<MirrorEntry> entries_;     // zero pages: every entry Empty
+  LazyArray<BlockMutex> locks_;        // zero: unlocked
+  LazyArray<std::uint64_t> touched_;   // a bit per block: ever locked
+  LazyArray<std::uint64_t> summary_;   // a bit per word of touched_: not zero
 };
 
 }  // namespace uhmm::detail

@@ -2,9 +2,18 @@
 
 namespace uhmm::detail {
 
+PageBounces::~PageBounces() {
+  for (Block* b : allocated_) delete b;
+}
+
 PageBounces::Verdict PageBounces::record(std::size_t page, std::uint32_t now_ms, const ThrashingSettings& s) {
-  auto& block = blocks_[page / kPagesPerBlock];
-  if (!block) block = std::make_unique<Block>();
+  Block*& block = blocks_[page / kPagesPerBlock];
+  if (block == nullptr) {
+    auto fresh = std::make_unique<Block>();
+    std::lock_guard lock(allocated_mutex_);
+    allocated_.push_back(fresh.get());
+    block = fresh.release();
+  }
   History& h = (*block)[page % kPagesPerBlock];
   // Unsigned differences: the millisecond clock may wrap.
   if (h.cooling && now_ms - h.since_ms < s.cooldown_ms) {
@@ -20,8 +29,8 @@ PageBounces::Verdict PageBounces::record(std::size_t page, std::uint32_t now_ms,
 
 bool PageBounces::cooling(std::size_t page, std::uint32_t now_ms, const ThrashingSettings& s,
                           std::uint32_t* back_for_ms) const noexcept {
-  const auto& block = blocks_[page / kPagesPerBlock];
-  if (!block) return false;
+  const Block* block = blocks_[page / kPagesPerBlock];
+  if (block == nullptr) return false;
   const History& h = (*block)[page % kPagesPerBlock];
   if (!h.cooling || now_ms - h.since_ms >= s.cooldown_ms) return false;
   if (back_for_ms != nullptr) *back_for_ms = now_ms - h.back_ms;

@@ -1,8 +1,8 @@
 // Thrashing detection: a page that comes back to the host on CPU faults at
 // least `bounces` times within `window_ms` thrashes, and cools down for
 // `cooldown_ms` from then (its history starts again after). Histories live in
-// per-block arrays allocated on a block's first bounce, so ranges that never
-// bounce pay one pointer per 2 MiB.
+// per-block arrays allocated on a block's first bounce; the pointers to them
+// are a lazily mapped array, so ranges that never bounce pay nothing.
 #pragma once
 
 #include <array>
@@ -10,7 +10,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <vector>
+
+#include "lazy_array.hpp"
 
 #include "uhmm/context.hpp"
 
@@ -26,7 +29,10 @@ inline std::uint32_t monotonic_ms() noexcept {
 
 class PageBounces {
  public:
-  explicit PageBounces(std::size_t nblocks) : blocks_(nblocks) {}
+  explicit PageBounces(std::size_t nblocks) : blocks_(nblocks, "mapping a range's bounce histories") {}
+  ~PageBounces();
+  PageBounces(const PageBounces&) = delete;
+  PageBounces& operator=(const PageBounces&) = delete;
 
   enum class Verdict { calm, detected, cooling };
   // `page` came back to the host on a CPU fault at `now_ms`. Returns detected
@@ -47,7 +53,10 @@ class PageBounces {
     std::uint32_t back_ms = 0;   // the latest return to the host (throttling counts from it)
   };
   using Block = std::array<History, kPagesPerBlock>;
-  std::vector<std::unique_ptr<Block>> blocks_;
+  LazyArray<Block*> blocks_;       // each guarded by its block's mutex
+  std::mutex allocated_mutex_;
+  std::vector<Block*> allocated_;  // what the destructor frees: the blocks that bounced
+
 };
 
 }  // namespace uhmm::detail

@@ -163,12 +163,18 @@ std::size_t discard(ContextImpl& ctx, void* p, std::size_t bytes) {
         ctx.notifiers.invalidate(range, taken.front(), taken.back() + 1, InvalidateKind::discard, kNoOwner).end();
         // Host copies go while the pages are locked: an access waits, then
         // finds them Empty and gets zeros.
+        // A run whose host copies cannot go is not discarded: it keeps its
+        // data (or reads zeros where a failed drop zapped it in part, as a
+        // discarded page would), and is not counted.
+        std::vector<std::uint8_t> kept(taken.size(), 0);
         for (std::size_t i = 0; i < taken.size();) {
           std::size_t n = 1;
           while (i + n < taken.size() && taken[i + n] == taken[i] + n) ++n;
-          if (const int err = ctx.mechanism->drop(range, taken[i], n); err != 0)
-            log().error("discard: dropping {} host pages at {} failed: {}", n,
+          if (const int err = ctx.mechanism->drop(range, taken[i], n); err != 0) {
+            log().error("discard: dropping {} host pages at {} failed ({}): they are not discarded", n,
                         static_cast<void*>(range.page_address(taken[i])), std::strerror(err));
+            std::fill(kept.begin() + static_cast<std::ptrdiff_t>(i), kept.begin() + static_cast<std::ptrdiff_t>(i + n), 1);
+          }
           i += n;
         }
         // uhmm's own zap raised REMOVE events: the fault service must apply
@@ -176,7 +182,9 @@ std::size_t discard(ContextImpl& ctx, void* p, std::size_t bytes) {
         if (follows) ctx.ranges.gate().wait_applied();
         std::vector<DevicePage> device;
         device.reserve(taken.size());
-        for (std::size_t q : taken) {
+        for (std::size_t k = 0; k < taken.size(); ++k) {
+          if (kept[k]) continue;
+          const std::size_t q = taken[k];
           std::lock_guard lock(table.block_mutex(MirrorTable::block_of(q)));
           MirrorEntry& e = table.entry(q);
           if (e.residency() == Residency::Device || e.residency() == Residency::Duplicated)
@@ -195,7 +203,7 @@ std::size_t discard(ContextImpl& ctx, void* p, std::size_t bytes) {
           }
           ctx.pagemap(owner)->page_free(indices);
         }
-        discarded += taken.size();
+        discarded += static_cast<std::size_t>(std::count(kept.begin(), kept.end(), 0));
         ctx.unlock(range, taken);
       });
   AtomicCounters::add(ctx.counters.pages_discarded_by_call, discarded);

@@ -1,6 +1,7 @@
 #include "read_mostly.hpp"
 
 #include <cerrno>
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -49,28 +50,38 @@ void collapse_to_host(ContextImpl& ctx, ManagedRange& range, std::span<const std
   AtomicCounters::add(ctx.counters.duplicates_collapsed, pages.size());
 }
 
-void collapse_to_device(ContextImpl& ctx, ManagedRange& range, std::span<const std::size_t> pages) noexcept {
-  if (pages.empty()) return;
+std::vector<std::size_t> collapse_to_device(ContextImpl& ctx, ManagedRange& range, std::span<const std::size_t> pages) {
+  std::vector<std::size_t> stayed;
+  if (pages.empty()) return stayed;
   // The device copies become the only, writable ones: a protection change
   // for the devices that mirror the range.
   const OwnerId owner = range.table().entry(pages.front()).device_page().owner;
   ctx.notifiers.invalidate(range, pages.front(), pages.back() + 1, InvalidateKind::protection_change, owner).end();
   auto& table = range.table();
   // The host copies go first, while the pages are locked: a CPU access waits
-  // for the unlock, then faults the device copy back.
+  // for the unlock, then faults the device copy back. A run whose host copies
+  // cannot go keeps them instead (its device copies go).
   for_each_page_run(pages, [&](std::size_t first, std::size_t n) {
-    if (const int err = ctx.mechanism->drop(range, first, n); err != 0)
-      log().error("read-mostly: dropping {} host copies at {} failed: {}", n,
-                  static_cast<void*>(range.page_address(first)), std::strerror(err));
+    const int err = ctx.mechanism->drop(range, first, n);
+    if (err == 0) return;
+    log().error("read-mostly: dropping {} host copies at {} failed ({}): they stay on the host", n,
+                static_cast<void*>(range.page_address(first)), std::strerror(err));
+    for (std::size_t p = first; p < first + n; ++p) stayed.push_back(p);
   });
   // The zap raised REMOVE events: applied while the pages are still locked.
   if (ctx.mechanism->follows_mapping_changes()) ctx.ranges.gate().wait_applied();
   for (std::size_t p : pages) {
+    if (std::binary_search(stayed.begin(), stayed.end(), p)) continue;
     std::lock_guard lock(table.block_mutex(MirrorTable::block_of(p)));
     MirrorEntry& e = table.entry(p);
     e.move_to(MirrorEntry::device(e.device_page()));
   }
-  AtomicCounters::add(ctx.counters.duplicates_collapsed, pages.size());
+  AtomicCounters::add(ctx.counters.duplicates_collapsed, pages.size() - stayed.size());
+  // A failed drop may have zapped part of its run: those pages read zeros
+  // now, as after the application's own MADV_DONTNEED; collapsing keeps
+  // the host copies the data has left.
+  collapse_to_host(ctx, range, stayed);
+  return stayed;
 }
 
 }  // namespace uhmm::detail

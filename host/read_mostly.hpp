@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <span>
+#include <vector>
 
 #include "uhmm/interval_notifier.hpp"
 #include "uhmm/types.hpp"
@@ -24,7 +25,9 @@ void collapse_to_host(ContextImpl& ctx, ManagedRange& range, std::span<const std
                       InvalidateKind kind = InvalidateKind::migrate, OwnerId cause = kNoOwner) noexcept;
 // Keeps the device copies: the host copies are dropped, the entries become
 // Device and writable. Same preconditions; not on the fault service's thread
-// (it waits for the fault service to apply its own zap).
-void collapse_to_device(ContextImpl& ctx, ManagedRange& range, std::span<const std::size_t> pages) noexcept;
+// (it waits for the fault service to apply its own zap). Pages whose host
+// copies could not be dropped collapse to the host instead: returned.
+// Throws std::bad_alloc.
+std::vector<std::size_t> collapse_to_device(ContextImpl& ctx, ManagedRange& range, std::span<const std::size_t> pages);
 
 }  // namespace uhmm::detail

@@ -16,6 +16,7 @@
 
 #include "block_aligned_mapping.hpp"
 #include "managed_range.hpp"
+#include "map_count.hpp"
 #include "signal_fault_handler.hpp"
 #include "uhmm/detail/log.hpp"
 
@@ -30,26 +31,53 @@ long g_budget = 0;
 int g_poison_fd = -1;  // an empty memfd: a page mapped from it raises SIGBUS
 std::once_flag g_setup;
 
-long read_long(const char* path, long fallback) {
-  long v = fallback;
-  if (FILE* f = std::fopen(path, "r")) {
-    if (std::fscanf(f, "%ld", &v) != 1) v = fallback;
-    std::fclose(f);
+// Mappings kept for the fault path: isolated PROT_READ pages in a PROT_NONE
+// region, two mappings each. At vm.max_map_count a protection change that
+// must split a mapping fails with ENOMEM; releasing a slot (its page back to
+// PROT_NONE merges three mappings into one) makes room, and the change is
+// tried again. Refilled whenever a range is made or freed, before the range's
+// own mappings: allocate runs out of mappings before faults do.
+class MappingReserve {
+ public:
+  void init() noexcept {
+    void* p = ::mmap(nullptr, (2 * kSlots + 1) * kPageSize, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                     -1, 0);
+    if (p == MAP_FAILED) return;  // no reserve: a fault at the limit then fails as it would without
+    base_ = static_cast<std::byte*>(p);
+    refill();
   }
-  return v;
-}
+  void refill() noexcept {
+    std::lock_guard lock(mutex_);
+    for (std::size_t j = 0; j < kSlots && base_ != nullptr; ++j) {
+      if (held_[j]) continue;
+      if (::mprotect(slot(j), kPageSize, PROT_READ) != 0) return;  // at the limit: later
+      held_[j] = true;
+    }
+  }
+  // Gives two mappings back to the process; false when none is left.
+  bool release() noexcept {
+    std::lock_guard lock(mutex_);
+    for (std::size_t j = 0; j < kSlots && base_ != nullptr; ++j)
+      if (held_[j] && ::mprotect(slot(j), kPageSize, PROT_NONE) == 0) {
+        held_[j] = false;
+        return true;
+      }
+    return false;
+  }
 
-long count_mappings() {
-  long lines = 0;
-  if (FILE* f = std::fopen("/proc/self/maps", "r")) {
-    for (int c; (c = std::fgetc(f)) != EOF;) lines += c == '\n';
-    std::fclose(f);
-  }
-  return lines;
-}
+ private:
+  static constexpr std::size_t kSlots = 32;
+  std::byte* slot(std::size_t j) const noexcept { return base_ + (2 * j + 1) * kPageSize; }
+  std::mutex mutex_;
+  std::byte* base_ = nullptr;
+  bool held_[kSlots] = {};
+};
+
+MappingReserve g_reserve;
 
 void setup_process() {
-  const long limit = read_long("/proc/sys/vm/max_map_count", 65530);
+  g_reserve.init();
+  const long limit = max_map_count();
   // Half of what is left: the application and its libraries keep the rest.
   g_budget = std::max<long>(1024, (limit - count_mappings()) / 2);
   g_poison_fd = ::memfd_create("uhmm-poison", MFD_CLOEXEC);
@@ -85,19 +113,24 @@ class SignalMapping final : public RangeMapping {
     }
     // The mappings keep the memfd alive: the descriptor is not kept, so ranges
     // cost no file descriptors.
+    bool out_of_memory = false;  // what ran out: host memory or the process's mappings
+    auto mapping_failed = [&](const char* what) {
+      out_of_memory = errno == ENOMEM;
+      failed = fmt::format("mmap of {}: {}", what, describe_mapping_failure(errno));
+    };
     if (failed.empty() &&
         ::mmap(base_, bytes, PROT_NONE, MAP_SHARED | MAP_FIXED | MAP_NORESERVE, fd, 0) == MAP_FAILED)
-      failed = fmt::format("mmap of the application's view: {}", std::strerror(errno));
+      mapping_failed("the application's view");
     void* alias = MAP_FAILED;
     if (failed.empty()) {
       alias = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
-      if (alias == MAP_FAILED) failed = fmt::format("mmap of the alias: {}", std::strerror(errno));
+      if (alias == MAP_FAILED) mapping_failed("the alias");
     }
     ::close(fd);
     void* prot = MAP_FAILED;
     if (failed.empty()) {
       prot = ::mmap(nullptr, npages_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-      if (prot == MAP_FAILED) failed = fmt::format("mmap of the protection table: {}", std::strerror(errno));
+      if (prot == MAP_FAILED) mapping_failed("the protection table");
     }
     // Children of fork() do not inherit managed ranges (as in userfaultfd mode).
     if (failed.empty() && (::madvise(base_, bytes, MADV_DONTFORK) != 0 || ::madvise(alias, bytes, MADV_DONTFORK) != 0))
@@ -116,9 +149,10 @@ class SignalMapping final : public RangeMapping {
     if (base_ != nullptr) ::munmap(base_, bytes);
     if (alias != MAP_FAILED) ::munmap(alias, bytes);
     if (prot != MAP_FAILED) ::munmap(prot, npages_);
-    throw Error(Errc::system_error, fmt::format("setting up a {}-byte managed range for the signal fault mechanism "
-                                                "failed: {}",
-                                                bytes, failed));
+    const std::string message =
+        fmt::format("setting up a {}-byte managed range for the signal fault mechanism failed: {}", bytes, failed);
+    if (out_of_memory) throw OutOfMemory(message);
+    throw Error(Errc::system_error, message);
   }
 
   ~SignalMapping() override {
@@ -129,6 +163,7 @@ class SignalMapping final : public RangeMapping {
     ::munmap(base_, bytes_);
     ::munmap(alias_, bytes_);
     ::munmap(prot_, npages_);
+    g_reserve.refill();  // what the faults at the limit spent
   }
 
   std::byte* alias(std::size_t page) const noexcept { return alias_ + page * kPageSize; }
@@ -166,8 +201,24 @@ class SignalMapping final : public RangeMapping {
     return after - before;
   }
 
-  // Under mutex_: the system calls, then the table and the run count.
+  // Under mutex_: the system calls, then the table and the run count. A call
+  // that found the process at vm.max_map_count is tried again with mappings
+  // from the reserve.
   int apply(std::size_t first, std::size_t count, std::uint8_t to) noexcept {
+    int err;
+    while ((err = change(first, count, to)) == ENOMEM && g_reserve.release()) {
+    }
+    if (err != 0) return err;
+    const long delta = run_delta(first, count, to);
+    for (std::size_t p = first; p < first + count; ++p)
+      std::atomic_ref<std::uint8_t>(prot_[p]).store(to, std::memory_order_relaxed);
+    runs_ += delta;
+    g_extra_runs.fetch_add(delta, std::memory_order_relaxed);
+    return 0;
+  }
+
+  // The system calls that give [first, first + count) the protection `to`.
+  int change(std::size_t first, std::size_t count, std::uint8_t to) noexcept {
     std::byte* at = base_ + first * kPageSize;
     const std::size_t len = count * kPageSize;
     bool poisoned = false;
@@ -185,11 +236,6 @@ class SignalMapping final : public RangeMapping {
     } else if (::mprotect(at, len, prot_bits(to)) != 0) {
       return errno;
     }
-    const long delta = run_delta(first, count, to);
-    for (std::size_t p = first; p < first + count; ++p)
-      std::atomic_ref<std::uint8_t>(prot_[p]).store(to, std::memory_order_relaxed);
-    runs_ += delta;
-    g_extra_runs.fetch_add(delta, std::memory_order_relaxed);
     return 0;
   }
 
@@ -253,6 +299,7 @@ SignalMechanism::~SignalMechanism() {
 }
 
 std::unique_ptr<RangeMapping> SignalMechanism::map_range(std::size_t bytes) {
+  g_reserve.refill();  // first: the new range gets what the reserve leaves
   return std::make_unique<SignalMapping>(queue_, event_fd_, bytes);
 }
 
@@ -300,7 +347,14 @@ int SignalMechanism::drop(ManagedRange& range, std::size_t first, std::size_t co
   SignalMapping& m = mapping_of(range);
   // Protect first: nobody may see the hole the punch leaves as zeros.
   if (const int err = m.set(range, first, count, signal_faults::kNone, false); err != 0) return err;
-  return ::madvise(m.alias(first), count * kPageSize, MADV_REMOVE) == 0 ? 0 : errno;
+  // The hole punch frees the memory. mlockall() locks uhmm's alias too, and
+  // MADV_REMOVE refuses locked memory (EINVAL): the alias is uhmm's own
+  // window, unlocked again (the application's view keeps its lock).
+  void* alias = m.alias(first);
+  const std::size_t len = count * kPageSize;
+  if (::madvise(alias, len, MADV_REMOVE) == 0) return 0;
+  if (errno != EINVAL || ::munlock(alias, len) != 0) return errno;
+  return ::madvise(alias, len, MADV_REMOVE) == 0 ? 0 : errno;
 }
 
 int SignalMechanism::poison(ManagedRange& range, std::size_t first, std::size_t count) noexcept {

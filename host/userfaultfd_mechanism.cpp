@@ -12,14 +12,42 @@
 #include "block_aligned_mapping.hpp"
 #include "managed_range.hpp"
 
+#ifndef MADV_DONTNEED_LOCKED
+#define MADV_DONTNEED_LOCKED 24  // Linux 5.18
+#endif
+
 namespace uhmm::detail {
 namespace {
+
+// Drops the pages of [addr, addr + len): MADV_DONTNEED, or where the
+// application mlock'ed them (EINVAL) MADV_DONTNEED_LOCKED, which drops locked
+// pages too (and on a kernel before 5.18 fails with EINVAL in turn).
+int zap(void* addr, std::size_t len) noexcept {
+  if (::madvise(addr, len, MADV_DONTNEED) == 0) return 0;
+  if (errno != EINVAL) return errno;
+  return ::madvise(addr, len, MADV_DONTNEED_LOCKED) == 0 ? 0 : errno;
+}
+
+// Under mlockall(MCL_FUTURE) the kernel populated the new mapping before it
+// was registered: its pages exist without a fault, and the mirror would not
+// know them (a store to one would never reach it). Dropped, every page is
+// missing again. Returns 0 or the errno of the drop.
+int unpopulate(std::byte* base, std::size_t bytes) noexcept {
+  unsigned char resident = 0;
+  return ::mincore(base, kPageSize, &resident) == 0 && (resident & 1) != 0 ? zap(base, bytes) : 0;
+}
 
 class UserfaultfdMapping final : public RangeMapping {
  public:
   UserfaultfdMapping(Userfaultfd& uffd, std::size_t bytes) : uffd_(uffd) {
     base_ = map_block_aligned(bytes, PROT_READ | PROT_WRITE);
     bytes_ = bytes;
+    if (const int err = unpopulate(base_, bytes); err != 0) {
+      ::munmap(base_, bytes);
+      throw Error(Errc::system_error, fmt::format("a new {}-byte managed range was populated (mlockall(MCL_FUTURE)) "
+                                                  "and dropping its pages failed: {}",
+                                                  bytes, std::strerror(err)));
+    }
     // Children of fork() do not inherit managed ranges: their pages may live on a
     // device that the child cannot reach.
     const int err = ::madvise(base_, bytes, MADV_DONTFORK) != 0 ? errno : uffd_.register_range(base_, bytes);
@@ -104,7 +132,7 @@ int UserfaultfdMechanism::write_protect(ManagedRange& range, std::size_t first, 
 }
 
 int UserfaultfdMechanism::drop(ManagedRange& range, std::size_t first, std::size_t count) noexcept {
-  return ::madvise(range.page_address(first), count * kPageSize, MADV_DONTNEED) == 0 ? 0 : errno;
+  return zap(range.page_address(first), count * kPageSize);
 }
 
 int UserfaultfdMechanism::poison(ManagedRange& range, std::size_t first, std::size_t count) noexcept {

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "mapping_hog.hpp"
 #include "test_support.hpp"
 
 namespace uhmm::test {
@@ -22,33 +23,6 @@ ContextOptions signal_options(std::size_t pool = 64 * MiB, bool fault_ahead = tr
   ContextOptions o = cpu_options(pool, fault_ahead);
   o.fault_mode = "signal";
   return o;
-}
-
-struct Mapping {
-  std::uintptr_t begin, end;
-  bool accessible;  // any of r, w, x
-};
-
-std::vector<Mapping> read_maps() {
-  std::vector<Mapping> out;
-  std::ifstream maps("/proc/self/maps");
-  std::string line;
-  while (std::getline(maps, line)) {
-    unsigned long begin = 0, end = 0;
-    char perms[5] = {};
-    if (std::sscanf(line.c_str(), "%lx-%lx %4s", &begin, &end, perms) != 3) continue;
-    out.push_back({begin, end, perms[0] != '-' || perms[1] != '-' || perms[2] != '-'});
-  }
-  return out;
-}
-
-long max_map_count() {
-  long v = 65530;
-  if (FILE* f = std::fopen("/proc/sys/vm/max_map_count", "r")) {
-    if (std::fscanf(f, "%ld", &v) != 1) v = 65530;
-    std::fclose(f);
-  }
-  return v;
 }
 
 // Pages the mirror places on a device that the application's view still lets
@@ -120,25 +94,6 @@ TEST(SignalFaultsDeathTest, FaultsOutsideManagedMemoryReachTheApplicationsOwnHan
       },
       ::testing::ExitedWithCode(0), "");
 }
-
-// Takes all but `leave` of the process's vm.max_map_count for itself:
-// alternating protections split an anonymous region into one mapping per page.
-class MappingHog {
- public:
-  explicit MappingHog(long leave) {
-    pages_ = static_cast<std::size_t>(std::max(0L, max_map_count() - static_cast<long>(read_maps().size()) - leave));
-    base_ = static_cast<std::byte*>(::mmap(nullptr, pages_ * kPageSize, PROT_READ | PROT_WRITE,
-                                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0));
-    for (std::size_t i = 1; i < pages_; i += 2) ::mprotect(base_ + i * kPageSize, kPageSize, PROT_READ);
-  }
-  ~MappingHog() { ::munmap(base_, pages_ * kPageSize); }
-  MappingHog(const MappingHog&) = delete;
-  MappingHog& operator=(const MappingHog&) = delete;
-
- private:
-  std::byte* base_ = nullptr;
-  std::size_t pages_ = 0;
-};
 
 // What went wrong (empty: nothing) when alternating pages of a range that
 // needs more mappings than the process has left move to the device and back.
