@@ -22,6 +22,7 @@
 #include "userfaultfd.hpp"
 #include "userfaultfd_mechanism.hpp"
 #include "uhmm/detail/log.hpp"
+#include "uhmm/detail/signal_mask.hpp"
 
 namespace uhmm::detail {
 namespace {
@@ -51,7 +52,7 @@ FaultService::FaultService(ContextImpl& ctx) : ctx_(ctx), events_(kMaxEventsPerR
   ctx_.unlocks.set_listener([this] {
     if (parked_count_.load() > 0) kick();
   });
-  thread_ = std::thread([this] { run(); });
+  thread_ = spawn_library_thread([this] { run(); });
 }
 
 FaultService::~FaultService() {

@@ -8,13 +8,14 @@
 #include "context_impl.hpp"
 #include "range_advice.hpp"
 #include "uhmm/detail/log.hpp"
+#include "uhmm/detail/signal_mask.hpp"
 
 namespace uhmm {
 namespace detail {
 
 class StreamImpl {
  public:
-  StreamImpl(ContextImpl& ctx, OwnerId device) : ctx_(ctx), device_(device), worker_([this] { run(); }) {}
+  StreamImpl(ContextImpl& ctx, OwnerId device) : ctx_(ctx), device_(device), worker_(spawn_library_thread([this] { run(); })) {}
   ~StreamImpl() {
     {
       std::lock_guard lock(mutex_);
