@@ -205,5 +205,57 @@ TEST(SignalSafety, ProcessDirectedSignalIsNeverRunByALibraryThread) {
   ctx.free(data);
 }
 
+std::atomic<std::uint64_t*> g_nested_word{nullptr};
+std::atomic<bool> g_nested_started{false};
+std::atomic<std::uint64_t> g_nested_read{0};
+
+void read_nested_word(int) {
+  g_nested_started.store(true);
+  g_nested_read.store(*g_nested_word.load());
+}
+
+// A thread waits in a fault (its page is held by a migration, so the fault is
+// parked); a signal handler that interrupts that wait reads a device-resident
+// page of another range, which faults in turn. Both are served. In signal mode
+// the second fault nests in uhmm's SIGSEGV handler: before SA_NODEFER the
+// nested SIGSEGV was blocked and the kernel killed the process.
+TEST(SignalSafety, HandlerInterruptingAFaultWaitIsServed) {
+  Watchdog watchdog("HandlerInterruptingAFaultWaitIsServed");
+  Context ctx(cpu_options());
+  auto* held = static_cast<std::uint64_t*>(ctx.allocate(kPageSize));
+  auto* other = static_cast<std::uint64_t*>(ctx.allocate(kPageSize));
+  *held = 1;
+  *other = 0xabc;
+  ASSERT_EQ(ctx.migrate_to_device(other, kPageSize).migrated, 1u);
+  g_nested_word.store(other);
+  ScopedHandler handler(SIGUSR1, read_nested_word);
+
+  // The migration holds the page, write-protected: a store waits in a fault.
+  std::uint64_t src = 0, dst = 0;
+  MigrateVma args;
+  args.start = held;
+  args.end = reinterpret_cast<std::byte*>(held) + kPageSize;
+  args.src = &src;
+  args.dst = &dst;
+  args.flags = MIGRATE_VMA_SELECT_SYSTEM;
+  migrate_vma_setup(ctx, args);
+  ASSERT_EQ(args.cpages, 1u);
+  const std::uint64_t parked = ctx.counters().faults_parked;
+  std::thread writer([&] { *held = 2; });
+  while (ctx.counters().faults_parked == parked) std::this_thread::yield();  // it waits in its fault now
+
+  pthread_kill(writer.native_handle(), SIGUSR1);
+  while (g_nested_read.load() != 0xabc) std::this_thread::yield();  // the nested fault was served
+  EXPECT_TRUE(g_nested_started.load());
+  // Let the held page go: the store retries and lands.
+  EXPECT_EQ(migrate_vma_pages(ctx, args), 0u);
+  migrate_vma_finalize(ctx, args);
+  writer.join();
+  EXPECT_EQ(*held, 2u);
+  EXPECT_EQ(*other, 0xabcu);
+  ctx.free(other);
+  ctx.free(held);
+}
+
 }  // namespace
 }  // namespace uhmm::test
