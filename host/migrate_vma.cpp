@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "context_impl.hpp"
+#include "deferred_signals.hpp"
 #include "page_runs.hpp"
 #include "uhmm/detail/log.hpp"
 #include "uhmm/migrate.hpp"
@@ -280,10 +281,20 @@ void migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
 
 namespace uhmm {
 
-void migrate_vma_setup(Context& ctx, MigrateVma& args) { detail::migrate_vma_setup(ctx.impl(), args); }
-std::size_t migrate_vma_pages(Context& ctx, MigrateVma& args) { return detail::migrate_vma_pages(ctx.impl(), args); }
-void migrate_vma_finalize(Context& ctx, MigrateVma& args) { detail::migrate_vma_finalize(ctx.impl(), args); }
+void migrate_vma_setup(Context& ctx, MigrateVma& args) {
+  detail::DeferSignals defer;
+  detail::migrate_vma_setup(ctx.impl(), args);
+}
+std::size_t migrate_vma_pages(Context& ctx, MigrateVma& args) {
+  detail::DeferSignals defer;
+  return detail::migrate_vma_pages(ctx.impl(), args);
+}
+void migrate_vma_finalize(Context& ctx, MigrateVma& args) {
+  detail::DeferSignals defer;
+  detail::migrate_vma_finalize(ctx.impl(), args);
+}
 std::size_t migrate_device_range(Context& ctx, OwnerId owner, DevicePageIndex first, std::size_t npages) {
+  detail::DeferSignals defer;
   return ctx.impl().migrate_device_range(owner, first, npages);
 }
 

@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "context_impl.hpp"
+#include "deferred_signals.hpp"
 #include "read_mostly.hpp"
 #include "uhmm/detail/log.hpp"
 
@@ -203,12 +204,20 @@ std::size_t discard(ContextImpl& ctx, void* p, std::size_t bytes) {
 namespace uhmm {
 
 void Context::advise(void* p, std::size_t bytes, Advice advice, Location location) {
+  detail::DeferSignals defer;
   detail::advise(*impl_, p, bytes, advice, location);
 }
-RangeAdvice Context::advice(const void* p) const { return detail::advice_of(*impl_, p); }
+RangeAdvice Context::advice(const void* p) const {
+  detail::DeferSignals defer;
+  return detail::advice_of(*impl_, p);
+}
 MigrationResult Context::prefetch(void* p, std::size_t bytes, Location to) {
+  detail::DeferSignals defer;
   return detail::prefetch(*impl_, p, bytes, to);
 }
-std::size_t Context::discard(void* p, std::size_t bytes) { return detail::discard(*impl_, p, bytes); }
+std::size_t Context::discard(void* p, std::size_t bytes) {
+  detail::DeferSignals defer;
+  return detail::discard(*impl_, p, bytes);
+}
 
 }  // namespace uhmm

@@ -14,6 +14,7 @@
 #include <fmt/format.h>
 
 #include "context_impl.hpp"
+#include "deferred_signals.hpp"
 #include "page_runs.hpp"
 #include "uhmm/context.hpp"
 
@@ -230,6 +231,7 @@ Status snapshot(ContextImpl& ctx, SnapshotRange& r) {
 namespace uhmm {
 
 Status snapshot_range(Context& ctx, SnapshotRange& range) noexcept {
+  detail::DeferSignals defer;
   try {
     return detail::snapshot(ctx.impl(), range);
   } catch (const Error& e) {
