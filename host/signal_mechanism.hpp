@@ -44,6 +44,9 @@ class SignalMechanism final : public FaultMechanism {
   int wake(std::uintptr_t addr, std::size_t len) noexcept override;
   bool coarse() const noexcept override;
   bool closes_idle_host_pages() const noexcept override { return true; }
+  bool opens_empty_pages() const noexcept override { return true; }
+  bool empty_page_closed(ManagedRange& range, std::size_t page) const noexcept override;
+  int host_data(ManagedRange& range, std::size_t first, std::size_t count, std::uint8_t* present) noexcept override;
 
   // Protection runs beyond one per range, over every range of the process,
   // and the budget past which mappings turn coarse (tests read them).
