@@ -1,9 +1,11 @@
 // The signal fault mechanism, for where userfaultfd is refused: a managed range
 // is a MAP_SHARED mapping of a memfd (the application's view) plus a second
 // read-write mapping of the same memfd (the alias) through which only uhmm
-// fills and reads pages. Missing and device pages are PROT_NONE in the
-// application's view, write-protected runs PROT_READ, present pages
-// PROT_READ|PROT_WRITE; an access that the protection refuses raises SIGSEGV,
+// fills and reads pages. Device pages are PROT_NONE in the application's
+// view, write-protected runs PROT_READ, host and never-touched pages
+// PROT_READ|PROT_WRITE (system calls work on them; written_pages.hpp tells
+// which never-touched pages were written); an access that the protection
+// refuses raises SIGSEGV,
 // which signal_fault_handler posts to the fault service like a userfaultfd
 // event. A page that could not come back is mapped beyond the end of an empty
 // memfd, so that accesses raise SIGBUS as with UFFDIO_POISON.

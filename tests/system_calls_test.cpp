@@ -122,6 +122,40 @@ TEST(SystemCalls, ODirectReadIntoNeverTouchedPages) {
   ctx.free(p);
 }
 
+TEST(SystemCalls, SendFromNeverTouchedPagesAndRecvIntoHostPages) {
+  Context ctx(cpu_options());
+  auto* untouched = static_cast<std::byte*>(ctx.allocate(kBytes));
+  auto* host = static_cast<std::uint64_t*>(ctx.allocate(kBytes));
+  fill(host, kBytes, 47);
+  int sv[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  ASSERT_EQ(::send(sv[0], untouched, kPageSize, 0), static_cast<ssize_t>(kPageSize)) << std::strerror(errno);
+  ASSERT_EQ(::recv(sv[1], host, kPageSize, MSG_WAITALL), static_cast<ssize_t>(kPageSize)) << std::strerror(errno);
+  ::close(sv[0]);
+  ::close(sv[1]);
+  ASSERT_EQ(ctx.migrate_to_device(host, kBytes).migrated, kBytes / kPageSize);
+  for (std::size_t w = 0; w < kBytes / 8; ++w)
+    ASSERT_EQ(host[w], w < kPageSize / 8 ? 0u : pattern(47, w)) << "word " << w;  // page 0: the zeros sent
+  ctx.free(reinterpret_cast<std::byte*>(host));
+  ctx.free(untouched);
+}
+
+// What a system call wrote into a never-touched page is a host page to every
+// later walk: residency says so and a migration copies it (no zero fill).
+TEST(SystemCalls, PagesWrittenByASystemCallAreHostPagesToTheMirror) {
+  Context ctx(cpu_options());
+  auto* p = static_cast<std::byte*>(ctx.allocate(kBytes));
+  PatternFile file(kPageSize, 48);
+  ASSERT_EQ(::pread(file.fd(), p + 3 * kPageSize, kPageSize, 0), static_cast<ssize_t>(kPageSize));
+  const auto pages = ctx.residency(p, kBytes);
+  EXPECT_EQ(pages[3].residency, Residency::System);
+  const Counters before = ctx.counters();
+  EXPECT_EQ(ctx.migrate_to_device(p + 3 * kPageSize, kPageSize).migrated, 1u);
+  EXPECT_EQ(ctx.counters().pages_zero_filled_on_device, before.pages_zero_filled_on_device);
+  expect_pattern(p + 3 * kPageSize, kPageSize, 48);
+  ctx.free(p);
+}
+
 // Signal mode closes device-resident pages to the kernel: EFAULT, nothing
 // changed. The documented recipe (migrate_to_host, or pin) opens them.
 // userfaultfd serves the kernel's own fault: the call just works.
