@@ -6,8 +6,12 @@
 #include <fmt/format.h>
 
 #include "uhmm/detail/log.hpp"
+#include "uhmm/detail/test_points.hpp"
 
 namespace uhmm::detail {
+
+std::atomic<void (*)()> test_points::pool_locked{nullptr};
+
 namespace {
 
 constexpr std::size_t kMaxPages = std::size_t{std::numeric_limits<DevicePageIndex>::max()} + 1;
@@ -82,6 +86,7 @@ void PagePool::note_chunk(std::uint32_t c) noexcept {
 }
 
 Status PagePool::take_injection(std::size_t pages) noexcept {
+  test_points::at(test_points::pool_locked);
   if (alloc_pages_left_ < 0) return Status::ok();
   if (static_cast<std::size_t>(alloc_pages_left_) < pages)
     return oom("injected device page allocation failure");

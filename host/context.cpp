@@ -7,19 +7,33 @@
 #include <string>
 
 #include "context_impl.hpp"
+#include "deferred_signals.hpp"
 #include "stats_report.hpp"
 
 namespace uhmm {
 
 Context::Context() : Context(ContextOptions::from_environment()) {}
-Context::Context(const ContextOptions& options) : impl_(std::make_unique<detail::ContextImpl>(options)) {}
+Context::Context(const ContextOptions& options) : impl_([&] {
+  detail::DeferSignals defer;
+  return std::make_unique<detail::ContextImpl>(options);
+}()) {}
 Context::~Context() {
+  detail::DeferSignals defer;
   if (impl_->options.print_stats) std::fputs(detail::stats_report(counters(), latency()).c_str(), stderr);
 }
 
-void* Context::allocate(std::size_t bytes) { return impl_->allocate(bytes); }
-void Context::free(void* base) { impl_->free(base); }
-std::size_t Context::range_size(const void* base) const { return impl_->ranges.size_of(base, "range_size"); }
+void* Context::allocate(std::size_t bytes) {
+  detail::DeferSignals defer;
+  return impl_->allocate(bytes);
+}
+void Context::free(void* base) {
+  detail::DeferSignals defer;
+  impl_->free(base);
+}
+std::size_t Context::range_size(const void* base) const {
+  detail::DeferSignals defer;
+  return impl_->ranges.size_of(base, "range_size");
+}
 
 std::size_t Context::device_count() const noexcept { return impl_->device_count(); }
 const char* Context::fault_mode() const noexcept { return impl_->mechanism->name(); }
@@ -34,6 +48,7 @@ OwnerId Context::device_owner(std::size_t i) const {
 DeviceInfo Context::device_info(OwnerId owner) const { return impl_->device(owner, "device_info").info(); }
 Backend& Context::backend(OwnerId owner) { return impl_->device(owner, "backend").backend(); }
 std::size_t Context::set_device_pool_limit(OwnerId owner, std::size_t bytes) {
+  detail::DeferSignals defer;
   return impl_->set_device_pool_limit(owner, bytes);
 }
 void Context::set_fault_ahead(bool on) noexcept { impl_->policy.fault_ahead.store(on); }
@@ -57,29 +72,46 @@ void Context::set_thrashing(const ThrashingOptions& t) {
 }
 ThrashingOptions Context::thrashing() const noexcept { return impl_->policy.thrashing(); }
 void Context::inject_faults(OwnerId owner, const FaultInjection& injection) {
+  detail::DeferSignals defer;
   impl_->device(owner, "inject_faults").set_fault_injection(injection);
 }
 
 MigrationResult Context::migrate_to_device(void* p, std::size_t bytes, OwnerId device) {
+  detail::DeferSignals defer;
   return impl_->migrate_to_device(p, bytes, device);
 }
-MigrationResult Context::migrate_to_host(void* p, std::size_t bytes) { return impl_->migrate_to_host(p, bytes); }
+MigrationResult Context::migrate_to_host(void* p, std::size_t bytes) {
+  detail::DeferSignals defer;
+  return impl_->migrate_to_host(p, bytes);
+}
 
 Status Context::validate() const {
+  detail::DeferSignals defer;
   impl_->ranges.gate().wait_applied();
   return impl_->validate(/*quiescent=*/true);
 }
 
-MigrationResult Context::pin(void* p, std::size_t bytes) { return impl_->set_pinned(p, bytes, true); }
-void Context::unpin(void* p, std::size_t bytes) { impl_->set_pinned(p, bytes, false); }
+MigrationResult Context::pin(void* p, std::size_t bytes) {
+  detail::DeferSignals defer;
+  return impl_->set_pinned(p, bytes, true);
+}
+void Context::unpin(void* p, std::size_t bytes) {
+  detail::DeferSignals defer;
+  impl_->set_pinned(p, bytes, false);
+}
 
 std::vector<PageState> Context::residency(const void* p, std::size_t bytes) const {
+  detail::DeferSignals defer;
   return impl_->residency(p, bytes);
 }
 
-Latencies Context::latency() const { return impl_->observer.latencies(); }
+Latencies Context::latency() const {
+  detail::DeferSignals defer;
+  return impl_->observer.latencies();
+}
 
 Counters Context::counters() const {
+  detail::DeferSignals defer;
   impl_->ranges.gate().wait_applied();  // counts what the caller's own munmap/madvise did
   Counters c = impl_->counters.snapshot();
   c.device_pages_in_use = 0;

@@ -9,6 +9,7 @@
 #include "eviction.hpp"
 #include "fault_service.hpp"
 #include "owner_ids.hpp"
+#include "written_pages.hpp"
 #include "uhmm/detail/log.hpp"
 #include "uhmm/migrate.hpp"
 
@@ -312,6 +313,7 @@ std::size_t ContextImpl::set_device_pool_limit(OwnerId owner, std::size_t bytes)
 
 std::vector<PageState> ContextImpl::residency(const void* p, std::size_t bytes) const {
   const RangeSpan span = ranges.resolve(p, bytes, "residency");
+  learn_written_pages(const_cast<ContextImpl&>(*this), span.range(), span.first(), span.count());
   auto& table = span.range().table();
   std::vector<PageState> out(span.count());
   for (std::size_t block = table.block_of(span.first()); block <= table.block_of(span.end() - 1); ++block) {

@@ -11,6 +11,7 @@
 
 #include "context_impl.hpp"
 #include "launch_hold.hpp"
+#include "deferred_signals.hpp"
 #include "page_bounces.hpp"
 #include "read_mostly.hpp"
 #include "uhmm/detail/log.hpp"
@@ -189,7 +190,8 @@ void run_device_launch(ContextImpl& ctx, OwnerId device, std::span<const LaunchS
   try {
     tables = upload_tables(backend, lease, hold, spans, resolved, host_tables);
     AtomicCounters::add(ctx.counters.thrashing_pages_pinned, hold.pinned());
-    body(LaunchStream{backend.native_stream(lease.stream()), &queue}, tables);
+    // The application's code: its own mask (a handler there may touch what the body may).
+    DeferSignals::run_application_code([&] { body(LaunchStream{backend.native_stream(lease.stream()), &queue}, tables); });
   } catch (...) {
     // The stream must not run on unlocked pages or read a freed host table.
     if (const Status s = drain(); !s) log().warn("{}: draining the launch stream after a failure: {}", call, s.message);

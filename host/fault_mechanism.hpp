@@ -11,6 +11,7 @@
 // faulting threads: the caller wakes them once the mirror is updated.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -111,6 +112,27 @@ class FaultMechanism {
   // signal mechanism lowers them to keep blocks in one run): a fault with
   // fault-ahead then opens every unlocked host page of its block too.
   virtual bool closes_idle_host_pages() const noexcept { return false; }
+
+  // True when never-touched (Empty) pages are open in the application's view
+  // (the signal mechanism: so that system calls on them work). The
+  // application, or the kernel in a system call, may then write one unseen:
+  // an Empty page may hold host data, which host_data() tells.
+  virtual bool opens_empty_pages() const noexcept { return false; }
+  // Whether a never-touched page is closed (its access would fault).
+  virtual bool empty_page_closed(ManagedRange& range, std::size_t page) const noexcept {
+    (void)range;
+    (void)page;
+    return true;
+  }
+  // With opens_empty_pages(): sets present[i] for each page of the run that
+  // holds host data (was written, or read, since it was last dropped).
+  // Returns 0 or an errno (then nothing is known: treat every page as data).
+  virtual int host_data(ManagedRange& range, std::size_t first, std::size_t count, std::uint8_t* present) noexcept {
+    (void)range;
+    (void)first;
+    std::fill_n(present, count, std::uint8_t{0});
+    return 0;
+  }
 };
 
 // The mechanism options.fault_mode asks for: "userfaultfd", "signal", or

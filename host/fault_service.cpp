@@ -22,6 +22,7 @@
 #include "userfaultfd.hpp"
 #include "userfaultfd_mechanism.hpp"
 #include "uhmm/detail/log.hpp"
+#include "uhmm/detail/signal_mask.hpp"
 
 namespace uhmm::detail {
 namespace {
@@ -71,7 +72,7 @@ FaultService::FaultService(ContextImpl& ctx) : ctx_(ctx), events_(kMaxEventsPerR
   ctx_.unlocks.set_listener([this] {
     if (parked_count_.load() > 0) kick();
   });
-  thread_ = std::thread([this] { run(); });
+  thread_ = spawn_library_thread([this] { run(); });
 }
 
 FaultService::~FaultService() {
@@ -273,6 +274,10 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
   // Coarse mode wants whole blocks back (they merge into one protection run).
   const unsigned threshold = coarse ? 0 : ctx_.policy.prefetch_threshold.load(std::memory_order_relaxed);
   const bool open_block = ahead && mechanism.closes_idle_host_pages();
+  // Signal mode: a never-touched page is open unless something closed it (a
+  // migration's write-protect, coarse lowering); reopening it keeps its data.
+  const bool open_empty = mechanism.opens_empty_pages();
+  const auto reopens = [&](Residency r) { return r == Residency::System || (open_empty && r == Residency::Empty); };
   const ThrashingSettings thrashing = ctx_.policy.thrashing();
   const std::uint32_t now_ms = thrashing.enabled ? monotonic_ms() : 0;
   std::size_t not_prefetched = 0, kept_by_advice = 0;
@@ -315,7 +320,7 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
       } else if (faults[k].write_protect) {
         // The migration that protected the page is over: either the page stayed
         // (unprotect) or it moved (wake: the retry faults as MISSING).
-        (e.residency() == Residency::System ? unprotect : wake).push_back(p);
+        (reopens(e.residency()) ? unprotect : wake).push_back(p);
       } else if (e.residency() == Residency::Device) {
         back.push_back(p);
         faulting_back.push_back(p);
@@ -330,7 +335,7 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
     }
     if (ahead && !zero.empty())
       for (std::size_t p = lo; p < hi; ++p)
-        if (table.entry(p).bits() == 0) zero.push_back(p);  // Empty and unlocked
+        if (table.entry(p).bits() == 0 && mechanism.empty_page_closed(range, p)) zero.push_back(p);  // Empty, unlocked
     if (ahead && !back.empty()) {
       // Density prefetch: the part of the block each faulting page brings back.
       BlockPages occupied;
@@ -374,7 +379,7 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
     if (open_block)
       for (std::size_t p = lo; p < hi; ++p) {
         const MirrorEntry e = table.entry(p);
-        if (e.residency() == Residency::System && !e.locked() && !e.has(MirrorEntry::kPoisoned)) unprotect.push_back(p);
+        if (reopens(e.residency()) && !e.locked() && !e.has(MirrorEntry::kPoisoned)) unprotect.push_back(p);
       }
     sort_unique(zero);
     sort_unique(back);

@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include "context_impl.hpp"
+#include "deferred_signals.hpp"
 
 namespace uhmm {
 
@@ -21,6 +22,7 @@ const char* to_string(InvalidateKind kind) noexcept {
 }
 
 IntervalNotifier::IntervalNotifier(Context& ctx, void* start, std::size_t bytes, Callback invalidate) : ctx_(ctx) {
+  detail::DeferSignals defer;
   if (!invalidate) throw Error(Errc::invalid_argument, "IntervalNotifier: the invalidate callback is empty");
   if (detail::NotifierRegistry::in_callback())
     throw Error(Errc::busy, "IntervalNotifier: cannot register from inside a notifier callback");
@@ -34,9 +36,13 @@ IntervalNotifier::IntervalNotifier(Context& ctx, void* start, std::size_t bytes,
   state_ = std::move(state);
 }
 
-IntervalNotifier::~IntervalNotifier() { ctx_.impl().notifiers.remove(*state_); }
+IntervalNotifier::~IntervalNotifier() {
+  detail::DeferSignals defer;
+  ctx_.impl().notifiers.remove(*state_);
+}
 
 std::uint64_t IntervalNotifier::read_begin() const {
+  detail::DeferSignals defer;
   if (detail::NotifierRegistry::in_callback())
     throw Error(Errc::busy, "IntervalNotifier::read_begin: not allowed inside a notifier callback (it would wait "
                             "for the invalidation that is running)");

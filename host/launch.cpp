@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "context_impl.hpp"
+#include "deferred_signals.hpp"
 #include "device_launch.hpp"
 
 namespace uhmm {
@@ -40,6 +41,7 @@ std::vector<detail::LaunchSpan> to_launch_spans(const auto& spans, const char* c
 }  // namespace
 
 void Context::launch_impl(OwnerId device, std::size_t n, std::span<const SpanRequest> spans, const LaunchBody& body) {
+  detail::DeferSignals defer;
   auto& ctx = *impl_;
   detail::Device& dev = ctx.device(device, "launch");
   if ((dev.info().capabilities & kCapHostKernels) == 0)
@@ -57,6 +59,7 @@ void Context::launch_impl(OwnerId device, std::size_t n, std::span<const SpanReq
 }
 
 void Context::launch_device_impl(OwnerId device, std::span<const SpanRequest> spans, const DeviceLaunchBody& body) {
+  detail::DeferSignals defer;
   const auto launch_spans = to_launch_spans(spans, "launch_device");
   detail::run_device_launch(*impl_, device, launch_spans, "launch_device", body);
 }

@@ -9,10 +9,12 @@
 
 #include "context_impl.hpp"
 #include "owner_ids.hpp"
+#include "deferred_signals.hpp"
 #include "page_runs.hpp"
 #include "staging_pool.hpp"
 #include "test_hooks.hpp"
 #include "uhmm/detail/log.hpp"
+#include "written_pages.hpp"
 #include "uhmm/migrate.hpp"
 
 namespace uhmm::detail {
@@ -110,6 +112,35 @@ Status back_to_host(ContextImpl& ctx, ManagedRange& range, const std::vector<std
                                                     : "; is the memory mlock'ed?")};
 }
 
+// Signal mode: a never-touched page is open, so the application or the kernel
+// may have written it unseen. Setup holds (write-protects) the Empty pages it
+// selected, then asks which hold data: those are host pages (copied, and
+// recorded System), the rest are zero-filled on the device as usual.
+void adopt_written_empty_pages(ContextImpl& ctx, MigrateVma& a, MigrationSession& s) {
+  auto& range = s.span.range();
+  auto& table = range.table();
+  const std::size_t first = s.span.first();
+  const auto empty = [&](std::size_t i) {
+    return s.selected[i] && s.source[i] == static_cast<std::uint8_t>(Residency::Empty);
+  };
+  std::vector<std::uint8_t> present;
+  for_each_run(0, s.span.count(), empty, [&](std::size_t i, std::size_t count) {
+    present.assign(count, 1);
+    if (const int err = ctx.mechanism->host_data(range, first + i, count, present.data()); err != 0) {
+      log().warn("migrate_vma_setup: asking which never-touched pages hold data failed ({}): all are copied",
+                 std::strerror(err));
+      present.assign(count, 1);
+    }
+    for (std::size_t k = 0; k < count; ++k) {
+      if (!present[k]) continue;
+      std::lock_guard lock(table.block_mutex(MirrorTable::block_of(first + i + k)));
+      table.entry(first + i + k).move_to(MirrorEntry::system());  // keeps LOCKED
+      s.source[i + k] = static_cast<std::uint8_t>(Residency::System);
+      a.src[i + k] |= MIGRATE_PFN_VALID;
+    }
+  });
+}
+
 }  // namespace
 
 void migrate_vma_setup(ContextImpl& ctx, MigrateVma& a, const SetupVisitor* visit, const PageFilter* leave,
@@ -126,6 +157,9 @@ void migrate_vma_setup(ContextImpl& ctx, MigrateVma& a, const SetupVisitor* visi
   session->selected.assign(n, 0);
   session->source.assign(n, 0);
   session->hold = hold;
+  // Pages written while open are host pages (selected without FAULT too);
+  // one written after this is found once setup holds it, below.
+  learn_written_pages(ctx, range, first, n);
 
   // The one walk: select and lock, block by block.
   std::size_t cpages = 0;
@@ -185,11 +219,15 @@ void migrate_vma_setup(ContextImpl& ctx, MigrateVma& a, const SetupVisitor* visi
   // Hold writers while the copy runs; readers go on. Pages selected from the
   // host are mapped (the service mapped them), so this always applies; if it
   // fails anyway, those pages are dropped from the migration rather than
-  // copied while writable.
+  // copied while writable. Where never-touched pages are open (signal mode)
+  // they are held too, then asked whether they hold data.
+  const bool open_empty = ctx.mechanism->opens_empty_pages();
   for_each_run(
       0, n,
       [&](std::size_t i) {
-        return session->selected[i] && (a.src[i] & MIGRATE_PFN_VALID) && !(a.src[i] & MIGRATE_PFN_DEVICE);
+        return session->selected[i] && !(a.src[i] & MIGRATE_PFN_DEVICE) &&
+               ((a.src[i] & MIGRATE_PFN_VALID) ||
+                (open_empty && session->source[i] == static_cast<std::uint8_t>(Residency::Empty)));
       },
       [&](std::size_t i, std::size_t count) {
         const int err = ctx.mechanism->write_protect(range, first + i, count, true);
@@ -205,6 +243,7 @@ void migrate_vma_setup(ContextImpl& ctx, MigrateVma& a, const SetupVisitor* visi
         }
         ctx.unlocks.announce();
       });
+  if (open_empty) adopt_written_empty_pages(ctx, a, *session);
   a.cpages = cpages;
   a.session = std::move(session);
 }
@@ -268,10 +307,12 @@ Status migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
   // Never-touched pages are zapped too where the application's madvise is
   // followed: after its MADV_FREE (or in the moment before its MADV_DONTNEED
   // zaps) an Empty page can still be mapped, and must not shadow its new
-  // device home. (In signal mode an Empty page is never open.)
+  // device home. In signal mode an Empty page is open: it is closed (its
+  // hole punched) like a host page.
   const bool follows = ctx.mechanism->follows_mapping_changes();
+  const bool open_empty = ctx.mechanism->opens_empty_pages();
   auto had_host_page = [&](std::size_t i) {
-    return from(i, Residency::System) || (follows && from(i, Residency::Empty));
+    return from(i, Residency::System) || ((follows || open_empty) && from(i, Residency::Empty));
   };
   // Duplicated pages keep theirs, write-protected. A run whose host copy
   // cannot go (mlock'ed memory on a kernel without MADV_DONTNEED_LOCKED, no
@@ -296,7 +337,9 @@ Status migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
   if (!undropped.empty()) kept = back_to_host(ctx, range, undropped, drop_error, a, first);
   // Pages that stay on the host become writable again; their writers are
   // woken below, once the pages are unlocked.
-  auto stayed = [&](std::size_t i) { return !migrated(i) && from(i, Residency::System); };
+  auto stayed = [&](std::size_t i) {
+    return !migrated(i) && (from(i, Residency::System) || (open_empty && from(i, Residency::Empty)));
+  };
   for_each_run(0, n, stayed, [&](std::size_t i, std::size_t count) {
     // On failure they stay read-only: a store faults, and the fault service
     // lifts the protection then (the mirror says System).
@@ -359,12 +402,22 @@ Status migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
 
 namespace uhmm {
 
-void migrate_vma_setup(Context& ctx, MigrateVma& args) { detail::migrate_vma_setup(ctx.impl(), args); }
-std::size_t migrate_vma_pages(Context& ctx, MigrateVma& args) { return detail::migrate_vma_pages(ctx.impl(), args); }
+void migrate_vma_setup(Context& ctx, MigrateVma& args) {
+  detail::DeferSignals defer;
+  detail::migrate_vma_setup(ctx.impl(), args);
+}
+std::size_t migrate_vma_pages(Context& ctx, MigrateVma& args) {
+  detail::DeferSignals defer;
+  return detail::migrate_vma_pages(ctx.impl(), args);
+}
 // Pages whose host copy could not be dropped are reported through src[] (no
 // MIGRATE), as the kernel reports pages it could not migrate.
-void migrate_vma_finalize(Context& ctx, MigrateVma& args) { (void)detail::migrate_vma_finalize(ctx.impl(), args); }
+void migrate_vma_finalize(Context& ctx, MigrateVma& args) {
+  detail::DeferSignals defer;
+  (void)detail::migrate_vma_finalize(ctx.impl(), args);
+}
 std::size_t migrate_device_range(Context& ctx, OwnerId owner, DevicePageIndex first, std::size_t npages) {
+  detail::DeferSignals defer;
   return ctx.impl().migrate_device_range(owner, first, npages);
 }
 

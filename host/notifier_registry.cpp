@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <exception>
 
+#include "deferred_signals.hpp"
 #include "managed_range.hpp"
 #include "uhmm/detail/log.hpp"
 
@@ -81,7 +82,7 @@ NotifierRegistry::Invalidation NotifierRegistry::invalidate(std::uintptr_t lo, s
   ++callback_depth;
   for (const Call& c : calls) {
     try {
-      c.notifier->callback(c.event);
+      DeferSignals::run_application_code([&] { c.notifier->callback(c.event); });
     } catch (const std::exception& e) {
       log().error("interval notifier callback threw: {}", e.what());
     } catch (...) {

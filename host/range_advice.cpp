@@ -9,7 +9,9 @@
 #include <fmt/format.h>
 
 #include "context_impl.hpp"
+#include "deferred_signals.hpp"
 #include "read_mostly.hpp"
+#include "written_pages.hpp"
 #include "uhmm/detail/log.hpp"
 
 namespace uhmm::detail {
@@ -151,6 +153,7 @@ MigrationResult prefetch(ContextImpl& ctx, void* p, std::size_t bytes, Location 
 std::size_t discard(ContextImpl& ctx, void* p, std::size_t bytes) {
   const RangeSpan span = ctx.ranges.resolve(p, bytes, "discard");
   auto& range = span.range();
+  learn_written_pages(ctx, range, span.first(), span.count());
   auto& table = range.table();
   const bool follows = ctx.mechanism->follows_mapping_changes();
   std::size_t discarded = 0;
@@ -191,6 +194,15 @@ std::size_t discard(ContextImpl& ctx, void* p, std::size_t bytes) {
             device.push_back(e.device_page());
           e.move_to(MirrorEntry{});  // Empty; keeps PINNED and LOCKED
         }
+        // Signal mode: Empty pages are open (their holes read zeros), so that
+        // system calls on them work.
+        if (ctx.mechanism->opens_empty_pages())
+          for (std::size_t i = 0; i < taken.size();) {
+            std::size_t n = 1;
+            while (i + n < taken.size() && taken[i + n] == taken[i] + n) ++n;
+            ctx.mechanism->install_zeros(range, taken[i], n);
+            i += n;
+          }
         std::sort(device.begin(), device.end(), [](DevicePage a, DevicePage b) {
           return a.owner != b.owner ? a.owner < b.owner : a.index < b.index;
         });
@@ -216,12 +228,20 @@ std::size_t discard(ContextImpl& ctx, void* p, std::size_t bytes) {
 namespace uhmm {
 
 void Context::advise(void* p, std::size_t bytes, Advice advice, Location location) {
+  detail::DeferSignals defer;
   detail::advise(*impl_, p, bytes, advice, location);
 }
-RangeAdvice Context::advice(const void* p) const { return detail::advice_of(*impl_, p); }
+RangeAdvice Context::advice(const void* p) const {
+  detail::DeferSignals defer;
+  return detail::advice_of(*impl_, p);
+}
 MigrationResult Context::prefetch(void* p, std::size_t bytes, Location to) {
+  detail::DeferSignals defer;
   return detail::prefetch(*impl_, p, bytes, to);
 }
-std::size_t Context::discard(void* p, std::size_t bytes) { return detail::discard(*impl_, p, bytes); }
+std::size_t Context::discard(void* p, std::size_t bytes) {
+  detail::DeferSignals defer;
+  return detail::discard(*impl_, p, bytes);
+}
 
 }  // namespace uhmm

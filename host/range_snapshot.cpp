@@ -14,6 +14,8 @@
 #include <fmt/format.h>
 
 #include "context_impl.hpp"
+#include "deferred_signals.hpp"
+#include "written_pages.hpp"
 #include "page_runs.hpp"
 #include "uhmm/context.hpp"
 
@@ -107,6 +109,7 @@ Status snapshot(ContextImpl& ctx, SnapshotRange& r) {
   auto& table = range.table();
   const std::size_t first = span.first();
   const std::size_t n = span.count();
+  learn_written_pages(ctx, range, first, n);
 
   // The requests, read before the words are overwritten. Without any, one
   // pass under the block mutexes reports what is there.
@@ -230,6 +233,7 @@ Status snapshot(ContextImpl& ctx, SnapshotRange& r) {
 namespace uhmm {
 
 Status snapshot_range(Context& ctx, SnapshotRange& range) noexcept {
+  detail::DeferSignals defer;
   try {
     return detail::snapshot(ctx.impl(), range);
   } catch (const Error& e) {

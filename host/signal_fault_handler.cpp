@@ -20,6 +20,7 @@
 
 #include <fmt/format.h>
 
+#include "uhmm/detail/signal_mask.hpp"
 #include "uhmm/error.hpp"
 
 namespace uhmm::detail::signal_faults {
@@ -172,6 +173,11 @@ bool serve(const siginfo_t* info, const void* context) noexcept {
     // Inside the read section: the context cannot have closed the eventfd yet.
     [[maybe_unused]] const ssize_t n = ::write(r->event_fd, &one, sizeof one);
   }
+  // Wait with the mask of the code that faulted: an asynchronous signal it
+  // would take may run its handler now, as in a thread asleep in a
+  // userfaultfd fault, and a fault there nests in here (SA_NODEFER) in a
+  // slot of its own.
+  ::pthread_sigmask(SIG_SETMASK, &static_cast<const ucontext_t*>(context)->uc_sigmask, nullptr);
   for (;;) {
     const std::uint32_t s = slot->state.load(std::memory_order_acquire);
     if ((s & 7) == kDone) break;
@@ -182,6 +188,11 @@ bool serve(const siginfo_t* info, const void* context) noexcept {
 }
 
 void chain(int sig, siginfo_t* info, void* context) noexcept {
+  // The previous handler runs with the mask it asked for, SIGSEGV blocked
+  // unless it chose SA_NODEFER (the kernel restores the mask on return).
+  sigset_t mask = g_previous.sa_mask;
+  if ((g_previous.sa_flags & SA_NODEFER) == 0) sigaddset(&mask, sig);
+  ::pthread_sigmask(SIG_BLOCK, &mask, nullptr);
   if ((g_previous.sa_flags & SA_SIGINFO) != 0) {
     if (g_previous.sa_sigaction != nullptr) g_previous.sa_sigaction(sig, info, context);
     return;
@@ -222,9 +233,14 @@ void install() {
     struct sigaction action{};
     action.sa_sigaction = on_sigsegv;
     // SA_ONSTACK: on an alternate stack where the thread set one (the handler
-    // needs little stack either way).
-    action.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART;
-    sigemptyset(&action.sa_mask);
+    // needs little stack either way). SA_NODEFER: a handler that interrupts
+    // the wait below may fault on managed memory too; without it that nested
+    // SIGSEGV would be blocked, and the kernel kills the process. The
+    // asynchronous signals stay blocked until the fault is posted: a
+    // handler must not wait for the fault service inside the reader section
+    // (a writer waits for that section to end).
+    action.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART | SA_NODEFER;
+    action.sa_mask = asynchronous_signals();
     if (::sigaction(SIGSEGV, &action, &g_previous) != 0)
       throw Error(Errc::system_error, fmt::format("installing the SIGSEGV handler failed: {}", std::strerror(errno)));
     ::pthread_atfork(nullptr, nullptr, after_fork_in_child);

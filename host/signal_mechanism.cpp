@@ -118,8 +118,10 @@ class SignalMapping final : public RangeMapping {
       out_of_memory = errno == ENOMEM;
       failed = fmt::format("mmap of {}: {}", what, describe_mapping_failure(errno));
     };
+    // Open from the start: never-touched pages are holes of the memfd, and
+    // system calls on them work (only device pages are closed to the kernel).
     if (failed.empty() &&
-        ::mmap(base_, bytes, PROT_NONE, MAP_SHARED | MAP_FIXED | MAP_NORESERVE, fd, 0) == MAP_FAILED)
+        ::mmap(base_, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED | MAP_NORESERVE, fd, 0) == MAP_FAILED)
       mapping_failed("the application's view");
     void* alias = MAP_FAILED;
     if (failed.empty()) {
@@ -137,7 +139,8 @@ class SignalMapping final : public RangeMapping {
       failed = fmt::format("madvise(MADV_DONTFORK): {}", std::strerror(errno));
     if (failed.empty()) {
       alias_ = static_cast<std::byte*>(alias);
-      prot_ = static_cast<std::uint8_t*>(prot);  // zeros: every page kNone
+      prot_ = static_cast<std::uint8_t*>(prot);
+      std::memset(prot_, signal_faults::kReadWrite, npages_);  // one run, open
       try {
         signal_faults::add_range({reinterpret_cast<std::uintptr_t>(base_),
                                   reinterpret_cast<std::uintptr_t>(base_) + bytes, queue, event_fd, prot_});
@@ -167,6 +170,13 @@ class SignalMapping final : public RangeMapping {
   }
 
   std::byte* alias(std::size_t page) const noexcept { return alias_ + page * kPageSize; }
+  // Pages of the run the memfd holds (mincore of the alias): a hole is not
+  // resident, a page written or read since its hole was punched is.
+  int resident(std::size_t first, std::size_t count, std::uint8_t* out) const noexcept {
+    if (::mincore(alias(first), count * kPageSize, out) != 0) return errno;
+    for (std::size_t i = 0; i < count; ++i) out[i] &= 1;
+    return 0;
+  }
   std::uint8_t protection(std::size_t page) const noexcept {
     return std::atomic_ref<std::uint8_t>(prot_[page]).load(std::memory_order_relaxed);
   }
@@ -310,9 +320,19 @@ std::size_t SignalMechanism::read_faults(FaultEvent* out, std::size_t max) noexc
   return signal_faults::take(queue_, out, max);
 }
 
+bool SignalMechanism::empty_page_closed(ManagedRange& range, std::size_t page) const noexcept {
+  return mapping_of(range).protection(page) == signal_faults::kNone;
+}
+
+int SignalMechanism::host_data(ManagedRange& range, std::size_t first, std::size_t count,
+                               std::uint8_t* present) noexcept {
+  return mapping_of(range).resident(first, count, present);
+}
+
 int SignalMechanism::install_zeros(ManagedRange& range, std::size_t first, std::size_t count) noexcept {
-  // A page that has no host copy is a hole in the memfd (never written, or
-  // dropped with its hole punched), so opening it shows zeros.
+  // Opening a closed never-touched page: it is a hole in the memfd (never
+  // written, or dropped with its hole punched) and shows zeros, or it holds
+  // what was written while it was open, which stays.
   SignalMapping& m = mapping_of(range);
   for (std::size_t p = first; p < first + count; ++p)
     if (m.protection(p) != signal_faults::kNone) return EEXIST;

@@ -1,9 +1,11 @@
 // The signal fault mechanism, for where userfaultfd is refused: a managed range
 // is a MAP_SHARED mapping of a memfd (the application's view) plus a second
 // read-write mapping of the same memfd (the alias) through which only uhmm
-// fills and reads pages. Missing and device pages are PROT_NONE in the
-// application's view, write-protected runs PROT_READ, present pages
-// PROT_READ|PROT_WRITE; an access that the protection refuses raises SIGSEGV,
+// fills and reads pages. Device pages are PROT_NONE in the application's
+// view, write-protected runs PROT_READ, host and never-touched pages
+// PROT_READ|PROT_WRITE (system calls work on them; written_pages.hpp tells
+// which never-touched pages were written); an access that the protection
+// refuses raises SIGSEGV,
 // which signal_fault_handler posts to the fault service like a userfaultfd
 // event. A page that could not come back is mapped beyond the end of an empty
 // memfd, so that accesses raise SIGBUS as with UFFDIO_POISON.
@@ -44,6 +46,9 @@ class SignalMechanism final : public FaultMechanism {
   int wake(std::uintptr_t addr, std::size_t len) noexcept override;
   bool coarse() const noexcept override;
   bool closes_idle_host_pages() const noexcept override { return true; }
+  bool opens_empty_pages() const noexcept override { return true; }
+  bool empty_page_closed(ManagedRange& range, std::size_t page) const noexcept override;
+  int host_data(ManagedRange& range, std::size_t first, std::size_t count, std::uint8_t* present) noexcept override;
 
   // Protection runs beyond one per range, over every range of the process,
   // and the budget past which mappings turn coarse (tests read them).

@@ -6,15 +6,17 @@
 #include <thread>
 
 #include "context_impl.hpp"
+#include "deferred_signals.hpp"
 #include "range_advice.hpp"
 #include "uhmm/detail/log.hpp"
+#include "uhmm/detail/signal_mask.hpp"
 
 namespace uhmm {
 namespace detail {
 
 class StreamImpl {
  public:
-  StreamImpl(ContextImpl& ctx, OwnerId device) : ctx_(ctx), device_(device), worker_([this] { run(); }) {}
+  StreamImpl(ContextImpl& ctx, OwnerId device) : ctx_(ctx), device_(device), worker_(spawn_library_thread([this] { run(); })) {}
   ~StreamImpl() {
     {
       std::lock_guard lock(mutex_);
@@ -73,14 +75,23 @@ class StreamImpl {
 
 Stream::Stream(std::unique_ptr<detail::StreamImpl> impl) : impl_(std::move(impl)) {}
 Stream::Stream(Stream&&) noexcept = default;
-Stream& Stream::operator=(Stream&&) noexcept = default;
-Stream::~Stream() = default;
+Stream& Stream::operator=(Stream&& other) noexcept {
+  detail::DeferSignals defer;  // the stream it held goes here
+  impl_ = std::move(other.impl_);
+  return *this;
+}
+Stream::~Stream() {
+  detail::DeferSignals defer;
+  impl_.reset();
+}
 void Stream::synchronize() {
+  detail::DeferSignals defer;
   if (impl_) impl_->synchronize();
 }
 OwnerId Stream::device() const noexcept { return impl_ ? impl_->device() : kNoOwner; }
 
 Stream Context::create_stream(OwnerId device) {
+  detail::DeferSignals defer;
   const OwnerId owner = impl_->device(device, "create_stream").owner();
   return Stream(std::make_unique<detail::StreamImpl>(*impl_, owner));
 }
@@ -95,6 +106,7 @@ detail::StreamImpl& checked(detail::StreamImpl* impl, const detail::ContextImpl&
 }  // namespace
 
 std::future<MigrationResult> Context::migrate_to_device_async(Stream& stream, void* p, std::size_t bytes) {
+  detail::DeferSignals defer;
   auto& s = checked(stream.impl_.get(), *impl_, "migrate_to_device_async");
   impl_->ranges.resolve(p, bytes, "migrate_to_device_async");  // bad input throws here, nothing queued
   const OwnerId owner = s.device();
@@ -103,6 +115,7 @@ std::future<MigrationResult> Context::migrate_to_device_async(Stream& stream, vo
 }
 
 std::future<MigrationResult> Context::migrate_to_host_async(Stream& stream, void* p, std::size_t bytes) {
+  detail::DeferSignals defer;
   auto& s = checked(stream.impl_.get(), *impl_, "migrate_to_host_async");
   impl_->ranges.resolve(p, bytes, "migrate_to_host_async");
   return s.submit(std::packaged_task<MigrationResult()>(
@@ -110,6 +123,7 @@ std::future<MigrationResult> Context::migrate_to_host_async(Stream& stream, void
 }
 
 std::future<MigrationResult> Context::prefetch_async(Stream& stream, void* p, std::size_t bytes, Location to) {
+  detail::DeferSignals defer;
   auto& s = checked(stream.impl_.get(), *impl_, "prefetch_async");
   detail::check_prefetch_location(*impl_, to, "prefetch_async");
   impl_->ranges.resolve(p, bytes, "prefetch_async");

@@ -23,6 +23,7 @@
 #include <fmt/format.h>
 
 #include "uhmm/detail/log.hpp"
+#include "uhmm/detail/signal_mask.hpp"
 #include "uhmm/device_span.hpp"
 #include "uhmm/page_copy.hpp"
 
@@ -113,7 +114,7 @@ class CpuBackend::HelperPool {
 
   explicit HelperPool(unsigned threads) {
     try {
-      for (unsigned i = 0; i < threads; ++i) threads_.emplace_back([this] { run(); });
+      for (unsigned i = 0; i < threads; ++i) threads_.push_back(spawn_library_thread([this] { run(); }));
     } catch (const std::exception& e) {
       stop();
       throw Error(Errc::system_error, fmt::format("cpu backend: cannot start kernel threads: {}", e.what()));
@@ -503,7 +504,7 @@ Status CpuBackend::create_stream(StreamId* out) noexcept {
       // stream, so a stream destroyed from its own work outlives destroy_stream.
       std::lock_guard stream_lock(stream->m);
       try {
-        stream->worker = std::thread([stream] { stream->worker_loop(); });
+        stream->worker = spawn_library_thread([stream] { stream->worker_loop(); });
       } catch (const std::system_error& e) {
         streams_.erase(id);
         return {Errc::device_error, fmt::format("cpu backend: cannot start a stream worker: {}", e.what())};
