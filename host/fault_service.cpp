@@ -50,13 +50,6 @@ void sort_unique(std::vector<std::size_t>& v) {
 }  // namespace
 
 FaultService::FaultService(ContextImpl& ctx) : ctx_(ctx), events_(kMaxEventsPerRead) {
-  // The fault path's storage, reserved up front: near the process's limits
-  // (memory, vm.max_map_count) serving a fault allocates nothing in the
-  // common case, and never drops one (read_messages, resolve_block).
-  batch_.reserve(kReservedFaults);
-  pumped_.reserve(kReservedFaults);
-  parked_.reserve(kReservedFaults);
-  held_.reserve(5 * kPagesPerBlock);
   // Mapping events are a userfaultfd feature: only that mechanism reports them.
   if (ctx.mechanism->follows_mapping_changes())
     if (auto* u = dynamic_cast<UserfaultfdMechanism*>(ctx.mechanism.get()))
@@ -132,6 +125,26 @@ void FaultService::pump(void* self) noexcept {
   if (service.read_messages(service.pumped_) == 0) ::sched_yield();  // read by now; the changer runs next
 }
 
+void FaultService::reserve_storage() noexcept {
+  // The fault path's storage, reserved up front and by this thread: near the
+  // process's limits (memory, vm.max_map_count) serving a fault allocates
+  // nothing in the common case and never drops one (read_messages,
+  // resolve_block). Allocating here also gives the thread its malloc arena
+  // now: glibc makes one on a thread's first allocation, with a new mapping,
+  // and a thread that first allocates at vm.max_map_count can allocate nothing.
+  try {
+    batch_.reserve(kReservedFaults);
+    pumped_.reserve(kReservedFaults);
+    parked_.reserve(kReservedFaults);
+    held_.reserve(5 * kPagesPerBlock);
+    auto& [zero, back, wake, unprotect, faulting_back, discarded_held, collapse, reopen_read_only] = lists_;
+    for (auto* list : {&zero, &back, &wake, &unprotect, &faulting_back, &discarded_held, &collapse, &reopen_read_only})
+      list->reserve(2 * kPagesPerBlock);
+  } catch (const std::bad_alloc&) {
+    log().warn("fault service: no memory to reserve its queues; faults are served with what can be had");
+  }
+}
+
 void FaultService::run() noexcept {
   ::pthread_setname_np(::pthread_self(), "uhmm-faults");  // its track's name in traces and debuggers
   // A fault this thread took on managed memory would wait on itself.
@@ -139,6 +152,7 @@ void FaultService::run() noexcept {
   // With mapping events, this thread's own ioctls may meet an unread event
   // (EAGAIN): it reads it itself (userfaultfd.hpp).
   if (mapping_) Userfaultfd::set_thread_eagain_hook(&FaultService::pump, this);
+  reserve_storage();
   FaultMechanism& mechanism = *ctx_.mechanism;
   pollfd fds[2] = {{mechanism.poll_fd(), POLLIN, 0}, {event_fd_, POLLIN, 0}};
   std::vector<Fault>& batch = batch_;
@@ -281,7 +295,10 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
   const ThrashingSettings thrashing = ctx_.policy.thrashing();
   const std::uint32_t now_ms = thrashing.enabled ? monotonic_ms() : 0;
   std::size_t not_prefetched = 0, kept_by_advice = 0;
-  std::vector<std::size_t> zero, back, wake, unprotect, faulting_back, discarded_held, collapse, reopen_read_only;
+  // The service's own lists, reused: their capacity stays from one fault to the next.
+  auto& [zero, back, wake, unprotect, faulting_back, discarded_held, collapse, reopen_read_only] = lists_;
+  for (auto* list : {&zero, &back, &wake, &unprotect, &faulting_back, &discarded_held, &collapse, &reopen_read_only})
+    list->clear();
   std::size_t zero_faults = 0;
   const std::span<const Fault> observed(faults, count);
   const auto page_of = [&](std::uintptr_t a) { return range.page_of(reinterpret_cast<const void*>(a)); };
@@ -449,6 +466,9 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
     const ContextImpl::BackResult r = ctx_.bring_back(range, back, staging_);
     for (std::size_t p : r.failed) {
       if (!std::binary_search(faulting_back.begin(), faulting_back.end(), p)) continue;
+      // Out of host memory (or mappings) is no lost page: it stays on its
+      // device, and the faulting thread, woken at the unlock, faults again.
+      if (r.status.code == Errc::out_of_memory) continue;
       // The page cannot come back: the faulting access gets SIGBUS, like the
       // kernel's answer to a failed migrate_to_ram; the data stays on the device.
       {

@@ -44,6 +44,7 @@ class FaultService {
   };
 
   void run() noexcept;
+  void reserve_storage() noexcept;  // on the service thread, at its start
   // Reads every message pending: faults go to `into`, mapping events are
   // applied at once (mapping_events.hpp). Returns how many were read.
   std::size_t read_messages(std::vector<Fault>& into) noexcept;
@@ -68,6 +69,9 @@ class FaultService {
   std::vector<Fault> batch_;   // the faults being resolved (service thread only)
   std::vector<Fault> pumped_;  // faults read by pump(), resolved in the next batch
   std::vector<std::size_t> held_;  // resolve_block's pages to unlock
+  struct PageLists {
+    std::vector<std::size_t> zero, back, wake, unprotect, faulting_back, discarded_held, collapse, reopen_read_only;
+  } lists_;  // resolve_block's, reserved at start
   int reading_depth_ = 0;      // read_messages() nests through pump() inside an event's ioctls
   std::unique_ptr<MappingEvents> mapping_;  // userfaultfd with mapping events only
   std::byte* staging_ = nullptr;

@@ -3,8 +3,10 @@
 // fault mechanism (UFFDIO_COPY, or a copy through the signal mechanism's alias). Used by the CPU fault
 // service, Context::migrate_to_host and migrate_device_range.
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cstring>
+#include <new>
 
 #include <fmt/format.h>
 
@@ -30,31 +32,35 @@ ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<c
   const std::size_t base = table.block_begin(block);
   const std::size_t end = table.block_end(block);
 
+  // Nothing here allocates (the fault service calls this near the process's
+  // limits): a block's worth of bookkeeping lives on the stack.
   // ok[p - base]: the page's bytes are in staging.
-  std::vector<std::uint8_t> ok(end - base, 0);
-  std::vector<DevicePage> device(pages.size());
+  std::array<std::uint8_t, kPagesPerBlock> ok{};
+  std::array<DevicePage, kPagesPerBlock> device;
   {
     std::lock_guard lock(table.block_mutex(block));
     for (std::size_t k = 0; k < pages.size(); ++k) device[k] = table.entry(pages[k]).device_page();
   }
+  std::array<DevicePageIndex, kPagesPerBlock> indices_of;
+  std::array<std::byte*, kPagesPerBlock> dst_of;
+  std::array<std::size_t, kPagesPerBlock> which;
   for (const OwnerId owner : owner_ids(devices_.size())) {
-    std::vector<DevicePageIndex> indices;
-    std::vector<std::byte*> dst;
-    std::vector<std::size_t> which;
+    std::size_t n = 0;
     for (std::size_t k = 0; k < pages.size(); ++k) {
       if (device[k].owner != owner) continue;
-      indices.push_back(device[k].index);
-      dst.push_back(staging + (pages[k] - base) * kPageSize);
-      which.push_back(pages[k]);
+      indices_of[n] = device[k].index;
+      dst_of[n] = staging + (pages[k] - base) * kPageSize;
+      which[n++] = pages[k];
     }
+    const std::span<const DevicePageIndex> indices(indices_of.data(), n);
+    const std::span<std::byte* const> dst(dst_of.data(), n);
     std::size_t done = 0;
     Status last_failure;
     // One retry of what failed: an injected or transient copy fault must not
     // cost data while a second attempt can still succeed.
     for (int attempt = 0; attempt < 2 && done < indices.size(); ++attempt) {
       const std::uint64_t copy_start = now_ns();
-      const BatchResult r = devices_[owner - 1]->copy_to_ram(std::span(indices).subspan(done),
-                                                             std::span<std::byte* const>(dst).subspan(done));
+      const BatchResult r = devices_[owner - 1]->copy_to_ram(indices.subspan(done), dst.subspan(done));
       AtomicCounters::add(counters.copy_ns_to_host, now_ns() - copy_start);
       done += std::min(r.pages_done, indices.size() - done);
       if (!r.status) {
@@ -88,23 +94,30 @@ ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<c
                  }
                });
 
-  std::vector<std::vector<DevicePageIndex>> to_free(devices_.size() + 1);
   {
     std::lock_guard lock(table.block_mutex(block));
     for (std::size_t k = 0; k < pages.size(); ++k) {
       if (!ok[pages[k] - base]) {
-        out.failed.push_back(pages[k]);
+        // Allocates only when a copy failed; without memory the page is
+        // still left on its device (and its fault unresolved, retried).
+        try {
+          out.failed.push_back(pages[k]);
+        } catch (const std::bad_alloc&) {
+          log().error("no memory to report a page that stayed on its device");
+        }
         continue;
       }
       table.entry(pages[k]).move_to(MirrorEntry::system());
-      to_free[device[k].owner].push_back(device[k].index);
       ++out.moved;
     }
   }
-  for (const OwnerId owner : owner_ids(to_free.size() - 1)) {
-    if (to_free[owner].empty()) continue;
-    for (DevicePageIndex index : to_free[owner]) rmaps_[owner - 1]->clear(index);
-    devices_[owner - 1]->page_free(to_free[owner]);
+  for (const OwnerId owner : owner_ids(devices_.size())) {
+    std::size_t n = 0;
+    for (std::size_t k = 0; k < pages.size(); ++k)
+      if (device[k].owner == owner && ok[pages[k] - base]) indices_of[n++] = device[k].index;
+    if (n == 0) continue;
+    for (std::size_t k = 0; k < n; ++k) rmaps_[owner - 1]->clear(indices_of[k]);
+    devices_[owner - 1]->page_free(std::span<const DevicePageIndex>(indices_of.data(), n));
   }
   AtomicCounters::add(counters.pages_to_host, out.moved);
   AtomicCounters::add(counters.bytes_to_host, out.moved * kPageSize);
