@@ -118,6 +118,8 @@ class ContextImpl {
   // chunks by their pages' advice, which costs a look at each page.
   std::atomic<bool> advised{false};
   LaunchStreamPools launch_streams;        // cleared before the devices close
+  // device_pagemap()'s answers: each device with signals deferred per call.
+  std::vector<std::unique_ptr<DevicePagemap>> public_pagemaps;
 
  private:
   std::vector<std::unique_ptr<Device>> devices_;
