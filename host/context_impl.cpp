@@ -6,6 +6,7 @@
 
 #include <fmt/format.h>
 
+#include "deferring_pagemap.hpp"
 #include "eviction.hpp"
 #include "fault_service.hpp"
 #include "owner_ids.hpp"
@@ -24,6 +25,7 @@ ContextImpl::ContextImpl(const ContextOptions& opts) : options(opts), mechanism(
     capacities.push_back(d->capacity_pages());
   }
   recency = std::make_unique<AccessRecency>(capacities);
+  for (const auto& d : devices_) public_pagemaps.push_back(std::make_unique<DeferringPagemap>(*d));
   staging_ = std::make_unique<StagingPool>(devices_.front()->backend());
   faults_ = std::make_unique<FaultService>(*this);
   log().info("context ready: {} device(s) on the {} backend, fault-ahead {} (prefetch threshold {}%), {} faults",

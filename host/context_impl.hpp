@@ -128,6 +128,8 @@ class ContextImpl {
   // chunks by their pages' advice, which costs a look at each page.
   std::atomic<bool> advised{false};
   LaunchStreamPools launch_streams;        // cleared before the devices close
+  // device_pagemap()'s answers: each device with signals deferred per call.
+  std::vector<std::unique_ptr<DevicePagemap>> public_pagemaps;
 
   // Gives every device page a range still names back to its pool (returns how
   // many); the entries become Empty. Visits the touched blocks alone. Pre: no

@@ -246,10 +246,9 @@ Status snapshot_range(Context& ctx, SnapshotRange& range) noexcept {
 }
 
 DevicePagemap& device_pagemap(Context& ctx, OwnerId owner) {
-  DevicePagemap* pagemap = ctx.impl().pagemap(owner);
-  if (pagemap == nullptr)
+  if (ctx.impl().pagemap(owner) == nullptr)
     throw Error(Errc::invalid_argument, fmt::format("device_pagemap: owner {} is not a device of this context", owner));
-  return *pagemap;
+  return *ctx.impl().public_pagemaps[owner - 1];
 }
 
 }  // namespace uhmm

@@ -123,9 +123,8 @@ void say(const char* text) noexcept {
 // says; a store to a PROT_NONE page is a missing-page fault, as there.
 bool is_write_protect(const void* context, const ServedRange& r, std::uintptr_t addr) noexcept {
   const std::size_t page = (addr - r.begin) / kPageSize;
-  const bool read_only =
-      std::atomic_ref<std::uint8_t>(const_cast<std::uint8_t&>(r.protection[page])).load(std::memory_order_relaxed) ==
-      kRead;
+  const bool read_only = from_stored(std::atomic_ref<std::uint8_t>(const_cast<std::uint8_t&>(r.protection[page]))
+                                         .load(std::memory_order_relaxed)) == kRead;
 #if defined(__x86_64__)
   // The page-fault error code: bit 1 is set for a write access.
   return read_only && (static_cast<const ucontext_t*>(context)->uc_mcontext.gregs[REG_ERR] & 2) != 0;

@@ -23,13 +23,17 @@ namespace uhmm::detail::signal_faults {
 
 // Page protections as the signal mechanism records them, per page.
 enum Protection : std::uint8_t { kNone = 0, kRead = 1, kReadWrite = 2, kPoison = 3 };
+// As stored in a range's table: XORed with kReadWrite, so that a fresh table
+// (untouched zero pages, no memory) says every page is open.
+constexpr std::uint8_t stored(Protection p) noexcept { return static_cast<std::uint8_t>(p ^ kReadWrite); }
+constexpr Protection from_stored(std::uint8_t s) noexcept { return static_cast<Protection>(s ^ kReadWrite); }
 
 struct ServedRange {
   std::uintptr_t begin;
   std::uintptr_t end;
   std::uint32_t queue;         // the fault service's queue id
   int event_fd;                // its wake-up
-  const std::uint8_t* protection;  // per page, read with atomic_ref (write classification)
+  const std::uint8_t* protection;  // per page, stored(), read with atomic_ref (write classification)
 };
 
 // Installs the handler once per process (chaining to the previous one).

@@ -139,8 +139,7 @@ class SignalMapping final : public RangeMapping {
       failed = fmt::format("madvise(MADV_DONTFORK): {}", std::strerror(errno));
     if (failed.empty()) {
       alias_ = static_cast<std::byte*>(alias);
-      prot_ = static_cast<std::uint8_t*>(prot);
-      std::memset(prot_, signal_faults::kReadWrite, npages_);  // one run, open
+      prot_ = static_cast<std::uint8_t*>(prot);  // zeros: every page open (stored()), one run
       try {
         signal_faults::add_range({reinterpret_cast<std::uintptr_t>(base_),
                                   reinterpret_cast<std::uintptr_t>(base_) + bytes, queue, event_fd, prot_});
@@ -178,7 +177,7 @@ class SignalMapping final : public RangeMapping {
     return 0;
   }
   std::uint8_t protection(std::size_t page) const noexcept {
-    return std::atomic_ref<std::uint8_t>(prot_[page]).load(std::memory_order_relaxed);
+    return signal_faults::from_stored(std::atomic_ref<std::uint8_t>(prot_[page]).load(std::memory_order_relaxed));
   }
 
   // Gives pages [first, first + count) the protection `to`; the caller holds
@@ -221,7 +220,8 @@ class SignalMapping final : public RangeMapping {
     if (err != 0) return err;
     const long delta = run_delta(first, count, to);
     for (std::size_t p = first; p < first + count; ++p)
-      std::atomic_ref<std::uint8_t>(prot_[p]).store(to, std::memory_order_relaxed);
+      std::atomic_ref<std::uint8_t>(prot_[p])
+          .store(signal_faults::stored(static_cast<Protection>(to)), std::memory_order_relaxed);
     runs_ += delta;
     g_extra_runs.fetch_add(delta, std::memory_order_relaxed);
     return 0;

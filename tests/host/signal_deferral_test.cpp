@@ -118,6 +118,43 @@ TEST(SignalDeferral, HandlerSignalledInsideThePoolLockIsServedAfterTheCall) {
   ctx.free(probe);
 }
 
+// The same through the driver API: the application's own call of the
+// device's alloc_and_copy (device_pagemap) takes the pool's mutex too.
+TEST(SignalDeferral, HandlerSignalledInsideADirectPagemapCallIsServedAfterIt) {
+  Watchdog watchdog("HandlerSignalledInsideADirectPagemapCallIsServedAfterIt");
+  Context ctx(cpu_options());
+  auto* probe = static_cast<std::uint64_t*>(ctx.allocate(kPageSize));
+  auto* data = static_cast<std::byte*>(ctx.allocate(kPageSize));
+  *probe = 0x6a6b;
+  ASSERT_EQ(ctx.migrate_to_device(probe, kPageSize).migrated, 1u);
+  fill(data, kPageSize, 4);
+  g_probe.store(probe);
+  g_target.store(static_cast<pid_t>(::syscall(SYS_gettid)));
+  ScopedHandler handler(SIGUSR2, read_probe);
+  std::uint64_t src = 0, dst = 0;
+  MigrateVma args;
+  args.start = data;
+  args.end = data + kPageSize;
+  args.src = &src;
+  args.dst = &dst;
+  args.flags = MIGRATE_VMA_SELECT_SYSTEM;
+  args.destination = ctx.device_owner(0);
+  migrate_vma_setup(ctx, args);
+  ASSERT_EQ(args.cpages, 1u);
+  const unsigned runs = g_runs.load();
+  {
+    PoolHook hook(raise_in_target);
+    EXPECT_TRUE(device_pagemap(ctx, ctx.device_owner(0)).alloc_and_copy(args));
+  }
+  EXPECT_GT(g_runs.load(), runs);
+  EXPECT_EQ(g_read.load(), 0x6a6bu);
+  EXPECT_EQ(migrate_vma_pages(ctx, args), 1u);
+  migrate_vma_finalize(ctx, args);
+  expect_pattern(data, kPageSize, 4);
+  ctx.free(data);
+  ctx.free(probe);
+}
+
 // A thread in a loop of public calls, signalled at random moments by another
 // thread; each handler reads a device-resident page of another range. Never
 // a deadlock, every read right.
