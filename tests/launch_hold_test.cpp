@@ -213,5 +213,27 @@ TEST(LaunchHold, OverlappingSpansAreHeldOnce) {
   ctx.free(p);
 }
 
+// Pages pinned to the host (Context::pin) are held there, in place, where the
+// device's kernels reach host memory (the cpu backend): the kernel runs on
+// every page, none moves. Never-touched pinned pages get their zeros first.
+TEST(LaunchHold, PinnedPagesAreHeldInPlaceOnTheHost) {
+  Context ctx(cpu_options());
+  auto* p = static_cast<std::uint64_t*>(ctx.allocate(kSpanPages * kPageSize));
+  const std::size_t touched = kSpanWords / 2;  // the second half stays never-touched
+  for (std::size_t i = 0; i < touched; ++i) p[i] = i;
+  ctx.pin(p, kSpanPages * kPageSize);
+  ctx.launch(kSpanWords, [](std::size_t i, device_span<std::uint64_t> x) { x[i] += 1; },
+             std::span<std::uint64_t>(p, kSpanWords));
+  for (const auto& s : ctx.residency(p, kSpanPages * kPageSize)) {
+    ASSERT_EQ(s.residency, Residency::System);
+    ASSERT_TRUE(s.pinned);
+    ASSERT_FALSE(s.locked);
+  }
+  for (std::size_t i = 0; i < kSpanWords; ++i) ASSERT_EQ(p[i], (i < touched ? i : 0) + 1) << i;
+  EXPECT_EQ(ctx.counters().pages_to_device, 0u);
+  EXPECT_TRUE(ctx.validate()) << ctx.validate().message;
+  ctx.free(p);
+}
+
 }  // namespace
 }  // namespace uhmm::test
