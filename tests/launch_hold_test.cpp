@@ -12,6 +12,7 @@
 #include <functional>
 #include <span>
 #include <thread>
+#include <vector>
 
 #include "test_support.hpp"
 #include "uhmm/uhmm.hpp"
@@ -23,7 +24,7 @@ constexpr std::size_t kBlockPages = kPagesPerBlock;
 constexpr std::size_t kSpanPages = 64;
 constexpr std::size_t kWordsPerPage = kPageSize / 8;
 constexpr std::size_t kSpanWords = kSpanPages * kWordsPerPage;
-constexpr int kLaunches = 400;
+constexpr int kLaunches = 1000;
 constexpr int kMinRounds = 16;
 
 std::byte* page(void* base, std::size_t p) { return static_cast<std::byte*>(base) + p * kPageSize; }
@@ -36,12 +37,16 @@ void launch_while(Context& ctx, std::uint64_t* block, const std::function<void()
   for (std::size_t i = 0; i < kSpanWords; ++i) block[i] = 0;
   std::atomic<bool> stop{false};
   std::atomic<int> rounds{0};
-  std::thread other([&] {
-    while (!stop.load()) {
-      compete();
-      rounds.fetch_add(1);
-    }
-  });
+  // Two competitors: more chances to land in the window the bug had between
+  // the launch's migration and its locking.
+  std::vector<std::thread> others;
+  for (int c = 0; c < 2; ++c)
+    others.emplace_back([&] {
+      while (!stop.load()) {
+        compete();
+        rounds.fetch_add(1);
+      }
+    });
   int failed = 0;
   std::string first_error;
   // At least kLaunches, and on until the other thread has competed a few
@@ -56,7 +61,7 @@ void launch_while(Context& ctx, std::uint64_t* block, const std::function<void()
     }
   }
   stop = true;
-  other.join();
+  for (auto& t : others) t.join();
   EXPECT_EQ(failed, 0) << "launches failed; the first: " << first_error;
   std::size_t wrong = 0;
   for (std::size_t i = 0; i < kSpanWords; ++i) wrong += block[i] != static_cast<std::uint64_t>(launches);
@@ -71,7 +76,7 @@ TEST(LaunchHold, NeighboursMigratedAndReadBackByFaultAheadNeverTakeTheKernelsPag
   auto* block = static_cast<std::uint64_t*>(ctx.allocate(kBlockPages * kPageSize));
   auto* neighbours = page(block, kSpanPages);
   const std::size_t neighbour_bytes = (kBlockPages - kSpanPages) * kPageSize;
-  std::size_t k = 0;
+  std::atomic<std::size_t> k{0};
   launch_while(ctx, block, [&] {
     ctx.migrate_to_device(neighbours, neighbour_bytes);
     // A CPU read of one neighbour: fault-ahead brings the block home.
@@ -96,7 +101,7 @@ TEST(LaunchHold, PoolPressureNeverTakesTheKernelsPages) {
   Context ctx(cpu_options(4 * MiB));
   auto* block = static_cast<std::uint64_t*>(ctx.allocate(kBlockPages * kPageSize));
   auto* other = static_cast<std::byte*>(ctx.allocate(4 * MiB));
-  std::size_t k = 0;
+  std::atomic<std::size_t> k{0};
   launch_while(ctx, block, [&] { ctx.migrate_to_device(other + (k++ % 2) * 2 * MiB, 2 * MiB); });
   ctx.free(other);
   ctx.free(block);
