@@ -12,6 +12,7 @@
 #include <functional>
 #include <span>
 #include <thread>
+#include <vector>
 
 #include "test_support.hpp"
 #include "uhmm/uhmm.hpp"
@@ -23,7 +24,8 @@ constexpr std::size_t kBlockPages = kPagesPerBlock;
 constexpr std::size_t kSpanPages = 64;
 constexpr std::size_t kWordsPerPage = kPageSize / 8;
 constexpr std::size_t kSpanWords = kSpanPages * kWordsPerPage;
-constexpr int kLaunches = 400;
+constexpr int kLaunches = 1000;
+constexpr int kMinRounds = 16;
 
 std::byte* page(void* base, std::size_t p) { return static_cast<std::byte*>(base) + p * kPageSize; }
 
@@ -35,15 +37,22 @@ void launch_while(Context& ctx, std::uint64_t* block, const std::function<void()
   for (std::size_t i = 0; i < kSpanWords; ++i) block[i] = 0;
   std::atomic<bool> stop{false};
   std::atomic<int> rounds{0};
-  std::thread other([&] {
-    while (!stop.load()) {
-      compete();
-      rounds.fetch_add(1);
-    }
-  });
+  // Two competitors: more chances to land in the window the bug had between
+  // the launch's migration and its locking.
+  std::vector<std::thread> others;
+  for (int c = 0; c < 2; ++c)
+    others.emplace_back([&] {
+      while (!stop.load()) {
+        compete();
+        rounds.fetch_add(1);
+      }
+    });
   int failed = 0;
   std::string first_error;
-  for (int k = 0; k < kLaunches; ++k) {
+  // At least kLaunches, and on until the other thread has competed a few
+  // times (on a loaded machine it may start late).
+  int launches = 0;
+  for (; launches < kLaunches || rounds.load() < kMinRounds; ++launches) {
     try {
       ctx.launch(kSpanWords, [](std::size_t i, device_span<std::uint64_t> x) { x[i] += 1; },
                  std::span<std::uint64_t>(block, kSpanWords));
@@ -52,11 +61,10 @@ void launch_while(Context& ctx, std::uint64_t* block, const std::function<void()
     }
   }
   stop = true;
-  other.join();
+  for (auto& t : others) t.join();
   EXPECT_EQ(failed, 0) << "launches failed; the first: " << first_error;
-  EXPECT_GT(rounds.load(), 0);
   std::size_t wrong = 0;
-  for (std::size_t i = 0; i < kSpanWords; ++i) wrong += block[i] != static_cast<std::uint64_t>(kLaunches);
+  for (std::size_t i = 0; i < kSpanWords; ++i) wrong += block[i] != static_cast<std::uint64_t>(launches);
   EXPECT_EQ(wrong, 0u) << "words not incremented once per launch";
   for (const auto& s : ctx.residency(block, kBlockPages * kPageSize)) ASSERT_FALSE(s.locked);
   EXPECT_EQ(ctx.counters().pages_lost, 0u);
@@ -68,7 +76,7 @@ TEST(LaunchHold, NeighboursMigratedAndReadBackByFaultAheadNeverTakeTheKernelsPag
   auto* block = static_cast<std::uint64_t*>(ctx.allocate(kBlockPages * kPageSize));
   auto* neighbours = page(block, kSpanPages);
   const std::size_t neighbour_bytes = (kBlockPages - kSpanPages) * kPageSize;
-  std::size_t k = 0;
+  std::atomic<std::size_t> k{0};
   launch_while(ctx, block, [&] {
     ctx.migrate_to_device(neighbours, neighbour_bytes);
     // A CPU read of one neighbour: fault-ahead brings the block home.
@@ -93,7 +101,7 @@ TEST(LaunchHold, PoolPressureNeverTakesTheKernelsPages) {
   Context ctx(cpu_options(4 * MiB));
   auto* block = static_cast<std::uint64_t*>(ctx.allocate(kBlockPages * kPageSize));
   auto* other = static_cast<std::byte*>(ctx.allocate(4 * MiB));
-  std::size_t k = 0;
+  std::atomic<std::size_t> k{0};
   launch_while(ctx, block, [&] { ctx.migrate_to_device(other + (k++ % 2) * 2 * MiB, 2 * MiB); });
   ctx.free(other);
   ctx.free(block);
@@ -206,6 +214,28 @@ TEST(LaunchHold, OverlappingSpansAreHeldOnce) {
       std::span<const std::uint64_t>(p, kSpanWords), std::span<std::uint64_t>(p + half, half));
   for (std::size_t i = 0; i < kSpanWords; ++i) ASSERT_EQ(p[i], i < half ? i : 2 * (i - half)) << i;
   for (const auto& s : ctx.residency(p, kSpanPages * kPageSize)) ASSERT_FALSE(s.locked);
+  EXPECT_TRUE(ctx.validate()) << ctx.validate().message;
+  ctx.free(p);
+}
+
+// Pages pinned to the host (Context::pin) are held there, in place, where the
+// device's kernels reach host memory (the cpu backend): the kernel runs on
+// every page, none moves. Never-touched pinned pages get their zeros first.
+TEST(LaunchHold, PinnedPagesAreHeldInPlaceOnTheHost) {
+  Context ctx(cpu_options());
+  auto* p = static_cast<std::uint64_t*>(ctx.allocate(kSpanPages * kPageSize));
+  const std::size_t touched = kSpanWords / 2;  // the second half stays never-touched
+  for (std::size_t i = 0; i < touched; ++i) p[i] = i;
+  ctx.pin(p, kSpanPages * kPageSize);
+  ctx.launch(kSpanWords, [](std::size_t i, device_span<std::uint64_t> x) { x[i] += 1; },
+             std::span<std::uint64_t>(p, kSpanWords));
+  for (const auto& s : ctx.residency(p, kSpanPages * kPageSize)) {
+    ASSERT_EQ(s.residency, Residency::System);
+    ASSERT_TRUE(s.pinned);
+    ASSERT_FALSE(s.locked);
+  }
+  for (std::size_t i = 0; i < kSpanWords; ++i) ASSERT_EQ(p[i], (i < touched ? i : 0) + 1) << i;
+  EXPECT_EQ(ctx.counters().pages_to_device, 0u);
   EXPECT_TRUE(ctx.validate()) << ctx.validate().message;
   ctx.free(p);
 }
