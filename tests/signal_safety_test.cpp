@@ -14,6 +14,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <dirent.h>
 #include <fstream>
 #include <mutex>
@@ -182,6 +183,8 @@ void set_blocked(int sig, bool blocked) {
 TEST(SignalSafety, ProcessDirectedSignalIsNeverRunByALibraryThread) {
   Watchdog watchdog("ProcessDirectedSignalIsNeverRunByALibraryThread");
   Context ctx(cpu_options());
+  if (kTsanDefersSignalHandlers && std::strcmp(ctx.fault_mode(), "signal") == 0)
+    GTEST_SKIP() << "TSan blocks SIGSEGV while it runs a deferred handler";
   auto* data = static_cast<std::byte*>(ctx.allocate(4 * MiB));
   auto* probe = static_cast<std::uint64_t*>(ctx.allocate(kPageSize));
   *probe = 0xfeed;
@@ -220,6 +223,7 @@ void read_nested_word(int) {
 // the second fault nests in uhmm's SIGSEGV handler: before SA_NODEFER the
 // nested SIGSEGV was blocked and the kernel killed the process.
 TEST(SignalSafety, HandlerInterruptingAFaultWaitIsServed) {
+  if (kTsanDefersSignalHandlers) GTEST_SKIP() << "TSan runs no handler while a thread waits in a fault";
   Watchdog watchdog("HandlerInterruptingAFaultWaitIsServed");
   Context ctx(cpu_options());
   auto* held = static_cast<std::uint64_t*>(ctx.allocate(kPageSize));

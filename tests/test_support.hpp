@@ -33,6 +33,17 @@ inline ContextOptions cpu_options(std::size_t pool_bytes = 64 * MiB, bool fault_
   return o;
 }
 
+// TSan runs an asynchronous signal handler only at its own safe points (an
+// intercepted call), with every signal blocked: there a handler cannot
+// interrupt a thread waiting in a fault, and a fault inside one (signal mode:
+// a SIGSEGV) kills the process. Tests of such handlers skip under it.
+inline constexpr bool kTsanDefersSignalHandlers =
+#if defined(__SANITIZE_THREAD__)
+    true;
+#else
+    false;
+#endif
+
 // A value unique to (seed, word index): a misplaced or stale page shows.
 inline std::uint64_t pattern(std::uint64_t seed, std::size_t word) {
   std::uint64_t x = seed * 0x9e3779b97f4a7c15ull + word;
