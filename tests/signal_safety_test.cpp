@@ -23,46 +23,13 @@
 #include <thread>
 
 #include "test_support.hpp"
+#include "watchdog.hpp"
 
 namespace uhmm::test {
 namespace {
 
 pid_t gettid_now() { return static_cast<pid_t>(::syscall(SYS_gettid)); }
 
-// Ends the process with a message if not disarmed in time: a deadlock fails
-// the test (and names it) instead of hanging ctest.
-class Watchdog {
- public:
-  explicit Watchdog(const char* what, std::chrono::seconds limit = std::chrono::seconds(120)) : what_(what) {
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &old);  // the tests' signals are not for this thread
-    thread_ = std::thread([this, limit] {
-      std::unique_lock lock(m_);
-      if (!cv_.wait_for(lock, limit, [&] { return done_; })) {
-        std::fprintf(stderr, "watchdog: %s did not finish within %lld s (deadlock)\n", what_,
-                     static_cast<long long>(limit.count()));
-        std::_Exit(3);
-      }
-    });
-    pthread_sigmask(SIG_SETMASK, &old, nullptr);
-  }
-  ~Watchdog() {
-    {
-      std::lock_guard lock(m_);
-      done_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-  }
-
- private:
-  const char* what_;
-  std::mutex m_;
-  std::condition_variable cv_;
-  bool done_ = false;
-  std::thread thread_;
-};
 
 std::set<pid_t> tasks() {
   std::set<pid_t> out;

@@ -19,43 +19,12 @@
 #include <thread>
 
 #include "test_support.hpp"
+#include "watchdog.hpp"
 #include "uhmm/detail/test_points.hpp"
 
 namespace uhmm::test {
 namespace {
 
-class Watchdog {
- public:
-  explicit Watchdog(const char* what, std::chrono::seconds limit = std::chrono::seconds(120)) : what_(what) {
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &old);
-    thread_ = std::thread([this, limit] {
-      std::unique_lock lock(m_);
-      if (!cv_.wait_for(lock, limit, [&] { return done_; })) {
-        std::fprintf(stderr, "watchdog: %s did not finish within %lld s (deadlock)\n", what_,
-                     static_cast<long long>(limit.count()));
-        std::_Exit(3);
-      }
-    });
-    pthread_sigmask(SIG_SETMASK, &old, nullptr);
-  }
-  ~Watchdog() {
-    {
-      std::lock_guard lock(m_);
-      done_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-  }
-
- private:
-  const char* what_;
-  std::mutex m_;
-  std::condition_variable cv_;
-  bool done_ = false;
-  std::thread thread_;
-};
 
 std::atomic<std::uint64_t*> g_probe{nullptr};
 std::atomic<std::uint64_t> g_read{0};
