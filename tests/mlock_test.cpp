@@ -78,8 +78,8 @@ TEST(Mlock, LockedRangeMigratesOrStaysOnTheHost) {
 
 TEST(Mlock, LockingARangeFirstTouchesEveryPageThroughTheFaultService) {
   // mlock after allocate faults every page in: never-touched ones as zeros.
-  // (In signal mode they are PROT_NONE, which mlock refuses to populate,
-  // ENOMEM: it leaves them to the first access, and locks them still.)
+  // (In signal mode mlock may answer ENOMEM for closed pages, which it leaves
+  // to the first access; never-touched pages are open there.)
   Context ctx(cpu_options(8 * MiB));
   auto* p = static_cast<std::byte*>(ctx.allocate(kBytes));
   const int rc = ::mlock(p, kBytes);
