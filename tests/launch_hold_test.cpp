@@ -218,6 +218,26 @@ TEST(LaunchHold, OverlappingSpansAreHeldOnce) {
   ctx.free(p);
 }
 
+// Two small buffers side by side in one page, and one buffer passed twice:
+// their spans round out to the same page, which each must reach (issue 13,
+// item 7: the second span's table entry stayed empty, device_fault).
+TEST(LaunchHold, SpansSharingAPageBothReachIt) {
+  Context ctx(cpu_options());
+  auto* p = static_cast<std::uint64_t*>(ctx.allocate(kPageSize));
+  for (std::size_t i = 0; i < 64; ++i) p[i] = i;
+  ctx.launch(
+      32, [](std::size_t i, device_span<const std::uint64_t> a, device_span<std::uint64_t> b) { b[i] = a[i] + 100; },
+      std::span<const std::uint64_t>(p, 32), std::span<std::uint64_t>(p + 32, 32));
+  for (std::size_t i = 0; i < 32; ++i) ASSERT_EQ(p[32 + i], i + 100) << i;
+  ctx.launch(
+      64, [](std::size_t i, device_span<const std::uint64_t> in, device_span<std::uint64_t> out) { out[i] = in[i] + 1; },
+      std::span<const std::uint64_t>(p, 64), std::span<std::uint64_t>(p, 64));
+  for (std::size_t i = 0; i < 32; ++i) ASSERT_EQ(p[i], i + 1) << i;
+  for (std::size_t i = 0; i < 32; ++i) ASSERT_EQ(p[32 + i], i + 101) << i;
+  ASSERT_FALSE(ctx.residency(p, kPageSize)[0].locked);
+  ctx.free(p);
+}
+
 // Pages pinned to the host (Context::pin) are held there, in place, where the
 // device's kernels reach host memory (the cpu backend): the kernel runs on
 // every page, none moves. Never-touched pinned pages get their zeros first.
