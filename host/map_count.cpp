@@ -26,12 +26,16 @@ long count_mappings() noexcept {
   return lines;
 }
 
+bool near_map_limit() noexcept {
+  // "Near": the failed call itself needed up to a few more.
+  return count_mappings() + 8 >= max_map_count();
+}
+
 std::string describe_mapping_failure(int err) {
   if (err != ENOMEM) return std::strerror(err);
-  // A split that would pass the limit fails with ENOMEM too; "near": the
-  // failed call itself needed up to a few more.
-  const long limit = max_map_count(), used = count_mappings();
-  if (used + 8 >= limit) return fmt::format("the process is at vm.max_map_count ({} of {} mappings)", used, limit);
+  // A split that would pass the limit fails with ENOMEM too.
+  if (near_map_limit())
+    return fmt::format("the process is at vm.max_map_count ({} of {} mappings)", count_mappings(), max_map_count());
   return "no host memory";
 }
 

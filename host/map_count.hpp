@@ -12,6 +12,10 @@ namespace uhmm::detail {
 long max_map_count() noexcept;
 long count_mappings() noexcept;
 
+// The process is at (or within the few mappings one call may need of)
+// vm.max_map_count.
+bool near_map_limit() noexcept;
+
 // Why a mapping call failed with `err`: "the process is at vm.max_map_count
 // (N of M mappings)" when ENOMEM came from the mapping limit, "no host memory"
 // for other ENOMEM, else strerror.

@@ -129,7 +129,16 @@ int Userfaultfd::register_range(void* addr, std::size_t len) noexcept {
   uffdio_register reg{};
   reg.range = {range_addr(addr), len};
   reg.mode = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP;
-  return ioctl_errno(fd_, UFFDIO_REGISTER, &reg);
+  // EAGAIN: the kernel would have the call retried (a mapping event unread,
+  // or, seen at vm.max_map_count, no room to prepare the change). Bounded:
+  // the caller reports what is left.
+  constexpr int kRetries = 100;
+  int err = ioctl_errno(fd_, UFFDIO_REGISTER, &reg);
+  for (int tries = 0; err == EAGAIN && tries < kRetries; ++tries) {
+    before_retry();
+    err = ioctl_errno(fd_, UFFDIO_REGISTER, &reg);
+  }
+  return err;
 }
 
 int Userfaultfd::unregister_range(void* addr, std::size_t len) noexcept {

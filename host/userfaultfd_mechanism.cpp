@@ -53,6 +53,11 @@ class UserfaultfdMapping final : public RangeMapping {
     const int err = ::madvise(base_, bytes, MADV_DONTFORK) != 0 ? errno : uffd_.register_range(base_, bytes);
     if (err != 0) {
       ::munmap(base_, bytes);
+      // At vm.max_map_count the registration's VMA changes fail too (ENOMEM,
+      // or EAGAIN until the retries run out): say what ran out.
+      if (err == ENOMEM || (err == EAGAIN && near_map_limit()))
+        throw OutOfMemory(fmt::format("registering a {}-byte managed range with userfaultfd failed: {}", bytes,
+                                      describe_mapping_failure(ENOMEM)));
       throw Error(Errc::system_error, fmt::format("registering a {}-byte managed range with userfaultfd failed: {}",
                                                   bytes, std::strerror(err)));
     }
