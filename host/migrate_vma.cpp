@@ -8,14 +8,14 @@
 #include <fmt/format.h>
 
 #include "context_impl.hpp"
-#include "owner_ids.hpp"
 #include "deferred_signals.hpp"
+#include "owner_ids.hpp"
 #include "page_runs.hpp"
 #include "staging_pool.hpp"
-#include "test_hooks.hpp"
 #include "uhmm/detail/log.hpp"
-#include "written_pages.hpp"
+#include "uhmm/detail/test_points.hpp"
 #include "uhmm/migrate.hpp"
+#include "written_pages.hpp"
 
 namespace uhmm::detail {
 namespace {
@@ -66,7 +66,7 @@ bool already_there(MirrorEntry e, OwnerId destination) {
 }
 
 int drop_host_copies(ContextImpl& ctx, ManagedRange& range, std::size_t first, std::size_t count) noexcept {
-  if (const int injected = test_hooks::migration_drop_error.load(std::memory_order_relaxed); injected != 0) {
+  if (const int injected = test_points::migration_drop_error.load(std::memory_order_relaxed); injected != 0) {
     if (count > 1) (void)ctx.mechanism->drop(range, first, count / 2);  // stopped part way
     return injected;
   }

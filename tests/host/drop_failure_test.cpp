@@ -9,15 +9,15 @@
 #include <cerrno>
 #include <string>
 
-#include "test_hooks.hpp"
+#include "uhmm/detail/test_points.hpp"
 #include "test_support.hpp"
 
 namespace uhmm::test {
 namespace {
 
 struct InjectedDropError {
-  explicit InjectedDropError(int err) { detail::test_hooks::migration_drop_error.store(err); }
-  ~InjectedDropError() { detail::test_hooks::migration_drop_error.store(0); }
+  explicit InjectedDropError(int err) { detail::test_points::migration_drop_error.store(err); }
+  ~InjectedDropError() { detail::test_points::migration_drop_error.store(0); }
 };
 
 TEST(DropFailure, PagesWhoseHostCopiesCannotGoStayOnTheHostWithTheirData) {

@@ -1,6 +1,6 @@
-// Test points: hooks tests set to force an interleaving at a precise place
-// (tests that link the library's object files; never set otherwise). Unset,
-// each costs one relaxed load.
+// Test points: hooks tests set to force an interleaving or inject a failure
+// at a precise place (tests that link the library's object files; never set
+// otherwise). Unset, each costs one relaxed load.
 #pragma once
 
 #include <atomic>
@@ -10,6 +10,11 @@ namespace uhmm::detail::test_points {
 // Called by the device page pool while it holds its mutex, on every
 // allocation (a signal raised here lands inside a library lock).
 extern std::atomic<void (*)()> pool_locked;
+
+// Non-zero: each drop of migrated host copies in migrate_vma_finalize zaps the
+// first half of its run, then fails with this errno, as MADV_DONTNEED on a
+// run that is mlock'ed part way, on a kernel without MADV_DONTNEED_LOCKED.
+inline std::atomic<int> migration_drop_error{0};
 
 inline void at(const std::atomic<void (*)()>& point) noexcept {
   if (auto* hook = point.load(std::memory_order_relaxed)) hook();
