@@ -137,9 +137,7 @@ void FaultService::reserve_storage() noexcept {
     pumped_.reserve(kReservedFaults);
     parked_.reserve(kReservedFaults);
     held_.reserve(5 * kPagesPerBlock);
-    auto& [zero, back, wake, unprotect, faulting_back, discarded_held, collapse, reopen_read_only] = lists_;
-    for (auto* list : {&zero, &back, &wake, &unprotect, &faulting_back, &discarded_held, &collapse, &reopen_read_only})
-      list->reserve(2 * kPagesPerBlock);
+    for (auto* list : lists_.all()) list->reserve(2 * kPagesPerBlock);
   } catch (const std::bad_alloc&) {
     log().warn("fault service: no memory to reserve its queues; faults are served with what can be had");
   }
@@ -297,8 +295,7 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
   std::size_t not_prefetched = 0, kept_by_advice = 0;
   // The service's own lists, reused: their capacity stays from one fault to the next.
   auto& [zero, back, wake, unprotect, faulting_back, discarded_held, collapse, reopen_read_only] = lists_;
-  for (auto* list : {&zero, &back, &wake, &unprotect, &faulting_back, &discarded_held, &collapse, &reopen_read_only})
-    list->clear();
+  for (auto* list : lists_.all()) list->clear();
   std::size_t zero_faults = 0;
   const std::span<const Fault> observed(faults, count);
   const auto page_of = [&](std::uintptr_t a) { return range.page_of(reinterpret_cast<const void*>(a)); };
@@ -307,8 +304,7 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
   // locked: without memory, the faulting threads retry (and fault again)
   // rather than sleep forever. Each list ends with at most a block's pages.
   try {
-    for (auto* list : {&zero, &back, &wake, &unprotect, &faulting_back, &discarded_held, &collapse, &reopen_read_only})
-      list->reserve(kPagesPerBlock + count);
+    for (auto* list : lists_.all()) list->reserve(kPagesPerBlock + count);
     std::lock_guard lock(table.block_mutex(block));
     for (std::size_t k = 0; k < count; ++k) {
       const std::size_t p = range.page_of(reinterpret_cast<const void*>(faults[k].address));

@@ -9,6 +9,7 @@
 // touch maps zeros over the whole block's never-touched pages.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -71,6 +72,9 @@ class FaultService {
   std::vector<std::size_t> held_;  // resolve_block's pages to unlock
   struct PageLists {
     std::vector<std::size_t> zero, back, wake, unprotect, faulting_back, discarded_held, collapse, reopen_read_only;
+    std::array<std::vector<std::size_t>*, 8> all() noexcept {
+      return {&zero, &back, &wake, &unprotect, &faulting_back, &discarded_held, &collapse, &reopen_read_only};
+    }
   } lists_;  // resolve_block's, reserved at start
   int reading_depth_ = 0;      // read_messages() nests through pump() inside an event's ioctls
   std::unique_ptr<MappingEvents> mapping_;  // userfaultfd with mapping events only

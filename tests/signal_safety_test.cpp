@@ -23,7 +23,7 @@
 #include <thread>
 
 #include "test_support.hpp"
-#include "watchdog.hpp"
+#include "signal_test_support.hpp"
 
 namespace uhmm::test {
 namespace {
@@ -119,21 +119,6 @@ void read_device_word(int) {
   g_handler_read.store(*g_device_word.load());
   g_handler_runs.fetch_add(1);
 }
-
-class ScopedHandler {
- public:
-  ScopedHandler(int sig, void (*handler)(int)) : sig_(sig) {
-    struct sigaction a{};
-    a.sa_handler = handler;
-    sigemptyset(&a.sa_mask);
-    sigaction(sig, &a, &old_);
-  }
-  ~ScopedHandler() { sigaction(sig_, &old_, nullptr); }
-
- private:
-  int sig_;
-  struct sigaction old_{};
-};
 
 void set_blocked(int sig, bool blocked) {
   sigset_t s;

@@ -19,7 +19,7 @@
 #include <thread>
 
 #include "test_support.hpp"
-#include "watchdog.hpp"
+#include "signal_test_support.hpp"
 #include "uhmm/detail/test_points.hpp"
 
 namespace uhmm::test {
@@ -40,21 +40,6 @@ void read_probe(int) {
 void raise_in_target() {
   if (static_cast<pid_t>(::syscall(SYS_gettid)) == g_target.load()) ::raise(SIGUSR2);
 }
-
-class ScopedHandler {
- public:
-  ScopedHandler(int sig, void (*handler)(int)) : sig_(sig) {
-    struct sigaction a{};
-    a.sa_handler = handler;
-    sigemptyset(&a.sa_mask);
-    sigaction(sig, &a, &old_);
-  }
-  ~ScopedHandler() { sigaction(sig_, &old_, nullptr); }
-
- private:
-  int sig_;
-  struct sigaction old_{};
-};
 
 struct PoolHook {
   explicit PoolHook(void (*hook)()) { detail::test_points::pool_locked.store(hook); }

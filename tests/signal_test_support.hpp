@@ -1,5 +1,5 @@
-// Ends the process with a message if not disarmed in time: a deadlock fails
-// the test (and names it) instead of hanging ctest.
+// What the signal tests share: a watchdog that turns a deadlock into a named
+// failure, and a handler installed for a scope.
 #pragma once
 
 #include <pthread.h>
@@ -14,6 +14,8 @@
 
 namespace uhmm::test {
 
+// Ends the process with a message if not disarmed in time: a deadlock fails
+// the test (and names it) instead of hanging ctest.
 class Watchdog {
  public:
   explicit Watchdog(const char* what, std::chrono::seconds limit = std::chrono::seconds(120)) : what_(what) {
@@ -47,6 +49,24 @@ class Watchdog {
   std::condition_variable cv_;
   bool done_ = false;
   std::thread thread_;
+};
+
+// Installs `handler` for `sig` (no flags, empty mask) until the scope ends.
+class ScopedHandler {
+ public:
+  ScopedHandler(int sig, void (*handler)(int)) : sig_(sig) {
+    struct sigaction a{};
+    a.sa_handler = handler;
+    sigemptyset(&a.sa_mask);
+    sigaction(sig, &a, &old_);
+  }
+  ScopedHandler(const ScopedHandler&) = delete;
+  ScopedHandler& operator=(const ScopedHandler&) = delete;
+  ~ScopedHandler() { sigaction(sig_, &old_, nullptr); }
+
+ private:
+  int sig_;
+  struct sigaction old_{};
 };
 
 }  // namespace uhmm::test
