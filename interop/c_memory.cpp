@@ -134,6 +134,40 @@ void read_attribute(DefaultSession& s, void* data, std::size_t data_size, uhmmMe
                  fmt::format("uhmmMemRangeGetAttribute: {} is no attribute", static_cast<int>(attribute)));
 }
 
+// A CUDA 13 location as a device ordinal or uhmmCpuDeviceId.
+int device_of(uhmmMemLocation location, const char* call) {
+  switch (location.type) {
+    case uhmmMemLocationTypeDevice: return location.id;
+    case uhmmMemLocationTypeHost:
+    case uhmmMemLocationTypeHostNumaCurrent: return uhmmCpuDeviceId;
+    case uhmmMemLocationTypeHostNuma:
+      throw CFailure(uhmmErrorNotSupported, fmt::format("{}: uhmm does not place pages on NUMA nodes", call));
+    case uhmmMemLocationTypeInvalid: break;
+  }
+  throw CFailure(uhmmErrorInvalidValue,
+                 fmt::format("{}: location type {} is no location", call, static_cast<int>(location.type)));
+}
+
+uhmmError_t prefetch(const void* ptr, std::size_t bytes, int device, uhmmStream_t stream, const char* call) {
+  const PageSpan span = page_span(ptr, bytes, call);
+  SessionUse s;
+  const Location to = location_of(*s, device);
+  const std::shared_ptr<uhmmStream_st> queue = s->stream(stream);
+  if (queue == nullptr) return fail(uhmmErrorInvalidResourceHandle, fmt::format("{}: no such stream", call).c_str());
+  queue->submit(s->context.prefetch_async(queue->stream, span.base(), span.bytes(), to));
+  std::lock_guard lock(s->mutex);
+  s->history.record(span.lo, span.hi, device);
+  return uhmmSuccess;
+}
+
+uhmmError_t advise(const void* ptr, std::size_t bytes, uhmmMemoryAdvise advice, int device, const char* call) {
+  const PageSpan span = page_span(ptr, bytes, call);
+  const Advice what = advice_of(advice);
+  SessionUse s;
+  s->context.advise(span.base(), span.bytes(), what, advice_location(*s, what, device));
+  return uhmmSuccess;
+}
+
 }  // namespace
 
 extern "C" {
@@ -170,27 +204,24 @@ uhmmError_t uhmmFree(void* ptr) {
 }
 
 uhmmError_t uhmmMemPrefetchAsync(const void* ptr, std::size_t bytes, int dstDevice, uhmmStream_t stream) {
+  return c_call([&] { return prefetch(ptr, bytes, dstDevice, stream, "uhmmMemPrefetchAsync"); });
+}
+
+uhmmError_t uhmmMemPrefetchAsync_v2(const void* ptr, std::size_t bytes, uhmmMemLocation location, unsigned int flags,
+                                    uhmmStream_t stream) {
   return c_call([&] {
-    const PageSpan span = page_span(ptr, bytes, "uhmmMemPrefetchAsync");
-    SessionUse s;
-    const Location to = location_of(*s, dstDevice);
-    const std::shared_ptr<uhmmStream_st> queue = s->stream(stream);
-    if (queue == nullptr) return fail(uhmmErrorInvalidResourceHandle, "uhmmMemPrefetchAsync: no such stream");
-    queue->submit(s->context.prefetch_async(queue->stream, span.base(), span.bytes(), to));
-    std::lock_guard lock(s->mutex);
-    s->history.record(span.lo, span.hi, dstDevice);
-    return uhmmSuccess;
+    if (flags != 0)
+      return fail(uhmmErrorInvalidValue, fmt::format("uhmmMemPrefetchAsync_v2: flags {:#x} are not 0", flags).c_str());
+    return prefetch(ptr, bytes, device_of(location, "uhmmMemPrefetchAsync_v2"), stream, "uhmmMemPrefetchAsync_v2");
   });
 }
 
 uhmmError_t uhmmMemAdvise(const void* ptr, std::size_t bytes, uhmmMemoryAdvise advice, int device) {
-  return c_call([&] {
-    const PageSpan span = page_span(ptr, bytes, "uhmmMemAdvise");
-    const Advice what = advice_of(advice);
-    SessionUse s;
-    s->context.advise(span.base(), span.bytes(), what, advice_location(*s, what, device));
-    return uhmmSuccess;
-  });
+  return c_call([&] { return advise(ptr, bytes, advice, device, "uhmmMemAdvise"); });
+}
+
+uhmmError_t uhmmMemAdvise_v2(const void* ptr, std::size_t bytes, uhmmMemoryAdvise advice, uhmmMemLocation location) {
+  return c_call([&] { return advise(ptr, bytes, advice, device_of(location, "uhmmMemAdvise_v2"), "uhmmMemAdvise_v2"); });
 }
 
 uhmmError_t uhmmMemRangeGetAttribute(void* data, std::size_t dataSize, uhmmMemRangeAttribute attribute,

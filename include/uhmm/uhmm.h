@@ -68,6 +68,21 @@ typedef enum uhmmMemRangeAttribute {
   uhmmMemRangeAttributeLastPrefetchLocation = 4  /* int: as PreferredLocation, of the last prefetch */
 } uhmmMemRangeAttribute;
 
+/* A location as CUDA 12.2+ names one (cudaMemLocation): the calls taking it
+ * are the _v2 ones below, as CUDA 13's cudaMemPrefetchAsync and cudaMemAdvise. */
+typedef enum uhmmMemLocationType {
+  uhmmMemLocationTypeInvalid = 0,
+  uhmmMemLocationTypeDevice = 1,            /* id: a device ordinal */
+  uhmmMemLocationTypeHost = 2,              /* id ignored */
+  uhmmMemLocationTypeHostNuma = 3,          /* uhmmErrorNotSupported: uhmm does not place pages on NUMA nodes */
+  uhmmMemLocationTypeHostNumaCurrent = 4    /* the host */
+} uhmmMemLocationType;
+
+typedef struct uhmmMemLocation {
+  uhmmMemLocationType type;
+  int id;
+} uhmmMemLocation;
+
 /* An ordered queue of prefetches; 0 (NULL) is the current device's default stream. */
 typedef struct uhmmStream_st* uhmmStream_t;
 
@@ -94,6 +109,12 @@ UHMM_C_API uhmmError_t uhmmMemPrefetchAsync(const void* ptr, size_t bytes, int d
 /* device: the location for SetPreferredLocation (a device or
  * uhmmCpuDeviceId); the device for (Un)SetAccessedBy; ignored otherwise. */
 UHMM_C_API uhmmError_t uhmmMemAdvise(const void* ptr, size_t bytes, uhmmMemoryAdvise advice, int device);
+/* The same with a location (CUDA 13's signatures, CUDA 12.2's _v2 names);
+ * flags must be 0. */
+UHMM_C_API uhmmError_t uhmmMemPrefetchAsync_v2(const void* ptr, size_t bytes, uhmmMemLocation location,
+                                               unsigned int flags, uhmmStream_t stream);
+UHMM_C_API uhmmError_t uhmmMemAdvise_v2(const void* ptr, size_t bytes, uhmmMemoryAdvise advice,
+                                        uhmmMemLocation location);
 UHMM_C_API uhmmError_t uhmmMemRangeGetAttribute(void* data, size_t dataSize, uhmmMemRangeAttribute attribute,
                                                 const void* ptr, size_t bytes);
 

@@ -136,6 +136,28 @@ TEST_F(CApi, UnalignedSpansCoverTheirPages) {
   EXPECT_EQ(uhmmFree(p), uhmmSuccess);
 }
 
+TEST_F(CApi, LocationVariantsAsCuda13) {
+  void* p = nullptr;
+  ASSERT_EQ(uhmmMallocManaged(&p, kBytes, uhmmMemAttachGlobal), uhmmSuccess);
+  const uhmmMemLocation device1{uhmmMemLocationTypeDevice, 1}, host{uhmmMemLocationTypeHost, 0};
+  ASSERT_EQ(uhmmMemAdvise_v2(p, kBytes, uhmmMemAdviseSetPreferredLocation, device1), uhmmSuccess);
+  EXPECT_EQ(default_context().advice(p).preferred, Location::device(default_context().device_owner(1)));
+  ASSERT_EQ(uhmmMemPrefetchAsync_v2(p, kBytes, device1, 0, nullptr), uhmmSuccess);
+  ASSERT_EQ(uhmmDeviceSynchronize(), uhmmSuccess);
+  EXPECT_EQ(on(Residency::Device, p, kBytes), kBytes / kPageSize);
+  ASSERT_EQ(uhmmMemPrefetchAsync_v2(p, kBytes, host, 0, nullptr), uhmmSuccess);
+  ASSERT_EQ(uhmmDeviceSynchronize(), uhmmSuccess);
+  EXPECT_EQ(on(Residency::System, p, kBytes), kBytes / kPageSize);
+  EXPECT_EQ(uhmmMemPrefetchAsync_v2(p, kBytes, host, 1, nullptr), uhmmErrorInvalidValue);
+  EXPECT_EQ(uhmmMemPrefetchAsync_v2(p, kBytes, uhmmMemLocation{uhmmMemLocationTypeHostNuma, 0}, 0, nullptr),
+            uhmmErrorNotSupported);
+  EXPECT_EQ(uhmmMemAdvise_v2(p, kBytes, uhmmMemAdviseSetPreferredLocation, uhmmMemLocation{uhmmMemLocationTypeInvalid, 0}),
+            uhmmErrorInvalidValue);
+  EXPECT_EQ(uhmmMemAdvise_v2(p, kBytes, uhmmMemAdviseSetPreferredLocation, uhmmMemLocation{uhmmMemLocationTypeDevice, 9}),
+            uhmmErrorInvalidDevice);
+  EXPECT_EQ(uhmmFree(p), uhmmSuccess);
+}
+
 TEST_F(CApi, AttributesAnswerWhatTheAdviceAndPrefetchesSet) {
   void* p = nullptr;
   ASSERT_EQ(uhmmMallocManaged(&p, kBytes, uhmmMemAttachGlobal), uhmmSuccess);
