@@ -22,7 +22,7 @@ install(TARGETS uhmm EXPORT uhmmTargets
 # kernels/uhmm/ (device_span.hpp & co.) installs into the same include/uhmm/.
 install(DIRECTORY include/uhmm/ kernels/uhmm/
   DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/uhmm COMPONENT Development
-  FILES_MATCHING PATTERN "*.hpp"
+  FILES_MATCHING PATTERN "*.hpp" PATTERN "*.h"
   PATTERN "detail" EXCLUDE)
 
 install(EXPORT uhmmTargets NAMESPACE uhmm:: DESTINATION ${UHMM_INSTALL_CMAKEDIR} COMPONENT Development)

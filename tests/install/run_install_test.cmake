@@ -20,7 +20,7 @@ endif()
 if(STEP STREQUAL "install")
   file(REMOVE_RECURSE ${PREFIX})
   run("cmake --install" ${CMAKE_COMMAND} --install ${UHMM_BUILD_DIR} --prefix ${PREFIX} ${config_args})
-  foreach(f ${INCLUDEDIR}/uhmm/uhmm.hpp ${INCLUDEDIR}/uhmm/device_span.hpp ${LIBDIR}/cmake/uhmm/uhmmConfig.cmake
+  foreach(f ${INCLUDEDIR}/uhmm/uhmm.hpp ${INCLUDEDIR}/uhmm/uhmm.h ${INCLUDEDIR}/uhmm/device_span.hpp ${LIBDIR}/cmake/uhmm/uhmmConfig.cmake
             ${LIBDIR}/cmake/uhmm/uhmmConfigVersion.cmake ${LIBDIR}/cmake/uhmm/uhmmTargets.cmake
             ${LIBDIR}/pkgconfig/uhmm.pc)
     if(NOT EXISTS ${PREFIX}/${f})
@@ -42,7 +42,7 @@ elseif(STEP STREQUAL "find_package")
     list(APPEND generator_args -DCMAKE_MAKE_PROGRAM=${MAKE_PROGRAM})
   endif()
   run("configuring the consumer" ${CMAKE_COMMAND} -S ${CONSUMER_DIR} -B ${consumer_dir} ${generator_args}
-      -DCMAKE_CXX_COMPILER=${CXX} -DCMAKE_BUILD_TYPE=${CONFIG} -DCMAKE_PREFIX_PATH=${PREFIX}
+      -DCMAKE_CXX_COMPILER=${CXX} -DCMAKE_C_COMPILER=${CC} -DCMAKE_BUILD_TYPE=${CONFIG} -DCMAKE_PREFIX_PATH=${PREFIX}
       -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF -DCMAKE_EXE_LINKER_FLAGS=${SAN_FLAGS})
   file(STRINGS ${consumer_dir}/CMakeCache.txt found REGEX "^uhmm_DIR:")
   if(NOT found STREQUAL "uhmm_DIR:PATH=${PREFIX}/${LIBDIR}/cmake/uhmm")
@@ -50,6 +50,7 @@ elseif(STEP STREQUAL "find_package")
   endif()
   run("building the consumer" ${CMAKE_COMMAND} --build ${consumer_dir} ${config_args})
   run("running the consumer" ${consumer_dir}/uhmm_consumer)
+  run("running the C consumer" ${consumer_dir}/uhmm_c_consumer)
 
 elseif(STEP STREQUAL "pkg_config")
   file(REMOVE_RECURSE ${consumer_dir})
@@ -70,6 +71,9 @@ elseif(STEP STREQUAL "pkg_config")
   run("compiling with pkg-config" ${CXX} -std=c++20 ${CONSUMER_DIR}/main.cpp ${san} ${flags}
       -Wl,-rpath,${PREFIX}/${LIBDIR} -o ${consumer_dir}/uhmm_consumer)
   run("running the consumer" ${consumer_dir}/uhmm_consumer)
+  run("compiling C with pkg-config" ${CC} -std=c11 -Wall -Wextra -Wpedantic -Werror ${CONSUMER_DIR}/c_consumer.c
+      ${san} ${flags} -Wl,-rpath,${PREFIX}/${LIBDIR} -o ${consumer_dir}/uhmm_c_consumer)
+  run("running the C consumer" ${consumer_dir}/uhmm_c_consumer)
 
 else()
   message(FATAL_ERROR "unknown STEP '${STEP}'")
