@@ -19,6 +19,7 @@
 #include "map_count.hpp"
 #include "signal_fault_handler.hpp"
 #include "uhmm/detail/log.hpp"
+#include "uhmm/detail/test_points.hpp"
 
 namespace uhmm::detail {
 namespace {
@@ -82,6 +83,12 @@ void setup_process() {
   g_budget = std::max<long>(1024, (limit - count_mappings()) / 2);
   g_poison_fd = ::memfd_create("uhmm-poison", MFD_CLOEXEC);
   if (g_poison_fd < 0) log().error("signal fault mechanism: memfd for poisoned pages: {}", std::strerror(errno));
+}
+
+// Past the budget (or forced by a test): protections change a block at a time.
+bool coarse_now() noexcept {
+  return g_extra_runs.load(std::memory_order_relaxed) > g_budget ||
+         test_points::signal_coarse.load(std::memory_order_relaxed);
 }
 
 int prot_bits(std::uint8_t p) {
@@ -186,7 +193,7 @@ class SignalMapping final : public RangeMapping {
   // fault service opens it, with its whole block, when it is touched).
   int set(ManagedRange& range, std::size_t first, std::size_t count, std::uint8_t to, bool may_defer) noexcept {
     std::lock_guard lock(mutex_);
-    const bool coarse = g_extra_runs.load(std::memory_order_relaxed) > g_budget;
+    const bool coarse = coarse_now();
     if (coarse && may_defer && to == signal_faults::kReadWrite && !signal_faults::on_service_thread() &&
         run_delta(first, count, to) > 0)
       return 0;
@@ -266,6 +273,7 @@ class SignalMapping final : public RangeMapping {
                           !table.entry(p).locked();
         }
       }
+      test_points::at(test_points::signal_widen);
       for (std::size_t p = lo; p < hi;) {
         if (!lower[p - lo]) {
           ++p;
@@ -386,7 +394,7 @@ int SignalMechanism::wake(std::uintptr_t addr, std::size_t len) noexcept {
   return 0;
 }
 
-bool SignalMechanism::coarse() const noexcept { return g_extra_runs.load(std::memory_order_relaxed) > g_budget; }
+bool SignalMechanism::coarse() const noexcept { return coarse_now(); }
 
 long SignalMechanism::extra_runs() noexcept { return g_extra_runs.load(); }
 long SignalMechanism::run_budget() noexcept { return g_budget; }
