@@ -77,6 +77,7 @@ class LaunchHold {
   void take_from_other_devices(Region& r);
   void hold_in_place(Region& r, std::uint32_t now_ms);
   void zero_fill(Region& r, std::span<const std::size_t> pages);
+  void open_in_place(Region& r);
   void classify(const Region& r, Shortfall& out) const;
   bool others_hold_pages() const;
   void finish();

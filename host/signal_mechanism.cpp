@@ -17,6 +17,7 @@
 #include "block_aligned_mapping.hpp"
 #include "managed_range.hpp"
 #include "map_count.hpp"
+#include "page_runs.hpp"
 #include "signal_fault_handler.hpp"
 #include "uhmm/detail/log.hpp"
 #include "uhmm/detail/test_points.hpp"
@@ -202,6 +203,20 @@ class SignalMapping final : public RangeMapping {
     return 0;
   }
 
+  // Opens the closed pages of a held run. Their protection, read without
+  // mutex_, is what stays: only their holder (the caller) changes it.
+  int open_held(ManagedRange& range, std::size_t first, std::size_t count) noexcept {
+    const auto closed = [&](std::size_t p) {
+      const std::uint8_t now = protection(p);
+      return now != signal_faults::kReadWrite && now != signal_faults::kPoison;
+    };
+    int err = 0;
+    for_each_run(first, first + count, closed, [&](std::size_t p, std::size_t n) {
+      if (err == 0) err = set(range, p, n, signal_faults::kReadWrite, /*may_defer=*/false);
+    });
+    return err;
+  }
+
  private:
   // Change in the number of runs if [first, first + count) became `to`.
   long run_delta(std::size_t first, std::size_t count, std::uint8_t to) const noexcept {
@@ -259,35 +274,29 @@ class SignalMapping final : public RangeMapping {
   // Coarse: lowers every unlocked page of the run's blocks to `to` too, so a
   // block holds one protection instead of one per page. Lowering is always
   // safe (an access faults and the fault service opens the page again);
-  // locked pages are left to their holders (a migration's copy reads them).
+  // locked pages are left to their holders (a migration's copy reads them,
+  // a launch's kernel reaches the pages it holds in place). Under the block
+  // mutex from the LOCKED check to the mprotect: a page locked in between
+  // would be closed under its holder, whose worker then faults and waits
+  // for that holder (issue 13 item 8).
   void widen(ManagedRange& range, std::size_t first, std::size_t count, std::uint8_t to) noexcept {
     auto& table = range.table();
-    bool lower[kPagesPerBlock];
     for (std::size_t block = MirrorTable::block_of(first); block <= MirrorTable::block_of(first + count - 1); ++block) {
-      const std::size_t lo = table.block_begin(block), hi = table.block_end(block);
-      {
-        std::lock_guard block_lock(table.block_mutex(block));
-        for (std::size_t p = lo; p < hi; ++p) {
-          const std::uint8_t now = protection(p);
-          lower[p - lo] = (p < first || p >= first + count) && now > to && now != signal_faults::kPoison &&
-                          !table.entry(p).locked();
-        }
-      }
       test_points::at(test_points::signal_widen);
-      for (std::size_t p = lo; p < hi;) {
-        if (!lower[p - lo]) {
-          ++p;
-          continue;
-        }
-        std::size_t q = p;
-        while (q < hi && lower[q - lo]) ++q;
-        if (const int err = apply(p, q - p, to); err != 0)
-          log().warn("signal fault mechanism: lowering {} pages at {} failed: {}", q - p,
+      std::lock_guard block_lock(table.block_mutex(block));
+      const auto lower = [&](std::size_t p) {
+        const std::uint8_t now = protection(p);
+        return (p < first || p >= first + count) && now > to && now != signal_faults::kPoison &&
+               !table.entry(p).locked();
+      };
+      for_each_run(table.block_begin(block), table.block_end(block), lower, [&](std::size_t p, std::size_t n) {
+        if (const int err = apply(p, n, to); err != 0)
+          log().warn("signal fault mechanism: lowering {} pages at {} failed: {}", n,
                      static_cast<void*>(base_ + p * kPageSize), std::strerror(err));
-        p = q;
-      }
+      });
     }
   }
+
 
   std::size_t npages_ = 0;
   std::byte* alias_ = nullptr;
@@ -387,6 +396,10 @@ int SignalMechanism::drop(ManagedRange& range, std::size_t first, std::size_t co
 
 int SignalMechanism::poison(ManagedRange& range, std::size_t first, std::size_t count) noexcept {
   return mapping_of(range).set(range, first, count, signal_faults::kPoison, false);
+}
+
+int SignalMechanism::open_held(ManagedRange& range, std::size_t first, std::size_t count) noexcept {
+  return mapping_of(range).open_held(range, first, count);
 }
 
 int SignalMechanism::wake(std::uintptr_t addr, std::size_t len) noexcept {
