@@ -283,17 +283,26 @@ class SignalMapping final : public RangeMapping {
     auto& table = range.table();
     for (std::size_t block = MirrorTable::block_of(first); block <= MirrorTable::block_of(first + count - 1); ++block) {
       test_points::at(test_points::signal_widen);
-      std::lock_guard block_lock(table.block_mutex(block));
-      const auto lower = [&](std::size_t p) {
-        const std::uint8_t now = protection(p);
-        return (p < first || p >= first + count) && now > to && now != signal_faults::kPoison &&
-               !table.entry(p).locked();
-      };
-      for_each_run(table.block_begin(block), table.block_end(block), lower, [&](std::size_t p, std::size_t n) {
-        if (const int err = apply(p, n, to); err != 0)
-          log().warn("signal fault mechanism: lowering {} pages at {} failed: {}", n,
-                     static_cast<void*>(base_ + p * kPageSize), std::strerror(err));
-      });
+      std::size_t failed_at = 0, failed = 0;
+      int err = 0;
+      {
+        std::lock_guard block_lock(table.block_mutex(block));
+        const auto lower = [&](std::size_t p) {
+          const std::uint8_t now = protection(p);
+          return (p < first || p >= first + count) && now > to && now != signal_faults::kPoison &&
+                 !table.entry(p).locked();
+        };
+        for_each_run(table.block_begin(block), table.block_end(block), lower, [&](std::size_t p, std::size_t n) {
+          const int e = apply(p, n, to);
+          if (e == 0 || err != 0) return;
+          err = e;
+          failed_at = p;
+          failed = n;
+        });
+      }
+      if (err != 0)  // the pages stay as they were: lowering is only an economy
+        log().warn("signal fault mechanism: lowering {} pages at {} failed: {}", failed,
+                   static_cast<void*>(base_ + failed_at * kPageSize), std::strerror(err));
     }
   }
 
