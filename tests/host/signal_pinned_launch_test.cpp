@@ -1,8 +1,9 @@
 // Signal mode near its mapping budget (coarse, forced by a test point), with
 // pages a launch holds in place on the host (thrashing pinning, Context::pin):
 // the kernel thread reaches them through the application's view, so they must
-// be open while held. A page the mechanism lowered while it was idle, or a
-// page it lowers while a launch takes it, would make the kernel fault and
+// be open while held. A page the mechanism lowered while it was idle (or
+// whose reopening it deferred), or a page it lowers while a launch takes it,
+// would make the kernel fault and
 // wait for the launch's own lock: a hang, which the watchdog turns into a
 // failure (issue 13 item 8). Signal mode only: the test forces it.
 #include <gtest/gtest.h>
@@ -140,6 +141,23 @@ TEST_F(SignalPinnedLaunch, ANeverTouchedPinnedPageLoweredToReadOnlyIsOpenedForTh
   const auto states = ctx.residency(a, 2 * kPageSize);
   EXPECT_EQ(states[1].residency, Residency::System);
   EXPECT_EQ(read(b), 1u);
+  EXPECT_EQ(read(a), 1u);
+  const Status valid = ctx.validate();
+  EXPECT_TRUE(valid) << valid.message;
+}
+
+TEST_F(SignalPinnedLaunch, APinnedPageWhoseReopeningWasDeferredIsOpenedForTheKernel) {
+  ForcedCoarse coarse;
+  a[0] = 1;
+  b[0] = 2;
+  ASSERT_EQ(ctx.migrate_to_device(b, kPageSize).migrated, 1u);  // lowers a too
+  // Pinning brings b back from the application's thread: coarse, its opening
+  // (which would split a run) is left for its first access.
+  ctx.pin(b, kPageSize);
+  ASSERT_EQ(ctx.residency(b, kPageSize)[0].residency, Residency::System);
+  ASSERT_EQ(protection_of(b), "---");
+  add_one(ctx, b, "APinnedPageWhoseReopeningWasDeferredIsOpenedForTheKernel");
+  EXPECT_EQ(read(b), 3u);
   EXPECT_EQ(read(a), 1u);
   const Status valid = ctx.validate();
   EXPECT_TRUE(valid) << valid.message;
