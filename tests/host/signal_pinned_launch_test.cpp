@@ -3,9 +3,9 @@
 // the kernel thread reaches them through the application's view, so they must
 // be open while held. A page the mechanism lowered while it was idle (or
 // whose reopening it deferred), or a page it lowers while a launch takes it,
-// would make the kernel fault and
-// wait for the launch's own lock: a hang, which the watchdog turns into a
-// failure (issue 13 item 8). Signal mode only: the test forces it.
+// would make the kernel fault and wait for the launch's own lock: a hang,
+// which the watchdog turns into a failure (issue 13 item 8). Signal mode
+// only: the test forces it.
 #include <gtest/gtest.h>
 
 #include <chrono>
