@@ -306,7 +306,6 @@ class SignalMapping final : public RangeMapping {
     }
   }
 
-
   std::size_t npages_ = 0;
   std::byte* alias_ = nullptr;
   std::uint8_t* prot_ = nullptr;
