@@ -168,6 +168,7 @@ void LaunchHold::open_in_place(Region& r) {
     if (err == 0) return;
     log().warn("{}: opening {} pages held on the host at {} failed: {}", call_, n,
                static_cast<void*>(range.page_address(r.pages.first() + i)), std::strerror(err));
+    failed.reserve(r.on_host.size());  // first: a throw leaves the pages held, for release()
     for (std::size_t k = i; k < i + n; ++k) {
       r.hold.held[k] = r.on_host[k] = 0;
       failed.push_back(r.pages.first() + k);
