@@ -96,6 +96,16 @@ class FaultMechanism {
   // threads sleep on until wake().
   virtual bool has_poison() const noexcept = 0;
   virtual int poison(ManagedRange& range, std::size_t first, std::size_t count) noexcept = 0;
+  // Opens held host pages read-write in the application's view now (never
+  // deferred): the holder's own worker reaches them there (the kernel of a
+  // launch that holds them in place), and its fault would wait for that very
+  // holder. Only a mechanism that closes_idle_host_pages() has any to open.
+  virtual int open_held(ManagedRange& range, std::size_t first, std::size_t count) noexcept {
+    (void)range;
+    (void)first;
+    (void)count;
+    return 0;
+  }
   // Wakes the threads faulting on [addr, addr + len): each retries its access.
   virtual int wake(std::uintptr_t addr, std::size_t len) noexcept = 0;
 

@@ -3,12 +3,15 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <mutex>
 
 #include <fmt/format.h>
 
 #include "eviction.hpp"
+#include "page_runs.hpp"
 #include "read_mostly.hpp"
+#include "uhmm/detail/log.hpp"
 
 namespace uhmm::detail {
 namespace {
@@ -150,6 +153,28 @@ void LaunchHold::hold_in_place(Region& r, std::uint32_t now_ms) {
     }
   });
   zero_fill(r, empty);
+  open_in_place(r);
+}
+
+void LaunchHold::open_in_place(Region& r) {
+  // The kernel reaches these pages through the application's view, where the
+  // signal mechanism may have closed one while it was idle (near its mapping
+  // budget): the kernel's fault would wait for this launch's own lock. A run
+  // that cannot be opened is left for the next try.
+  auto& range = r.pages.range();
+  std::vector<std::size_t> failed;
+  for_each_run(0, r.on_host.size(), [&](std::size_t i) { return r.on_host[i] != 0; }, [&](std::size_t i, std::size_t n) {
+    const int err = ctx_.mechanism->open_held(range, r.pages.first() + i, n);
+    if (err == 0) return;
+    log().warn("{}: opening {} pages held on the host at {} failed: {}", call_, n,
+               static_cast<void*>(range.page_address(r.pages.first() + i)), std::strerror(err));
+    failed.reserve(r.on_host.size());  // first: a throw leaves the pages held, for release()
+    for (std::size_t k = i; k < i + n; ++k) {
+      r.hold.held[k] = r.on_host[k] = 0;
+      failed.push_back(r.pages.first() + k);
+    }
+  });
+  ctx_.unlock(range, failed);
 }
 
 void LaunchHold::zero_fill(Region& r, std::span<const std::size_t> pages) {

@@ -3,7 +3,8 @@
 // the moment it is there until release(), so that nothing (fault-ahead,
 // eviction, another migration) takes it before or while the kernel runs.
 // Pages the device's kernels reach on the host (pinned: thrashing, or
-// Context::pin) are held there, in place.
+// Context::pin) are held there, in place, and open (the signal mechanism may
+// have closed them while idle: FaultMechanism::open_held).
 //
 // Holding is all-or-nothing: a try that cannot hold every page (another
 // operation holds some, or the room for them) releases what it took and waits
@@ -77,6 +78,7 @@ class LaunchHold {
   void take_from_other_devices(Region& r);
   void hold_in_place(Region& r, std::uint32_t now_ms);
   void zero_fill(Region& r, std::span<const std::size_t> pages);
+  void open_in_place(Region& r);
   void classify(const Region& r, Shortfall& out) const;
   bool others_hold_pages() const;
   void finish();

@@ -17,8 +17,10 @@
 #include "block_aligned_mapping.hpp"
 #include "managed_range.hpp"
 #include "map_count.hpp"
+#include "page_runs.hpp"
 #include "signal_fault_handler.hpp"
 #include "uhmm/detail/log.hpp"
+#include "uhmm/detail/test_points.hpp"
 
 namespace uhmm::detail {
 namespace {
@@ -82,6 +84,12 @@ void setup_process() {
   g_budget = std::max<long>(1024, (limit - count_mappings()) / 2);
   g_poison_fd = ::memfd_create("uhmm-poison", MFD_CLOEXEC);
   if (g_poison_fd < 0) log().error("signal fault mechanism: memfd for poisoned pages: {}", std::strerror(errno));
+}
+
+// Past the budget (or forced by a test): protections change a block at a time.
+bool coarse_now() noexcept {
+  return g_extra_runs.load(std::memory_order_relaxed) > g_budget ||
+         test_points::signal_coarse.load(std::memory_order_relaxed);
 }
 
 int prot_bits(std::uint8_t p) {
@@ -186,13 +194,27 @@ class SignalMapping final : public RangeMapping {
   // fault service opens it, with its whole block, when it is touched).
   int set(ManagedRange& range, std::size_t first, std::size_t count, std::uint8_t to, bool may_defer) noexcept {
     std::lock_guard lock(mutex_);
-    const bool coarse = g_extra_runs.load(std::memory_order_relaxed) > g_budget;
+    const bool coarse = coarse_now();
     if (coarse && may_defer && to == signal_faults::kReadWrite && !signal_faults::on_service_thread() &&
         run_delta(first, count, to) > 0)
       return 0;
     if (const int err = apply(first, count, to); err != 0) return err;
     if (coarse && to != signal_faults::kReadWrite && to != signal_faults::kPoison) widen(range, first, count, to);
     return 0;
+  }
+
+  // Opens the closed pages of a held run. Their protection, read without
+  // mutex_, is what stays: only their holder (the caller) changes it.
+  int open_held(ManagedRange& range, std::size_t first, std::size_t count) noexcept {
+    const auto closed = [&](std::size_t p) {
+      const std::uint8_t now = protection(p);
+      return now != signal_faults::kReadWrite && now != signal_faults::kPoison;
+    };
+    int err = 0;
+    for_each_run(first, first + count, closed, [&](std::size_t p, std::size_t n) {
+      if (err == 0) err = set(range, p, n, signal_faults::kReadWrite, /*may_defer=*/false);
+    });
+    return err;
   }
 
  private:
@@ -252,32 +274,35 @@ class SignalMapping final : public RangeMapping {
   // Coarse: lowers every unlocked page of the run's blocks to `to` too, so a
   // block holds one protection instead of one per page. Lowering is always
   // safe (an access faults and the fault service opens the page again);
-  // locked pages are left to their holders (a migration's copy reads them).
+  // locked pages are left to their holders (a migration's copy reads them,
+  // a launch's kernel reaches the pages it holds in place). Under the block
+  // mutex from the LOCKED check to the mprotect: a page locked in between
+  // would be closed under its holder, whose worker then faults and waits
+  // for that holder (issue 13 item 8).
   void widen(ManagedRange& range, std::size_t first, std::size_t count, std::uint8_t to) noexcept {
     auto& table = range.table();
-    bool lower[kPagesPerBlock];
     for (std::size_t block = MirrorTable::block_of(first); block <= MirrorTable::block_of(first + count - 1); ++block) {
-      const std::size_t lo = table.block_begin(block), hi = table.block_end(block);
+      test_points::at(test_points::signal_widen);
+      std::size_t failed_at = 0, failed = 0;
+      int err = 0;
       {
         std::lock_guard block_lock(table.block_mutex(block));
-        for (std::size_t p = lo; p < hi; ++p) {
+        const auto lower = [&](std::size_t p) {
           const std::uint8_t now = protection(p);
-          lower[p - lo] = (p < first || p >= first + count) && now > to && now != signal_faults::kPoison &&
-                          !table.entry(p).locked();
-        }
+          return (p < first || p >= first + count) && now > to && now != signal_faults::kPoison &&
+                 !table.entry(p).locked();
+        };
+        for_each_run(table.block_begin(block), table.block_end(block), lower, [&](std::size_t p, std::size_t n) {
+          const int e = apply(p, n, to);
+          if (e == 0 || err != 0) return;
+          err = e;
+          failed_at = p;
+          failed = n;
+        });
       }
-      for (std::size_t p = lo; p < hi;) {
-        if (!lower[p - lo]) {
-          ++p;
-          continue;
-        }
-        std::size_t q = p;
-        while (q < hi && lower[q - lo]) ++q;
-        if (const int err = apply(p, q - p, to); err != 0)
-          log().warn("signal fault mechanism: lowering {} pages at {} failed: {}", q - p,
-                     static_cast<void*>(base_ + p * kPageSize), std::strerror(err));
-        p = q;
-      }
+      if (err != 0)  // the pages stay as they were: lowering is only an economy
+        log().warn("signal fault mechanism: lowering {} pages at {} failed: {}", failed,
+                   static_cast<void*>(base_ + failed_at * kPageSize), std::strerror(err));
     }
   }
 
@@ -381,12 +406,16 @@ int SignalMechanism::poison(ManagedRange& range, std::size_t first, std::size_t 
   return mapping_of(range).set(range, first, count, signal_faults::kPoison, false);
 }
 
+int SignalMechanism::open_held(ManagedRange& range, std::size_t first, std::size_t count) noexcept {
+  return mapping_of(range).open_held(range, first, count);
+}
+
 int SignalMechanism::wake(std::uintptr_t addr, std::size_t len) noexcept {
   signal_faults::wake(queue_, addr, len);
   return 0;
 }
 
-bool SignalMechanism::coarse() const noexcept { return g_extra_runs.load(std::memory_order_relaxed) > g_budget; }
+bool SignalMechanism::coarse() const noexcept { return coarse_now(); }
 
 long SignalMechanism::extra_runs() noexcept { return g_extra_runs.load(); }
 long SignalMechanism::run_budget() noexcept { return g_budget; }

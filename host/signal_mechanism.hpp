@@ -16,7 +16,9 @@
 // coarse: write-protecting or dropping a run also lowers the unlocked pages of
 // its 2 MiB blocks, other threads' upgrades that would split a run are left
 // for the fault service, and the fault service resolves a fault by opening
-// the whole block (DESIGN.md, "The signal fault mechanism").
+// the whole block (DESIGN.md, "The signal fault mechanism"). Lowering skips
+// locked pages: only a page's holder changes its protection, so a holder
+// that reads a held page's protection reads what stays (open_held).
 #pragma once
 
 #include <cstdint>
@@ -43,6 +45,7 @@ class SignalMechanism final : public FaultMechanism {
   int drop(ManagedRange& range, std::size_t first, std::size_t count) noexcept override;
   bool has_poison() const noexcept override { return true; }
   int poison(ManagedRange& range, std::size_t first, std::size_t count) noexcept override;
+  int open_held(ManagedRange& range, std::size_t first, std::size_t count) noexcept override;
   int wake(std::uintptr_t addr, std::size_t len) noexcept override;
   bool coarse() const noexcept override;
   bool closes_idle_host_pages() const noexcept override { return true; }

@@ -16,6 +16,15 @@ extern std::atomic<void (*)()> pool_locked;
 // run that is mlock'ed part way, on a kernel without MADV_DONTNEED_LOCKED.
 inline std::atomic<int> migration_drop_error{0};
 
+// Set: the signal fault mechanism acts as near its mapping budget (coarse,
+// host/signal_mechanism.hpp) whatever its count of protection runs.
+inline std::atomic<bool> signal_coarse{false};
+
+// Called by the signal fault mechanism when, coarse, it is about to lower the
+// unlocked pages of a block (widen), holding its range's mapping mutex but no
+// block mutex: a test locks a page of the block here.
+inline std::atomic<void (*)()> signal_widen{nullptr};
+
 inline void at(const std::atomic<void (*)()>& point) noexcept {
   if (auto* hook = point.load(std::memory_order_relaxed)) hook();
 }
