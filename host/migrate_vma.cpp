@@ -266,11 +266,10 @@ std::size_t migrate_vma_pages(ContextImpl& ctx, MigrateVma& a) {
       const std::size_t i = p - first;
       MirrorEntry& e = table.entry(p);
       // The application discarded the page while it was copied: what the copy
-      // read may predate the discard, so the page stays on the host, where it
-      // now reads zeros (as the kernel fails to migrate a page whose PTE
-      // changed under migrate_vma).
+      // read may predate the discard, so the page does not move (as the kernel
+      // fails to migrate a page whose PTE changed under migrate_vma), and
+      // finalize's unlock empties it.
       const bool discarded = s.selected[i] && e.has(MirrorEntry::kDiscarded);
-      if (discarded) e.clear(MirrorEntry::kDiscarded);
       const bool ok = s.selected[i] && (a.src[i] & MIGRATE_PFN_MIGRATE) && (a.dst[i] & MIGRATE_PFN_VALID) &&
                       (a.dst[i] & MIGRATE_PFN_DEVICE) && ctx.pagemap(migrate_pfn_to_device_page(a.dst[i]).owner) &&
                       !discarded;
@@ -299,6 +298,8 @@ Status migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
   const std::size_t n = s.span.count();
   auto migrated = [&](std::size_t i) { return s.pages_done && s.selected[i] && (a.src[i] & MIGRATE_PFN_MIGRATE); };
   auto from = [&](std::size_t i, Residency r) { return s.selected[i] && s.source[i] == static_cast<std::uint8_t>(r); };
+  std::vector<std::size_t> discarded;  // selected pages the application discarded: unlocked (emptied) last
+  discarded.reserve(n);
 
   // Host copies of migrated pages go, one call per run, while still locked:
   // an access now faults and waits for the unlock below, then finds the page
@@ -319,20 +320,24 @@ Status migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
   // mapping left to split) goes back to the host below.
   std::vector<std::size_t> undropped;
   int drop_error = 0;
-  for_each_run(0, n, [&](std::size_t i) { return migrated(i) && had_host_page(i) && !s.duplicate[i]; },
-                       [&](std::size_t i, std::size_t count) {
-                         zapped = true;
-                         const int err = drop_host_copies(ctx, range, first + i, count);
-                         if (err == 0) return;
-                         drop_error = err;
-                         for (std::size_t k = i; k < i + count; ++k) undropped.push_back(first + k);
-                       });
+  auto dropped = [&](std::size_t i) { return migrated(i) && had_host_page(i) && !s.duplicate[i]; };
+  for_each_run(0, n, dropped, [&](std::size_t i, std::size_t count) {
+    zapped = true;
+    const int err = drop_host_copies(ctx, range, first + i, count);
+    if (err == 0) return;
+    drop_error = err;
+    for (std::size_t k = i; k < i + count; ++k) undropped.push_back(first + k);
+  });
   // With mapping events, each drop (MADV_DONTNEED) raised a REMOVE event that
   // the fault service has read (the kernel waits for that) but may not have
   // applied yet; it must see these pages still locked, or it would take
   // uhmm's own zap for the application's and drop the device pages
-  // (mapping_events.hpp).
-  if (zapped && follows) ctx.ranges.gate().wait_applied();
+  // (mapping_events.hpp). The DISCARDED marks it left name that zap.
+  if (zapped && follows) {
+    ctx.ranges.gate().wait_applied();
+    for (std::size_t i = 0; i < n; ++i)
+      if (dropped(i)) table.forget_own_discard(first + i);
+  }
   Status kept;
   if (!undropped.empty()) kept = back_to_host(ctx, range, undropped, drop_error, a, first);
   // Pages that stay on the host become writable again; their writers are
@@ -376,6 +381,7 @@ Status migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
       const std::size_t i = p - first;
       if (!s.selected[i]) continue;
       if (s.hold != nullptr && migrated(i)) s.hold->held[i] = 1;  // the launch unlocks it
+      else if (table.entry(p).has(MirrorEntry::kDiscarded)) discarded.push_back(p);  // reserved: no throw
       else table.entry(p).clear(MirrorEntry::kLocked);
     }
   }
@@ -384,6 +390,7 @@ Status migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
     for (DevicePageIndex index : to_free[owner]) ctx.rmap(owner).clear(index);
     ctx.pagemap(owner)->page_free(to_free[owner]);
   }
+  ctx.unlock(range, discarded);
   ctx.unlocks.announce();
   for_each_run(0, n, stayed, [&](std::size_t i, std::size_t count) {
     ctx.mechanism->wake(reinterpret_cast<std::uintptr_t>(range.page_address(first + i)), count * kPageSize);

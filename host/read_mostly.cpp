@@ -74,6 +74,7 @@ std::vector<std::size_t> collapse_to_device(ContextImpl& ctx, ManagedRange& rang
     if (std::binary_search(stayed.begin(), stayed.end(), p)) continue;
     std::lock_guard lock(table.block_mutex(MirrorTable::block_of(p)));
     MirrorEntry& e = table.entry(p);
+    e.clear(MirrorEntry::kDiscarded);  // left by the zap above
     e.move_to(MirrorEntry::device(e.device_page()));
   }
   AtomicCounters::add(ctx.counters.duplicates_collapsed, pages.size() - stayed.size());

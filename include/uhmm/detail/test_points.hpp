@@ -16,6 +16,15 @@ extern std::atomic<void (*)()> pool_locked;
 // run that is mlock'ed part way, on a kernel without MADV_DONTNEED_LOCKED.
 inline std::atomic<int> migration_drop_error{0};
 
+// Called by an operation that holds pages LOCKED to map them on the host
+// (ContextImpl::bring_back, snapshot_range's populate), with the first page's
+// address: before it maps them (`installed` false) and after.
+inline std::atomic<void (*)(void* first_page, bool installed)> held_install{nullptr};
+
+inline void at(const std::atomic<void (*)(void*, bool)>& point, void* page, bool installed) noexcept {
+  if (auto* hook = point.load(std::memory_order_relaxed)) hook(page, installed);
+}
+
 inline void at(const std::atomic<void (*)()>& point) noexcept {
   if (auto* hook = point.load(std::memory_order_relaxed)) hook();
 }
