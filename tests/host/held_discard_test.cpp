@@ -82,6 +82,9 @@ void at_held_install(void* first_page, bool installed) {
     discard_victim_from_the_service();
   else
     discard_victim();  // waits until the fault service has read the event
+  // Applied, too, before the holder goes on (as a call that follows the
+  // madvise would see it: event_gate.hpp).
+  discarder.ctx->impl().ranges.gate().wait_applied();
 }
 
 class HeldDiscard : public ::testing::TestWithParam<bool> {
