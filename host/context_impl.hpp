@@ -83,7 +83,9 @@ class ContextImpl {
   // mirror entries; they stay LOCKED and their waiters asleep (the caller
   // unlocks, which wakes them). Pre: `pages` are in
   // ascending order, in one block, LOCKED and Device. Returns the pages that
-  // could not come back (still on their device). Never throws.
+  // could not come back (still on their device). Never throws. A page the
+  // application discards meanwhile (DISCARDED) is no failure: unlock() empties
+  // it, and frees its device page if it was not installed.
   struct BackResult {
     std::size_t moved = 0;
     std::vector<std::size_t> failed;
@@ -93,8 +95,6 @@ class ContextImpl {
   // device, or kNoOwner: the pages go to the host).
   BackResult bring_back(ManagedRange& range, std::span<const std::size_t> pages, std::byte* staging,
                         InvalidateKind kind = InvalidateKind::migrate, OwnerId cause = kNoOwner) noexcept;
-  // A page discarded while held is not installed, and is no failure: it is
-  // left to unlock(), which empties it.
   // Clears LOCKED on pages (ascending) and announces it, then wakes threads
   // waiting on them: a faulting access returns only once the mirror says
   // where its page is. A page the application discarded meanwhile (DISCARDED)

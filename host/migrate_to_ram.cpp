@@ -186,12 +186,14 @@ void ContextImpl::finish_discarded(ManagedRange& range, std::span<const std::siz
     if (is_discarded(k)) lo = std::min(lo, pages[k]), hi = pages[k] + 1;
   // The holder may have mapped a page after the kernel zapped it (its install
   // raced the application's madvise): zapped again, so that the page tables
-  // agree with Empty. Our own REMOVE events mark these pages again (they are
-  // still LOCKED), and are applied before they are looked at.
+  // agree with Empty. Not where the application unmapped it (UNMAP marks too):
+  // something else may live there now. Our own REMOVE events mark these pages
+  // again (they are still LOCKED), and are applied before they are looked at.
+  const auto zap_again = [&](std::size_t k) { return is_discarded(k) && !range.any_unmapped(pages[k], pages[k] + 1); };
   if (drop) {
     for (std::size_t k = 0; k < pages.size();) {
       std::size_t run = 0;
-      while (k + run < pages.size() && pages[k + run] == pages[k] + run && is_discarded(k + run)) ++run;
+      while (k + run < pages.size() && pages[k + run] == pages[k] + run && zap_again(k + run)) ++run;
       if (run == 0) {
         ++k;
         continue;
