@@ -7,7 +7,8 @@
 // under a holder that then recorded it as on the host: its copy engine faulted
 // and parked on its own lock) nor moves stale data; no pool page leaks.
 // The interleavings are forced at the holder's test point (held_install),
-// both before it maps the pages and after. Mapping events exist in userfaultfd
+// both before it maps the pages and after. An munmap there (UNMAP) marks the
+// page the same way, but its holder leaves alone what is mapped there next. Mapping events exist in userfaultfd
 // mode only: the tests skip under UHMM_FAULT_MODE=signal.
 #include <gtest/gtest.h>
 #include <poll.h>
@@ -52,12 +53,26 @@ struct Discarder {
   Context* ctx = nullptr;
   std::byte* base = nullptr;
   bool after_install = false;
+  bool unmap = false;  // munmap the victim and map other memory there instead
   std::atomic<bool> fired{false};
   int rc = -1;
 };
 Discarder discarder;
 
-void discard_victim() { discarder.rc = ::madvise(page(discarder.base, kVictim), kPageSize, MADV_DONTNEED); }
+constexpr std::uint64_t kOtherMemory = 0x5eed;
+
+void discard_victim() {
+  void* victim = page(discarder.base, kVictim);
+  if (!discarder.unmap) {
+    discarder.rc = ::madvise(victim, kPageSize, MADV_DONTNEED);
+    return;
+  }
+  discarder.rc = ::munmap(victim, kPageSize);
+  discarder.ctx->impl().ranges.gate().wait_applied();  // the address is free for reuse now
+  void* other = ::mmap(victim, kPageSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+  if (other != victim) discarder.rc = -1;
+  else *static_cast<std::uint64_t*>(other) = kOtherMemory;
+}
 
 // The fault service holds the page: the madvise waits until this very thread
 // reads its event, so another thread makes it; once the event is pending, an
@@ -101,6 +116,7 @@ class HeldDiscard : public ::testing::TestWithParam<bool> {
     discarder.base = p;
     discarder.after_install = GetParam();
     discarder.fired = false;
+    discarder.unmap = false;
     discarder.rc = -1;
     detail::test_points::held_install.store(&at_held_install);
   }
@@ -170,6 +186,24 @@ TEST_P(HeldDiscard, SnapshotPopulate) {
   EXPECT_EQ(pfns[kVictim], 0u);  // not valid: emptied at the unlock
   EXPECT_NE(pfns[0] & SNAPSHOT_PFN_VALID, 0u);
   expect_victim_empty_and_migratable(/*filled=*/false);
+}
+
+// An UNMAP marks the held page too, and its holder's unlock empties it; it
+// does not zap it again: the application may have mapped other memory there.
+TEST_P(HeldDiscard, UnmapThenOtherMemoryThereUnderMigrateToHost) {
+  on_device();
+  discarder.unmap = true;
+  const MigrationResult r = ctx.migrate_to_host(p, kBytes);
+  detail::test_points::held_install.store(nullptr);
+  ASSERT_TRUE(discarder.fired.load());
+  ASSERT_EQ(discarder.rc, 0) << std::strerror(errno);
+  EXPECT_EQ(r.failed, 0u);
+  EXPECT_EQ(*reinterpret_cast<volatile std::uint64_t*>(page(p, kVictim)), kOtherMemory);
+  EXPECT_EQ(ctx.counters().device_pages_in_use, 0u);
+  const Status valid = ctx.impl().validate(/*quiescent=*/true);
+  EXPECT_TRUE(valid) << valid.message;
+  for (std::size_t i = 0; i < kPages; ++i) EXPECT_TRUE(i == kVictim || page_reads(p, i, true)) << "page " << i;
+  ::munmap(page(p, kVictim), kPageSize);
 }
 
 INSTANTIATE_TEST_SUITE_P(, HeldDiscard, ::testing::Values(false, true),
