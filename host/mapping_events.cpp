@@ -179,7 +179,9 @@ void MappingEvents::copy_out(ManagedRange& range, std::size_t first, std::size_t
     }
     AtomicCounters::add(ctx_.counters.pages_lost, lost);
     std::lock_guard lock(table.block_mutex(block));
-    for (std::size_t p : pages) table.entry(p).clear(MirrorEntry::kLocked);
+    // With any DISCARDED mark a REMOVE read by this copy's EAGAIN pump left:
+    // the caller drops these pages next.
+    for (std::size_t p : pages) table.entry(p).clear(MirrorEntry::kLocked | MirrorEntry::kDiscarded);
   }
 }
 
