@@ -73,6 +73,24 @@ int drop_host_copies(ContextImpl& ctx, ManagedRange& range, std::size_t first, s
   return ctx.mechanism->drop(range, first, count);
 }
 
+// The pages [first, first + n) with `mine` that the application discarded
+// while this migration held them (still LOCKED): unlock() empties them. Rare:
+// one page at a time, no allocation.
+template <class Mine>
+void unlock_discarded(ContextImpl& ctx, ManagedRange& range, std::size_t first, std::size_t n, Mine&& mine) noexcept {
+  auto& table = range.table();
+  for (std::size_t i = 0; i < n; ++i) {
+    if (!mine(i)) continue;
+    const std::size_t p = first + i;
+    bool discarded = false;
+    {
+      std::lock_guard lock(table.block_mutex(MirrorTable::block_of(p)));
+      discarded = table.entry(p).has(MirrorEntry::kDiscarded);
+    }
+    if (discarded) ctx.unlock(range, std::span(&p, 1));
+  }
+}
+
 // Migrated pages whose host copies could not be dropped (`pages`, ascending,
 // still locked): the device copies come back over them (a run the failed
 // drop zapped in part gets its data back; a page still mapped keeps its own,
@@ -298,8 +316,6 @@ Status migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
   const std::size_t n = s.span.count();
   auto migrated = [&](std::size_t i) { return s.pages_done && s.selected[i] && (a.src[i] & MIGRATE_PFN_MIGRATE); };
   auto from = [&](std::size_t i, Residency r) { return s.selected[i] && s.source[i] == static_cast<std::uint8_t>(r); };
-  std::vector<std::size_t> discarded;  // selected pages the application discarded: unlocked (emptied) last
-  discarded.reserve(n);
 
   // Host copies of migrated pages go, one call per run, while still locked:
   // an access now faults and waits for the unlock below, then finds the page
@@ -373,6 +389,7 @@ Status migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
     }
   }
 
+  bool any_discarded = false;
   for (std::size_t block = table.block_of(first); block <= table.block_of(first + n - 1); ++block) {
     const std::size_t lo = std::max(first, table.block_begin(block));
     const std::size_t hi = std::min(first + n, table.block_end(block));
@@ -381,7 +398,7 @@ Status migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
       const std::size_t i = p - first;
       if (!s.selected[i]) continue;
       if (s.hold != nullptr && migrated(i)) s.hold->held[i] = 1;  // the launch unlocks it
-      else if (table.entry(p).has(MirrorEntry::kDiscarded)) discarded.push_back(p);  // reserved: no throw
+      else if (table.entry(p).has(MirrorEntry::kDiscarded)) any_discarded = true;  // unlocked (emptied) below
       else table.entry(p).clear(MirrorEntry::kLocked);
     }
   }
@@ -390,7 +407,8 @@ Status migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
     for (DevicePageIndex index : to_free[owner]) ctx.rmap(owner).clear(index);
     ctx.pagemap(owner)->page_free(to_free[owner]);
   }
-  ctx.unlock(range, discarded);
+  if (any_discarded)
+    unlock_discarded(ctx, range, first, n, [&](std::size_t i) { return s.selected[i] && !(s.hold && migrated(i)); });
   ctx.unlocks.announce();
   for_each_run(0, n, stayed, [&](std::size_t i, std::size_t count) {
     ctx.mechanism->wake(reinterpret_cast<std::uintptr_t>(range.page_address(first + i)), count * kPageSize);

@@ -206,6 +206,38 @@ TEST_P(HeldDiscard, UnmapThenOtherMemoryThereUnderMigrateToHost) {
   ::munmap(page(p, kVictim), kPageSize);
 }
 
+// A migration to a device holds the host pages it copies: one discarded
+// between setup and the copy is read as zeros by the copy engine, not moved,
+// and emptied by finalize (its destination page freed).
+TEST(HeldDiscardMigration, HostPageDiscardedWhileSelectedIsEmptiedByFinalize) {
+  Context ctx(cpu_options());
+  if (std::string_view(ctx.fault_mode()) == "signal") GTEST_SKIP() << "signal fault mode: no mapping events";
+  auto* p = static_cast<std::byte*>(ctx.allocate(kBytes));
+  fill(p, kBytes, kSeed);
+  std::uint64_t src[kPages] = {}, dst[kPages] = {};
+  MigrateVma m;
+  m.start = p;
+  m.end = p + kBytes;
+  m.src = src;
+  m.dst = dst;
+  m.flags = MIGRATE_VMA_SELECT_SYSTEM;
+  m.destination = 1;
+  migrate_vma_setup(ctx, m);
+  ASSERT_EQ(m.cpages, kPages);
+  ASSERT_EQ(::madvise(page(p, kVictim), kPageSize, MADV_DONTNEED), 0);
+  {
+    Watchdog watchdog("a migration copying a page discarded under it", std::chrono::seconds(30));
+    ASSERT_TRUE(device_pagemap(ctx, 1).alloc_and_copy(m));
+    EXPECT_EQ(migrate_vma_pages(ctx, m), kPages - 1);
+    migrate_vma_finalize(ctx, m);
+  }
+  EXPECT_EQ(ctx.residency(page(p, kVictim), kPageSize)[0].residency, Residency::Empty);
+  EXPECT_EQ(ctx.counters().device_pages_in_use, kPages - 1);
+  for (std::size_t i = 0; i < kPages; ++i) EXPECT_TRUE(page_reads(p, i, i != kVictim)) << "page " << i;
+  const Status valid = ctx.impl().validate(/*quiescent=*/true);
+  EXPECT_TRUE(valid) << valid.message;
+}
+
 INSTANTIATE_TEST_SUITE_P(, HeldDiscard, ::testing::Values(false, true),
                          [](const ::testing::TestParamInfo<bool>& param) {
                            return param.param ? "AfterInstall" : "BeforeInstall";
