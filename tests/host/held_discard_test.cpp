@@ -55,7 +55,7 @@ struct Discarder {
   bool after_install = false;
   bool unmap = false;  // munmap the victim and map other memory there instead
   std::atomic<bool> fired{false};
-  int rc = -1;
+  std::atomic<int> rc{-1};
 };
 Discarder discarder;
 
