@@ -199,8 +199,8 @@ void ContextImpl::finish_discarded(ManagedRange& range, std::span<const std::siz
         continue;
       }
       if (const int err = mechanism->drop(range, pages[k], run); err != 0)
-        log().error("dropping {} discarded pages at {} failed: {}", run, static_cast<void*>(range.page_address(pages[k])),
-                    std::strerror(err));
+        log().error("dropping {} discarded pages at {} failed: {}", run,
+                    static_cast<void*>(range.page_address(pages[k])), std::strerror(err));
       k += run;
     }
     ranges.gate().wait_applied();

@@ -7,16 +7,17 @@
 // under a holder that then recorded it as on the host: its copy engine faulted
 // and parked on its own lock) nor moves stale data; no pool page leaks.
 // The interleavings are forced at the holder's test point (held_install),
-// both before it maps the pages and after. An munmap there (UNMAP) marks the
-// page the same way, but its holder leaves alone what is mapped there next. Mapping events exist in userfaultfd
-// mode only: the tests skip under UHMM_FAULT_MODE=signal.
+// both before it maps the pages and after; a migration to a device is caught
+// between migrate_vma_setup and its copy. An munmap there (UNMAP) marks the
+// page the same way, but its holder leaves alone what is mapped there next.
+// Mapping events exist in userfaultfd mode only: the tests skip under
+// UHMM_FAULT_MODE=signal.
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <sys/mman.h>
 
 #include <atomic>
 #include <chrono>
-#include <cstring>
 #include <string_view>
 #include <thread>
 
@@ -93,10 +94,11 @@ void at_held_install(void* first_page, bool installed) {
   auto* p = static_cast<std::byte*>(first_page);
   if (installed != discarder.after_install || p < discarder.base || p >= discarder.base + kBytes) return;
   if (discarder.fired.exchange(true)) return;
-  if (detail::signal_faults::on_service_thread())
-    discard_victim_from_the_service();
-  else
-    discard_victim();  // waits until the fault service has read the event
+  if (detail::signal_faults::on_service_thread()) {
+    discard_victim_from_the_service();  // the service applied the event as it read it
+    return;
+  }
+  discard_victim();  // waits until the fault service has read the event
   // Applied, too, before the holder goes on (as a call that follows the
   // madvise would see it: event_gate.hpp).
   discarder.ctx->impl().ranges.gate().wait_applied();
@@ -131,7 +133,7 @@ class HeldDiscard : public ::testing::TestWithParam<bool> {
   void expect_victim_empty_and_migratable(bool filled = true) {
     detail::test_points::held_install.store(nullptr);
     ASSERT_TRUE(discarder.fired.load()) << "the holder never reached its test point";
-    ASSERT_EQ(discarder.rc, 0) << std::strerror(errno);
+    ASSERT_EQ(discarder.rc, 0) << "the application's madvise failed";
     EXPECT_EQ(ctx.residency(page(p, kVictim), kPageSize)[0].residency, Residency::Empty);
     EXPECT_TRUE(ctx.validate()) << ctx.validate().message;
     {
@@ -196,7 +198,7 @@ TEST_P(HeldDiscard, UnmapThenOtherMemoryThereUnderMigrateToHost) {
   const MigrationResult r = ctx.migrate_to_host(p, kBytes);
   detail::test_points::held_install.store(nullptr);
   ASSERT_TRUE(discarder.fired.load());
-  ASSERT_EQ(discarder.rc, 0) << std::strerror(errno);
+  ASSERT_EQ(discarder.rc, 0) << "munmap, or mapping other memory in its place, failed";
   EXPECT_EQ(r.failed, 0u);
   EXPECT_EQ(*reinterpret_cast<volatile std::uint64_t*>(page(p, kVictim)), kOtherMemory);
   EXPECT_EQ(ctx.counters().device_pages_in_use, 0u);
