@@ -83,7 +83,9 @@ class ContextImpl {
   // mirror entries; they stay LOCKED and their waiters asleep (the caller
   // unlocks, which wakes them). Pre: `pages` are in
   // ascending order, in one block, LOCKED and Device. Returns the pages that
-  // could not come back (still on their device). Never throws.
+  // could not come back (still on their device). Never throws. A page the
+  // application discards meanwhile (DISCARDED) is no failure: unlock() empties
+  // it, and frees its device page if it was not installed.
   struct BackResult {
     std::size_t moved = 0;
     std::vector<std::size_t> failed;
@@ -95,7 +97,8 @@ class ContextImpl {
                         InvalidateKind kind = InvalidateKind::migrate, OwnerId cause = kNoOwner) noexcept;
   // Clears LOCKED on pages (ascending) and announces it, then wakes threads
   // waiting on them: a faulting access returns only once the mirror says
-  // where its page is.
+  // where its page is. A page the application discarded meanwhile (DISCARDED)
+  // becomes Empty here, whatever its holder did with it (finish_discarded).
   void unlock(ManagedRange& range, std::span<const std::size_t> pages) noexcept;
 
   // A range the application unmapped entirely (mapping_events.cpp): dropped
@@ -149,6 +152,11 @@ class ContextImpl {
   // (the application unmapped it and the event is on its way); throws if that
   // never happens.
   void wait_for_address_reuse(const std::byte* base, std::size_t bytes);
+  // unlock() of the DISCARDED pages among `pages` (still LOCKED): with
+  // `drop`, their host pages are zapped first (the holder may have mapped
+  // one after the kernel's zap); then they become Empty, PINNED kept, their
+  // device pages freed, and LOCKED is cleared.
+  void finish_discarded(ManagedRange& range, std::span<const std::size_t> pages, bool drop) noexcept;
 
   friend class FaultService;
   friend class ::uhmm::Context;

@@ -309,10 +309,12 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
     for (std::size_t k = 0; k < count; ++k) {
       const std::size_t p = range.page_of(reinterpret_cast<const void*>(faults[k].address));
       const MirrorEntry e = table.entry(p);
-      if (e.locked() && e.has(MirrorEntry::kDiscarded) && !faults[k].write_protect) {
+      if (e.locked() && e.has(MirrorEntry::kDiscarded) && e.residency() == Residency::System &&
+          !faults[k].write_protect) {
         // The application dropped this host page while a migration holds it
         // (mapping_events.cpp): zeros, which the copy engine of that very
-        // migration may be waiting for. Its holder keeps the lock.
+        // migration may be waiting for. Its holder keeps the lock (and
+        // empties the page at its unlock).
         discarded_held.push_back(p);
         wake.push_back(p);
       } else if (e.locked()) {

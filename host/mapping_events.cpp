@@ -82,14 +82,16 @@ bool MappingEvents::drop_pass(ManagedRange& range, std::size_t first, std::size_
       std::lock_guard lock(table.block_mutex(block));
       for (std::size_t p = lo; p < hi; ++p) {
         MirrorEntry& e = table.entry(p);
-        // A locked page belongs to its holder; what it leaves on a device is
-        // released when the range is freed or reaped. A locked host page is
-        // being read by a migration to a device: marked, so that the copy
-        // engine's fault on it (the kernel zaps it next) gets zeros instead
-        // of waiting for the lock its own migration holds, and so that the
-        // migration leaves it on the host (migrate_vma_pages).
-        if (e.locked() && e.residency() == Residency::System) e.set(MirrorEntry::kDiscarded);
-        if (e.locked() || e.residency() == Residency::Empty) continue;
+        // A locked page belongs to its holder: marked, whatever it holds, and
+        // emptied when the holder unlocks it (ContextImpl::unlock), whatever
+        // the holder mapped meanwhile. A host page a migration reads gets
+        // zeros for its copy engine's fault meanwhile (the kernel zaps it
+        // next), and stays on the host (migrate_vma_pages).
+        if (e.locked()) {
+          e.set(MirrorEntry::kDiscarded);
+          continue;
+        }
+        if (e.residency() == Residency::Empty) continue;
         if (!invalidated) return true;
         if (e.residency() == Residency::Device || e.residency() == Residency::Duplicated) {
           to_free[e.device_page().owner].push_back(e.device_page().index);
@@ -177,7 +179,9 @@ void MappingEvents::copy_out(ManagedRange& range, std::size_t first, std::size_t
     }
     AtomicCounters::add(ctx_.counters.pages_lost, lost);
     std::lock_guard lock(table.block_mutex(block));
-    for (std::size_t p : pages) table.entry(p).clear(MirrorEntry::kLocked);
+    // With any DISCARDED mark a REMOVE read by this copy's EAGAIN pump left:
+    // the caller drops these pages next.
+    for (std::size_t p : pages) table.entry(p).clear(MirrorEntry::kLocked | MirrorEntry::kDiscarded);
   }
 }
 

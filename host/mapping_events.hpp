@@ -7,9 +7,10 @@
 //   REMOVE  the span's unlocked pages become Empty: device-resident ones give
 //           their pool pages back (the kernel zaps device-private entries
 //           too), host ones are zapped by the kernel right after. Locked pages
-//           are left to their holder — uhmm's own MADV_DONTNEED in
-//           migrate_vma_finalize zaps only pages it holds locked, and waits
-//           until the event is applied, so it changes nothing here.
+//           are marked DISCARDED, and emptied by their holder's unlock;
+//           uhmm's own MADV_DONTNEED (migrate_vma_finalize, ...) zaps only
+//           pages it holds locked, waits until the event is applied, and
+//           clears the marks it caused.
 //   UNMAP   the span is gone for good: device pages released, entries Empty,
 //           calls on it fail; a range unmapped entirely is retired.
 //   REMAP   the moved part is retired the same way, after its device pages

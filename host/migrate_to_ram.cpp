@@ -14,7 +14,9 @@
 #include "owner_ids.hpp"
 #include "page_runs.hpp"
 #include "read_mostly.hpp"
+#include "signal_fault_handler.hpp"
 #include "uhmm/detail/log.hpp"
+#include "uhmm/detail/test_points.hpp"
 #include "uhmm/migrate.hpp"
 
 namespace uhmm::detail {
@@ -75,6 +77,16 @@ ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<c
     for (std::size_t k = 0; k < done; ++k) ok[which[k] - base] = 1;
   }
 
+  // A page the application discarded meanwhile is not mapped (its holder's
+  // unlock empties it); one it discards from now on may be (unlock zaps it).
+  test_points::at(test_points::held_install, range.page_address(pages.front()), false);
+  if (mechanism->follows_mapping_changes() && !signal_faults::on_service_thread()) ranges.gate().wait_applied();
+  {
+    std::lock_guard lock(table.block_mutex(block));
+    for (std::size_t p : pages)
+      if (table.entry(p).has(MirrorEntry::kDiscarded)) ok[p - base] = 0;
+  }
+
   // Map what arrived, one install per contiguous run.
   for_each_run(base, end, [&](std::size_t p) { return ok[p - base] != 0; },
                [&](std::size_t p, std::size_t count) {
@@ -93,11 +105,14 @@ ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<c
                    }
                  }
                });
+  test_points::at(test_points::held_install, range.page_address(pages.front()), true);
 
   {
     std::lock_guard lock(table.block_mutex(block));
     for (std::size_t k = 0; k < pages.size(); ++k) {
       if (!ok[pages[k] - base]) {
+        // Discarded: no failure; still on its device, which unlock() frees.
+        if (table.entry(pages[k]).has(MirrorEntry::kDiscarded)) continue;
         // Allocates only when a copy failed; without memory the page is
         // still left on its device (and its fault unresolved, retried).
         try {
@@ -128,7 +143,13 @@ ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<c
 
 void ContextImpl::unlock(ManagedRange& range, std::span<const std::size_t> pages) noexcept {
   if (pages.empty()) return;
+  // Off the fault service, an event read before now is applied first: a
+  // discard of these pages is marked by the time they are looked at. (The
+  // service applies what it reads at once.)
+  const bool off_service = mechanism->follows_mapping_changes() && !signal_faults::on_service_thread();
+  if (off_service) ranges.gate().wait_applied();
   auto& table = range.table();
+  bool discarded = false;
   std::size_t block = MirrorTable::block_of(pages.front());
   std::unique_lock lock(table.block_mutex(block));
   for (std::size_t p : pages) {
@@ -137,9 +158,14 @@ void ContextImpl::unlock(ManagedRange& range, std::span<const std::size_t> pages
       block = MirrorTable::block_of(p);
       lock = std::unique_lock(table.block_mutex(block));
     }
-    table.entry(p).clear(MirrorEntry::kLocked);
+    MirrorEntry& e = table.entry(p);
+    if (e.has(MirrorEntry::kDiscarded))
+      discarded = true;  // finished below, still locked meanwhile
+    else
+      e.clear(MirrorEntry::kLocked);
   }
   lock.unlock();
+  if (discarded) finish_discarded(range, pages, off_service);
   unlocks.announce();
   for (std::size_t i = 0; i < pages.size();) {
     std::size_t run = 1;
@@ -147,6 +173,56 @@ void ContextImpl::unlock(ManagedRange& range, std::span<const std::size_t> pages
     mechanism->wake(reinterpret_cast<std::uintptr_t>(range.page_address(pages[i])), run * kPageSize);
     i += run;
   }
+}
+
+void ContextImpl::finish_discarded(ManagedRange& range, std::span<const std::size_t> pages, bool drop) noexcept {
+  auto& table = range.table();
+  const auto is_discarded = [&](std::size_t k) {
+    std::lock_guard lock(table.block_mutex(MirrorTable::block_of(pages[k])));
+    return table.entry(pages[k]).has(MirrorEntry::kDiscarded);
+  };
+  std::size_t lo = range.npages(), hi = 0;
+  for (std::size_t k = 0; k < pages.size(); ++k)
+    if (is_discarded(k)) lo = std::min(lo, pages[k]), hi = pages[k] + 1;
+  // The holder may have mapped a page after the kernel zapped it (its install
+  // raced the application's madvise): zapped again, so that the page tables
+  // agree with Empty. Not where the application unmapped it (UNMAP marks too):
+  // something else may live there now. Our own REMOVE events mark these pages
+  // again (they are still LOCKED), and are applied before they are looked at.
+  const auto zap_again = [&](std::size_t k) { return is_discarded(k) && !range.any_unmapped(pages[k], pages[k] + 1); };
+  if (drop) {
+    for (std::size_t k = 0; k < pages.size();) {
+      std::size_t run = 0;
+      while (k + run < pages.size() && pages[k + run] == pages[k] + run && zap_again(k + run)) ++run;
+      if (run == 0) {
+        ++k;
+        continue;
+      }
+      if (const int err = mechanism->drop(range, pages[k], run); err != 0)
+        log().error("dropping {} discarded pages at {} failed: {}", run,
+                    static_cast<void*>(range.page_address(pages[k])), std::strerror(err));
+      k += run;
+    }
+    ranges.gate().wait_applied();
+  }
+  // Devices drop their view first, as for any discard (mapping_events.cpp).
+  notifiers.invalidate(range, lo, hi, InvalidateKind::discard, kNoOwner).end();
+  std::size_t freed = 0;
+  for (std::size_t p : pages) {
+    DevicePage device{};
+    {
+      std::lock_guard lock(table.block_mutex(MirrorTable::block_of(p)));
+      MirrorEntry& e = table.entry(p);
+      if (!e.has(MirrorEntry::kDiscarded)) continue;
+      if (e.residency() == Residency::Device || e.residency() == Residency::Duplicated) device = e.device_page();
+      e = MirrorEntry(e.bits() & MirrorEntry::kPinned);  // Empty and unlocked; POISONED goes with the page
+    }
+    if (device.owner == kNoOwner) continue;
+    rmaps_[device.owner - 1]->clear(device.index);
+    devices_[device.owner - 1]->page_free(std::span(&device.index, 1));
+    ++freed;
+  }
+  AtomicCounters::add(counters.pages_discarded, freed);
 }
 
 MigrationResult ContextImpl::migrate_to_host(void* p, std::size_t bytes) {

@@ -73,6 +73,24 @@ int drop_host_copies(ContextImpl& ctx, ManagedRange& range, std::size_t first, s
   return ctx.mechanism->drop(range, first, count);
 }
 
+// The pages [first, first + n) with `mine` that the application discarded
+// while this migration held them (still LOCKED): unlock() empties them. Rare:
+// one page at a time, no allocation.
+template <class Mine>
+void unlock_discarded(ContextImpl& ctx, ManagedRange& range, std::size_t first, std::size_t n, Mine&& mine) noexcept {
+  auto& table = range.table();
+  for (std::size_t i = 0; i < n; ++i) {
+    if (!mine(i)) continue;
+    const std::size_t p = first + i;
+    bool discarded = false;
+    {
+      std::lock_guard lock(table.block_mutex(MirrorTable::block_of(p)));
+      discarded = table.entry(p).has(MirrorEntry::kDiscarded);
+    }
+    if (discarded) ctx.unlock(range, std::span(&p, 1));
+  }
+}
+
 // Migrated pages whose host copies could not be dropped (`pages`, ascending,
 // still locked): the device copies come back over them (a run the failed
 // drop zapped in part gets its data back; a page still mapped keeps its own,
@@ -266,11 +284,10 @@ std::size_t migrate_vma_pages(ContextImpl& ctx, MigrateVma& a) {
       const std::size_t i = p - first;
       MirrorEntry& e = table.entry(p);
       // The application discarded the page while it was copied: what the copy
-      // read may predate the discard, so the page stays on the host, where it
-      // now reads zeros (as the kernel fails to migrate a page whose PTE
-      // changed under migrate_vma).
+      // read may predate the discard, so the page does not move (as the kernel
+      // fails to migrate a page whose PTE changed under migrate_vma), and
+      // finalize's unlock empties it.
       const bool discarded = s.selected[i] && e.has(MirrorEntry::kDiscarded);
-      if (discarded) e.clear(MirrorEntry::kDiscarded);
       const bool ok = s.selected[i] && (a.src[i] & MIGRATE_PFN_MIGRATE) && (a.dst[i] & MIGRATE_PFN_VALID) &&
                       (a.dst[i] & MIGRATE_PFN_DEVICE) && ctx.pagemap(migrate_pfn_to_device_page(a.dst[i]).owner) &&
                       !discarded;
@@ -319,20 +336,24 @@ Status migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
   // mapping left to split) goes back to the host below.
   std::vector<std::size_t> undropped;
   int drop_error = 0;
-  for_each_run(0, n, [&](std::size_t i) { return migrated(i) && had_host_page(i) && !s.duplicate[i]; },
-                       [&](std::size_t i, std::size_t count) {
-                         zapped = true;
-                         const int err = drop_host_copies(ctx, range, first + i, count);
-                         if (err == 0) return;
-                         drop_error = err;
-                         for (std::size_t k = i; k < i + count; ++k) undropped.push_back(first + k);
-                       });
+  auto dropped = [&](std::size_t i) { return migrated(i) && had_host_page(i) && !s.duplicate[i]; };
+  for_each_run(0, n, dropped, [&](std::size_t i, std::size_t count) {
+    zapped = true;
+    const int err = drop_host_copies(ctx, range, first + i, count);
+    if (err == 0) return;
+    drop_error = err;
+    for (std::size_t k = i; k < i + count; ++k) undropped.push_back(first + k);
+  });
   // With mapping events, each drop (MADV_DONTNEED) raised a REMOVE event that
   // the fault service has read (the kernel waits for that) but may not have
   // applied yet; it must see these pages still locked, or it would take
   // uhmm's own zap for the application's and drop the device pages
-  // (mapping_events.hpp).
-  if (zapped && follows) ctx.ranges.gate().wait_applied();
+  // (mapping_events.hpp). The DISCARDED marks it left name that zap.
+  if (zapped && follows) {
+    ctx.ranges.gate().wait_applied();
+    for (std::size_t i = 0; i < n; ++i)
+      if (dropped(i)) table.forget_own_discard(first + i);
+  }
   Status kept;
   if (!undropped.empty()) kept = back_to_host(ctx, range, undropped, drop_error, a, first);
   // Pages that stay on the host become writable again; their writers are
@@ -368,6 +389,7 @@ Status migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
     }
   }
 
+  bool any_discarded = false;
   for (std::size_t block = table.block_of(first); block <= table.block_of(first + n - 1); ++block) {
     const std::size_t lo = std::max(first, table.block_begin(block));
     const std::size_t hi = std::min(first + n, table.block_end(block));
@@ -376,6 +398,7 @@ Status migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
       const std::size_t i = p - first;
       if (!s.selected[i]) continue;
       if (s.hold != nullptr && migrated(i)) s.hold->held[i] = 1;  // the launch unlocks it
+      else if (table.entry(p).has(MirrorEntry::kDiscarded)) any_discarded = true;  // unlocked (emptied) below
       else table.entry(p).clear(MirrorEntry::kLocked);
     }
   }
@@ -384,6 +407,8 @@ Status migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
     for (DevicePageIndex index : to_free[owner]) ctx.rmap(owner).clear(index);
     ctx.pagemap(owner)->page_free(to_free[owner]);
   }
+  if (any_discarded)
+    unlock_discarded(ctx, range, first, n, [&](std::size_t i) { return s.selected[i] && !(s.hold && migrated(i)); });
   ctx.unlocks.announce();
   for_each_run(0, n, stayed, [&](std::size_t i, std::size_t count) {
     ctx.mechanism->wake(reinterpret_cast<std::uintptr_t>(range.page_address(first + i)), count * kPageSize);

@@ -7,8 +7,9 @@
 //   bit  4     DIRTY    written on the device since it got there
 //   bit  5     WRITE    writable where it lives
 //   bit  6     POISONED could not be brought back; accesses get SIGBUS
-//   bit  7     DISCARDED the application dropped this host page while it was
-//                        locked (its MADV_DONTNEED raced the holder)
+//   bit  7     DISCARDED the application dropped this page while it was
+//                        locked (its MADV_DONTNEED raced the holder); set on
+//                        LOCKED pages only, the holder's unlock empties it
 //   bits 8-15  owner of the device page
 //   bits 32-63 device page index
 #pragma once
@@ -51,8 +52,9 @@ class MirrorEntry {
   constexpr bool locked() const { return has(kLocked); }
   constexpr void set(std::uint64_t flag) { bits_ |= flag; }
   constexpr void clear(std::uint64_t flag) { bits_ &= ~flag; }
-  // A new home; keeps PINNED and LOCKED (DISCARDED named the old one).
-  constexpr void move_to(MirrorEntry home) { bits_ = home.bits_ | (bits_ & (kPinned | kLocked)); }
+  // A new home; keeps PINNED, LOCKED and DISCARDED (a discard that raced the
+  // holder empties the new home too, at the unlock).
+  constexpr void move_to(MirrorEntry home) { bits_ = home.bits_ | (bits_ & (kPinned | kLocked | kDiscarded)); }
   constexpr std::uint64_t bits() const { return bits_; }
 
  private:

@@ -44,6 +44,13 @@ class MirrorTable {
   // Pre: the caller holds block_mutex(block_of(page)).
   MirrorEntry& entry(std::size_t page) noexcept { return entries_[page]; }
   const MirrorEntry& entry(std::size_t page) const noexcept { return entries_[page]; }
+  // uhmm zapped this page it holds (a migration's or a collapse's own
+  // MADV_DONTNEED): the DISCARDED mark its REMOVE event left is no discard by
+  // the application. Takes the block mutex; call it once the event is applied.
+  void forget_own_discard(std::size_t page) noexcept {
+    std::lock_guard lock(block_mutex(block_of(page)));
+    entries_[page].clear(MirrorEntry::kDiscarded);
+  }
 
   // Calls fn(block) for each block ever locked, ascending; the cost is the
   // number of such blocks (plus one summary word per 8 GiB of range).

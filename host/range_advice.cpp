@@ -193,6 +193,7 @@ std::size_t discard(ContextImpl& ctx, void* p, std::size_t bytes) {
           if (e.residency() == Residency::Device || e.residency() == Residency::Duplicated)
             device.push_back(e.device_page());
           e.move_to(MirrorEntry{});  // Empty; keeps PINNED and LOCKED
+          e.clear(MirrorEntry::kDiscarded);  // left by the zap above
         }
         // Signal mode: Empty pages are open (their holes read zeros), so that
         // system calls on them work.

@@ -18,6 +18,7 @@
 #include "written_pages.hpp"
 #include "page_runs.hpp"
 #include "uhmm/context.hpp"
+#include "uhmm/detail/test_points.hpp"
 
 namespace uhmm::detail {
 namespace {
@@ -58,6 +59,7 @@ void check_args(const ContextImpl& ctx, const SnapshotRange& r) {
 // What a device sees of a page whose entry is e.
 std::uint64_t word_of(MirrorEntry e, OwnerId requester) {
   if (e.has(MirrorEntry::kPoisoned)) return SNAPSHOT_PFN_ERROR;
+  if (e.has(MirrorEntry::kDiscarded)) return 0;  // Empty once its holder unlocks it
   const DevicePage page = e.device_page();
   const std::uint64_t page_bits = (std::uint64_t{page.owner} << SNAPSHOT_PFN_OWNER_SHIFT) |
                                   (std::uint64_t{page.index} << SNAPSHOT_PFN_INDEX_SHIFT);
@@ -161,8 +163,10 @@ Status snapshot(ContextImpl& ctx, SnapshotRange& r) {
           }
         }
       }
-      // Never-touched pages become host zero pages, one install per run.
+      // Never-touched pages become host zero pages, one install per run. One
+      // the application discards meanwhile is emptied again at the unlock.
       std::vector<std::uint8_t> zero_ok(zero.size(), 0);
+      if (!zero.empty()) test_points::at(test_points::held_install, range.page_address(zero.front()), false);
       for (std::size_t k = 0; k < zero.size();) {
         std::size_t run = 1;
         while (k + run < zero.size() && zero[k + run] == zero[k] + run) ++run;
@@ -183,6 +187,7 @@ Status snapshot(ContextImpl& ctx, SnapshotRange& r) {
         }
         k += run;
       }
+      if (!zero.empty()) test_points::at(test_points::held_install, range.page_address(zero.front()), true);
       // Device pages asked to be host pages come back (notifiers hear of it).
       ContextImpl::BackResult came_back;
       if (!back.empty()) {

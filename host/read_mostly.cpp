@@ -55,9 +55,14 @@ std::vector<std::size_t> collapse_to_device(ContextImpl& ctx, ManagedRange& rang
   if (pages.empty()) return stayed;
   // The device copies become the only, writable ones: a protection change
   // for the devices that mirror the range.
-  const OwnerId owner = range.table().entry(pages.front()).device_page().owner;
-  ctx.notifiers.invalidate(range, pages.front(), pages.back() + 1, InvalidateKind::protection_change, owner).end();
   auto& table = range.table();
+  OwnerId owner;
+  {
+    // Under the mutex although LOCKED: a REMOVE may mark the entry meanwhile.
+    std::lock_guard lock(table.block_mutex(MirrorTable::block_of(pages.front())));
+    owner = table.entry(pages.front()).device_page().owner;
+  }
+  ctx.notifiers.invalidate(range, pages.front(), pages.back() + 1, InvalidateKind::protection_change, owner).end();
   // The host copies go first, while the pages are locked: a CPU access waits
   // for the unlock, then faults the device copy back. A run whose host copies
   // cannot go keeps them instead (its device copies go).
@@ -74,6 +79,7 @@ std::vector<std::size_t> collapse_to_device(ContextImpl& ctx, ManagedRange& rang
     if (std::binary_search(stayed.begin(), stayed.end(), p)) continue;
     std::lock_guard lock(table.block_mutex(MirrorTable::block_of(p)));
     MirrorEntry& e = table.entry(p);
+    e.clear(MirrorEntry::kDiscarded);  // left by the zap above
     e.move_to(MirrorEntry::device(e.device_page()));
   }
   AtomicCounters::add(ctx.counters.duplicates_collapsed, pages.size() - stayed.size());

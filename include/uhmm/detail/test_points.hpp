@@ -25,6 +25,15 @@ inline std::atomic<bool> signal_coarse{false};
 // block mutex: a test locks a page of the block here.
 inline std::atomic<void (*)()> signal_widen{nullptr};
 
+// Called by an operation that holds pages LOCKED to map them on the host
+// (ContextImpl::bring_back, snapshot_range's populate), with the first page's
+// address: before it maps them (`installed` false) and after.
+inline std::atomic<void (*)(void* first_page, bool installed)> held_install{nullptr};
+
+inline void at(const std::atomic<void (*)(void*, bool)>& point, void* page, bool installed) noexcept {
+  if (auto* hook = point.load(std::memory_order_relaxed)) hook(page, installed);
+}
+
 inline void at(const std::atomic<void (*)()>& point) noexcept {
   if (auto* hook = point.load(std::memory_order_relaxed)) hook();
 }
