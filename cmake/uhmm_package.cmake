@@ -38,16 +38,22 @@ set(CPACK_DEBIAN_ENABLE_COMPONENT_DEPENDS ON)
 # uhmm-info needs libuhmm.so.0, which is in no installed package yet: found here,
 # it is left to the component dependency on the runtime package.
 set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS_PRIVATE_DIRS ${PROJECT_BINARY_DIR})
-# A DEBIAN/shlibs file for libuhmm: what links it depends on the exact
-# version, since a 0.x minor release may change the ABI under the same SONAME.
-set(CPACK_DEBIAN_PACKAGE_GENERATE_SHLIBS ON)
-set(CPACK_DEBIAN_PACKAGE_GENERATE_SHLIBS_POLICY "=")
 set(CPACK_DEBIAN_PACKAGE_SECTION libs)
 set(CPACK_DEBIAN_PACKAGE_PRIORITY optional)
 
 get_target_property(uhmm_soversion uhmm SOVERSION)
 set(uhmm_runtime_package libuhmm${uhmm_soversion})
 set(CPACK_DEBIAN_RUNTIME_PACKAGE_NAME ${uhmm_runtime_package})
+# Its control files, written here rather than by CPACK_DEBIAN_PACKAGE_GENERATE_SHLIBS,
+# which applies to every package and warns about the plugins (no SONAME).
+# shlibs: what links libuhmm depends on the exact version, since a 0.x minor
+# release may change the ABI under the same SONAME. triggers: ldconfig, under
+# any prefix (CPack adds its own postinst call for /usr only).
+set(uhmm_runtime_control ${PROJECT_BINARY_DIR}/cpack/runtime)
+file(WRITE ${uhmm_runtime_control}/shlibs
+  "libuhmm ${uhmm_soversion} ${uhmm_runtime_package} (= ${PROJECT_VERSION}-${CPACK_DEBIAN_PACKAGE_RELEASE})\n")
+file(WRITE ${uhmm_runtime_control}/triggers "activate-noawait ldconfig\n")
+set(CPACK_DEBIAN_RUNTIME_PACKAGE_CONTROL_EXTRA ${uhmm_runtime_control}/shlibs ${uhmm_runtime_control}/triggers)
 set(CPACK_COMPONENT_RUNTIME_DESCRIPTION "${PROJECT_DESCRIPTION} - shared library
 uhmm gives an application managed memory whose 4 KiB pages migrate between
 host RAM and a device on demand. This package holds libuhmm with its built-in
