@@ -7,8 +7,9 @@
 #       libuhmm0, libuhmm-dev, uhmm-tools and uhmm-backend-<gpu> (see cmake/uhmm_package.cmake).
 #       Install them with: apt-get install ./build-pkg/packages/*.deb
 #   scripts/package.sh --test-installed [prefix]
-#       builds tests/install/'s consumers against the uhmm installed under prefix (default
-#       /usr, where the packages put it) with find_package and with pkg-config, and runs them.
+#       builds tests/install/'s consumers (C++ and C) against the uhmm installed under prefix
+#       (default /usr, where the packages put it) with find_package and with pkg-config, and
+#       runs them.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -27,7 +28,7 @@ test_installed() {
   for step in find_package pkg_config; do
     echo "==== package.sh: install test $step against $prefix ($libdir) ===="
     cmake -DSTEP="$step" -DPREFIX="$prefix" -DLIBDIR="$libdir" -DINCLUDEDIR=include -DWORK_DIR="$work" \
-      -DCONSUMER_DIR="$root/tests/install" -DCONFIG=RelWithDebInfo -DCXX="$(command -v c++)" \
+      -DCONSUMER_DIR="$root/tests/install" -DCONFIG=RelWithDebInfo -DCXX="$(command -v c++)" -DCC="$(command -v cc)" \
       -DGENERATOR="Unix Makefiles" -DPKG_CONFIG="$(command -v pkg-config)" \
       -P "$root/tests/install/run_install_test.cmake"
   done
