@@ -6,8 +6,9 @@
 #                             and runs it (skipped in the signal fault mode: same build)
 #   package_deb               (fixture) cpack -G DEB of this build: the package set, their
 #                             metadata (dpkg-deb -f) and contents (-c); dpkg -x into a scratch root
-#   package_deb_find_package  install_find_package's consumer against that extracted tree
+#   package_deb_find_package  install_find_package's consumers against that extracted tree
 #   package_deb_pkg_config    install_pkg_config's, with PKG_CONFIG_SYSROOT_DIR at the tree
+#                             (both build whatever consumers run_install_test.cmake builds)
 # Installing the packages for real (apt-get install) is scripts/package.sh's job.
 if(UHMM_SANITIZE OR UHMM_EXPENSIVE_CHECKS)
   return()
