@@ -18,7 +18,7 @@ install(TARGETS uhmm EXPORT uhmmTargets
   ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR} COMPONENT Development
   RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR} COMPONENT Runtime)
 
-# Public headers only: include/uhmm/detail/ is the library's own (it needs spdlog).
+# Public headers only (C++ .hpp and C .h): include/uhmm/detail/ is the library's own (it needs spdlog).
 # kernels/uhmm/ (device_span.hpp & co.) installs into the same include/uhmm/.
 install(DIRECTORY include/uhmm/ kernels/uhmm/
   DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/uhmm COMPONENT Development
