@@ -23,6 +23,7 @@
 #include "userfaultfd_mechanism.hpp"
 #include "uhmm/detail/log.hpp"
 #include "uhmm/detail/signal_mask.hpp"
+#include "uhmm/detail/test_points.hpp"
 
 namespace uhmm::detail {
 namespace {
@@ -172,6 +173,7 @@ void FaultService::run() noexcept {
       }
       if (fds[0].revents & POLLIN) read_faults();
       if (batch.empty()) batch.swap(pumped_);  // faults an event's ioctls read
+      hold_for_test_batch(batch);
       while (!batch.empty()) {
         AtomicCounters::add(ctx_.counters.fault_wakeups, 1);
         resolve(batch);
@@ -188,6 +190,16 @@ void FaultService::run() noexcept {
       log().error("fault service: {}", e.what());
       batch.clear();
     }
+  }
+}
+
+void FaultService::hold_for_test_batch(std::vector<Fault>& batch) noexcept {
+  const std::size_t min = test_points::fault_batch_min.load(std::memory_order_relaxed);
+  if (min == 0 || batch.empty()) return;
+  pollfd fd{ctx_.mechanism->poll_fd(), POLLIN, 0};
+  // A short poll, so that a stopping service is never held here.
+  while (batch.size() < min && !stop_.load()) {
+    if (::poll(&fd, 1, 10) > 0) read_messages(batch);
   }
 }
 

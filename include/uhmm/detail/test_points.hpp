@@ -4,6 +4,7 @@
 #pragma once
 
 #include <atomic>
+#include <cstddef>
 
 namespace uhmm::detail::test_points {
 
@@ -15,6 +16,11 @@ extern std::atomic<void (*)()> pool_locked;
 // first half of its run, then fails with this errno, as MADV_DONTNEED on a
 // run that is mlock'ed part way, on a kernel without MADV_DONTNEED_LOCKED.
 inline std::atomic<int> migration_drop_error{0};
+
+// Non-zero: the fault service holds a batch it has begun until it holds this
+// many faults, so that a test can put faults of several threads into one
+// batch (FaultService::hold_for_test_batch).
+inline std::atomic<std::size_t> fault_batch_min{0};
 
 inline void at(const std::atomic<void (*)()>& point) noexcept {
   if (auto* hook = point.load(std::memory_order_relaxed)) hook();

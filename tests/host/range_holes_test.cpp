@@ -1,0 +1,145 @@
+// A managed range allocated into a hole the application unmapped in another
+// managed range (issue 13 item 3): the inner range lies inside the outer one's
+// address span and shares its userfaultfd. Faults, fault-ahead and lookups by
+// address must serve the inner range's pages as the inner range's, never as
+// the outer one's hole. Userfaultfd mode: signal mode follows no munmap
+// (no mapping events), so the hole is never reused while uhmm manages it.
+#include <gtest/gtest.h>
+#include <sys/mman.h>
+
+#include <cstdint>
+#include <cstring>
+#include <string_view>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "test_support.hpp"
+#include "uhmm/detail/test_points.hpp"
+
+namespace uhmm::test {
+namespace {
+
+constexpr std::size_t kBlock = 2 * MiB;
+constexpr std::size_t kBlockPages = kBlock / kPageSize;
+
+std::byte* at(void* base, std::size_t bytes) { return static_cast<std::byte*>(base) + bytes; }
+
+bool events_followed(const Context& ctx) { return std::string_view(ctx.fault_mode()) != "signal"; }
+constexpr const char* kNoEvents =
+    "signal fault mode: the application's munmap of managed memory is not followed (no userfaultfd mapping "
+    "events), so allocate refuses an address uhmm still manages and no range can be allocated into a hole";
+
+// Where the kernel puts the next mapping of a size is its first free gap of
+// that size in search order. Placeholders fill the gaps the search meets
+// before [lo, hi); the one that lands in [lo, hi) is unmapped again, so that
+// the next mapping of the same size lands there.
+class GapFiller {
+ public:
+  GapFiller() = default;
+  GapFiller(const GapFiller&) = delete;
+  GapFiller& operator=(const GapFiller&) = delete;
+  ~GapFiller() {
+    for (auto [p, bytes] : placeholders_) ::munmap(p, bytes);
+  }
+  // False if no placeholder landed in [lo, hi) within the bound.
+  bool vacate_slot_in(const std::byte* lo, const std::byte* hi, std::size_t bytes) {
+    for (int k = 0; k < 4096; ++k) {
+      void* p = ::mmap(nullptr, bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+      if (p == MAP_FAILED) return false;
+      if (p >= lo && at(p, bytes) <= hi) {
+        ::munmap(p, bytes);
+        return true;
+      }
+      keep(p, bytes);
+    }
+    return false;
+  }
+  void keep(void* p, std::size_t bytes) { placeholders_.emplace_back(p, bytes); }
+
+ private:
+  std::vector<std::pair<void*, std::size_t>> placeholders_;
+};
+
+// Allocates a managed range of `bytes` inside [lo, hi) (a hole), or returns
+// nullptr. A range uhmm put elsewhere meanwhile is freed.
+void* allocate_in(Context& ctx, GapFiller& filler, std::byte* lo, std::byte* hi, std::size_t bytes) {
+  // allocate() maps a block more than it needs and trims it to a block boundary.
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    if (!filler.vacate_slot_in(lo, hi, bytes + kBlock)) return nullptr;
+    void* p = ctx.allocate(bytes);
+    if (p >= lo && at(p, bytes) <= hi) return p;
+    ctx.free(p);
+  }
+  return nullptr;
+}
+
+// Reads one word of a page on its own thread (the page faults).
+std::thread reader(const void* page, std::uint64_t& out) {
+  return std::thread([page, &out] { out = *static_cast<const volatile std::uint64_t*>(page); });
+}
+
+struct BatchOf {
+  explicit BatchOf(std::size_t n) { detail::test_points::fault_batch_min.store(n); }
+  ~BatchOf() { detail::test_points::fault_batch_min.store(0); }
+};
+
+class RangeHoles : public ::testing::Test {
+ protected:
+  Context ctx{cpu_options()};
+  GapFiller filler;
+};
+
+// A batch holding a fault of the outer range and, after it, a fault of the
+// range allocated in its hole: the second fault (and fault-ahead over its
+// block) used to be resolved as the outer range's: zeros mapped over the
+// inner range's device pages.
+TEST_F(RangeHoles, ABatchSpanningAHoleServesTheRangeAllocatedInItAsItsOwn) {
+  if (!events_followed(ctx)) GTEST_SKIP() << kNoEvents;
+  constexpr std::size_t kOuter = 6 * kBlock;
+  void* outer = ctx.allocate(kOuter);
+  std::byte* hole = at(outer, 2 * kBlock);
+  constexpr std::size_t kHole = 3 * kBlock;
+  ASSERT_EQ(::munmap(hole, kHole), 0);
+  fill(outer, 2 * kBlock, 1);
+  fill(hole + kHole, kBlock, 3);
+  void* inner = allocate_in(ctx, filler, hole, hole + kHole, kBlock);
+  if (inner == nullptr) GTEST_SKIP() << "the kernel would not place a mapping in the hole";
+  fill(inner, kBlock, 2);
+  ASSERT_EQ(ctx.migrate_to_device(outer, 2 * kBlock).migrated, 2 * kBlockPages);
+  ASSERT_EQ(ctx.migrate_to_device(hole + kHole, kBlock).migrated, kBlockPages);
+  ASSERT_EQ(ctx.migrate_to_device(inner, kBlock).migrated, kBlockPages);
+  const std::size_t in_use = ctx.counters().device_pages_in_use;
+  ASSERT_EQ(in_use, 4 * kBlockPages);
+
+  // The outer fault sorts first in the batch: the inner one follows it.
+  std::uint64_t outer_word = 0, inner_word = 0;
+  {
+    BatchOf both(2);
+    std::thread a = reader(at(outer, kBlock), outer_word);
+    std::thread b = reader(at(inner, 8 * kPageSize), inner_word);
+    a.join();
+    b.join();
+  }
+  EXPECT_EQ(outer_word, pattern(1, kBlock / 8));
+  EXPECT_EQ(inner_word, pattern(2, 8 * kPageSize / 8));
+  // Each fault brought back its own range's block (fault-ahead), nothing else.
+  const auto inner_states = ctx.residency(inner, kBlock);
+  EXPECT_EQ(count(inner_states, Residency::System), kBlockPages);
+  EXPECT_EQ(ctx.counters().device_pages_in_use, in_use - 2 * kBlockPages);
+  expect_pattern(inner, kBlock, 2);
+
+  // What stays on the device comes back whole, and the pool ends empty.
+  EXPECT_EQ(ctx.migrate_to_host(inner, kBlock).migrated, 0u);
+  EXPECT_EQ(ctx.migrate_to_host(outer, 2 * kBlock).migrated, kBlockPages);
+  EXPECT_EQ(ctx.migrate_to_host(hole + kHole, kBlock).migrated, kBlockPages);
+  EXPECT_EQ(ctx.counters().device_pages_in_use, 0u);
+  expect_pattern(outer, 2 * kBlock, 1);
+  expect_pattern(hole + kHole, kBlock, 3);
+  EXPECT_TRUE(ctx.validate()) << ctx.validate().message;
+  ctx.free(inner);
+  ctx.free(outer);
+}
+
+}  // namespace
+}  // namespace uhmm::test
