@@ -141,5 +141,37 @@ TEST_F(RangeHoles, ABatchSpanningAHoleServesTheRangeAllocatedInItAsItsOwn) {
   ctx.free(outer);
 }
 
+// A small range allocated at the start of a hole that ends inside one of the
+// outer range's blocks: the block holds the outer range's live pages after it.
+// A first touch there maps zeros over the block's never-touched pages
+// (fault-ahead), and used to take the inner range's pages for the outer's.
+TEST_F(RangeHoles, FaultAheadInABlockSharedWithARangeInItsHoleLeavesThatRangesPages) {
+  if (!events_followed(ctx)) GTEST_SKIP() << kNoEvents;
+  constexpr std::size_t kOuter = 4 * kBlock;
+  constexpr std::size_t kInnerPages = 16;
+  constexpr std::size_t kInner = kInnerPages * kPageSize;
+  void* outer = ctx.allocate(kOuter);
+  // The hole: block 0 and block 1's first pages, one page more than the inner range.
+  constexpr std::size_t kHole = kBlock + kInner + kPageSize;
+  ASSERT_EQ(::munmap(outer, kHole), 0);
+  void* inner = allocate_in(ctx, filler, static_cast<std::byte*>(outer), at(outer, kHole), kInner);
+  if (inner == nullptr) GTEST_SKIP() << "the kernel would not place a mapping in the hole";
+  ASSERT_EQ(inner, at(outer, kBlock));  // block aligned: the block's other pages are the outer range's
+  fill(inner, kInner, 2);
+  ASSERT_EQ(ctx.migrate_to_device(inner, kInner).migrated, kInnerPages);
+  ASSERT_EQ(ctx.counters().device_pages_in_use, kInnerPages);
+
+  // A first touch of the outer range's part of the block: zeros there only.
+  const auto* touched = reinterpret_cast<const volatile std::uint64_t*>(at(outer, kBlock + 100 * kPageSize));
+  EXPECT_EQ(*touched, 0u);
+  EXPECT_EQ(count(ctx.residency(inner, kInner), Residency::Device), kInnerPages);
+  EXPECT_EQ(ctx.counters().device_pages_in_use, kInnerPages);
+  expect_pattern(inner, kInner, 2);
+  EXPECT_EQ(ctx.counters().device_pages_in_use, 0u);
+  EXPECT_TRUE(ctx.validate()) << ctx.validate().message;
+  ctx.free(inner);
+  ctx.free(outer);
+}
+
 }  // namespace
 }  // namespace uhmm::test
