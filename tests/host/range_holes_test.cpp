@@ -32,8 +32,8 @@ constexpr const char* kNoEvents =
 
 // Where the kernel puts the next mapping of a size is its first free gap of
 // that size in search order. Placeholders fill the gaps the search meets
-// before [lo, hi); the one that lands in [lo, hi) is unmapped again, so that
-// the next mapping of the same size lands there.
+// before [lo, hi); the one that meets [lo, hi) is unmapped again, so that
+// the next mapping of the same size goes there.
 class GapFiller {
  public:
   GapFiller() = default;
@@ -42,12 +42,12 @@ class GapFiller {
   ~GapFiller() {
     for (auto [p, bytes] : placeholders_) ::munmap(p, bytes);
   }
-  // False if no placeholder landed in [lo, hi) within the bound.
+  // False if no placeholder met [lo, hi) within the bound.
   bool vacate_slot_in(const std::byte* lo, const std::byte* hi, std::size_t bytes) {
     for (int k = 0; k < 4096; ++k) {
       void* p = ::mmap(nullptr, bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
       if (p == MAP_FAILED) return false;
-      if (p >= lo && at(p, bytes) <= hi) {
+      if (p < hi && at(p, bytes) > lo) {
         ::munmap(p, bytes);
         return true;
       }
@@ -171,6 +171,38 @@ TEST_F(RangeHoles, FaultAheadInABlockSharedWithARangeInItsHoleLeavesThatRangesPa
   EXPECT_TRUE(ctx.validate()) << ctx.validate().message;
   ctx.free(inner);
   ctx.free(outer);
+}
+
+// The application unmapped a range's first pages and a new range was
+// allocated there: both start at the same address. Each call names the range
+// live at its address (the new one), and the old range's live part stays its own.
+TEST_F(RangeHoles, ARangeAllocatedWhereAnotherRangesHeadWasUnmappedIsCalledByItsBase) {
+  if (!events_followed(ctx)) GTEST_SKIP() << kNoEvents;
+  constexpr std::size_t kOuter = 4 * kBlock;
+  auto* outer = static_cast<std::byte*>(ctx.allocate(kOuter));
+  constexpr std::size_t kHole = 2 * kBlock;
+  ASSERT_EQ(::munmap(outer, kHole), 0);
+  fill(outer + kHole, kOuter - kHole, 1);
+  void* inner = allocate_in(ctx, filler, outer, outer + kHole, kBlock);
+  if (inner == nullptr) GTEST_SKIP() << "the kernel would not place a mapping in the hole";
+  ASSERT_EQ(inner, outer);
+  // Checked before any access: with the wrong range, the access would fault forever.
+  ASSERT_EQ(ctx.range_size(inner), kBlock);
+  ASSERT_EQ(ctx.residency(inner, kBlock).size(), kBlockPages);
+  fill(inner, kBlock, 2);
+  EXPECT_EQ(ctx.migrate_to_device(inner, kBlock).migrated, kBlockPages);
+  EXPECT_EQ(ctx.migrate_to_device(outer + kHole, kOuter - kHole).migrated, (kOuter - kHole) / kPageSize);
+  expect_pattern(inner, kBlock, 2);
+  expect_pattern(outer + kHole, kOuter - kHole, 1);
+
+  ctx.free(inner);  // the range live at that address
+  EXPECT_EQ(ctx.range_size(outer), kOuter);
+  EXPECT_EQ(ctx.migrate_to_device(outer + kHole, kOuter - kHole).migrated, (kOuter - kHole) / kPageSize);
+  expect_pattern(outer + kHole, kOuter - kHole, 1);
+  EXPECT_TRUE(ctx.validate()) << ctx.validate().message;
+  ctx.free(outer);
+  EXPECT_EQ(ctx.counters().device_pages_in_use, 0u);
+  EXPECT_THROW(ctx.free(outer), Error);
 }
 
 }  // namespace
