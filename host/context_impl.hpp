@@ -86,6 +86,7 @@ class ContextImpl {
   // could not come back (still on their device). Never throws.
   struct BackResult {
     std::size_t moved = 0;
+    std::size_t dropped = 0;  // pages the application unmapped: device copies released, nothing installed
     std::vector<std::size_t> failed;
     Status status;
   };

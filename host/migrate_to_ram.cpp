@@ -36,6 +36,12 @@ ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<c
   // limits): a block's worth of bookkeeping lives on the stack.
   // ok[p - base]: the page's bytes are in staging.
   std::array<std::uint8_t, kPagesPerBlock> ok{};
+  // gone[p - base]: the application unmapped the page. It is not the range's
+  // any more (another range may have been allocated there, sharing the
+  // userfaultfd): its device copy is released, nothing is installed.
+  std::array<std::uint8_t, kPagesPerBlock> gone{};
+  if (range.any_unmapped(pages.front(), pages.back() + 1))
+    for (std::size_t p : pages) gone[p - base] = range.any_unmapped(p, p + 1);
   std::array<DevicePage, kPagesPerBlock> device;
   {
     std::lock_guard lock(table.block_mutex(block));
@@ -47,7 +53,7 @@ ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<c
   for (const OwnerId owner : owner_ids(devices_.size())) {
     std::size_t n = 0;
     for (std::size_t k = 0; k < pages.size(); ++k) {
-      if (device[k].owner != owner) continue;
+      if (device[k].owner != owner || gone[pages[k] - base]) continue;
       indices_of[n] = device[k].index;
       dst_of[n] = staging + (pages[k] - base) * kPageSize;
       which[n++] = pages[k];
@@ -97,6 +103,11 @@ ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<c
   {
     std::lock_guard lock(table.block_mutex(block));
     for (std::size_t k = 0; k < pages.size(); ++k) {
+      if (gone[pages[k] - base]) {
+        table.entry(pages[k]).move_to(MirrorEntry{});
+        ++out.dropped;
+        continue;
+      }
       if (!ok[pages[k] - base]) {
         // Allocates only when a copy failed; without memory the page is
         // still left on its device (and its fault unresolved, retried).
@@ -114,11 +125,13 @@ ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<c
   for (const OwnerId owner : owner_ids(devices_.size())) {
     std::size_t n = 0;
     for (std::size_t k = 0; k < pages.size(); ++k)
-      if (device[k].owner == owner && ok[pages[k] - base]) indices_of[n++] = device[k].index;
+      if (device[k].owner == owner && (ok[pages[k] - base] || gone[pages[k] - base]))
+        indices_of[n++] = device[k].index;
     if (n == 0) continue;
     for (std::size_t k = 0; k < n; ++k) rmaps_[owner - 1]->clear(indices_of[k]);
     devices_[owner - 1]->page_free(std::span<const DevicePageIndex>(indices_of.data(), n));
   }
+  AtomicCounters::add(counters.pages_discarded, out.dropped);
   AtomicCounters::add(counters.pages_to_host, out.moved);
   AtomicCounters::add(counters.bytes_to_host, out.moved * kPageSize);
   observer.migrated_to_host(start_ns, reinterpret_cast<std::uintptr_t>(range.page_address(pages.front())), pages.size(),
@@ -261,8 +274,8 @@ ContextImpl::DeviceRangeEviction ContextImpl::evict_device_range(OwnerId owner, 
         ++out.failed;
       }
       unlock(range, taken);
-      out.moved += back.moved;
-      progressed = progressed || back.moved > 0;
+      out.moved += back.moved + back.dropped;  // both left the device
+      progressed = progressed || back.moved + back.dropped > 0;
       if (!back.status && out.status) out.status = back.status;
     }
     out.skipped_locked = waiting;

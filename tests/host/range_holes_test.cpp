@@ -205,5 +205,65 @@ TEST_F(RangeHoles, ARangeAllocatedWhereAnotherRangesHeadWasUnmappedIsCalledByIts
   EXPECT_THROW(ctx.free(outer), Error);
 }
 
+// The application unmaps part of a range while a migration holds its pages:
+// the holder leaves them on the device (mapping_events.hpp), in the hole.
+// They are not the range's any more: evicting them releases them and installs
+// nothing (it used to try to install them: ENOENT in the empty part of the
+// hole, so the pool could never shrink below them; and in a range allocated
+// there, the old range's bytes over its missing pages).
+std::byte* g_unmap_at = nullptr;
+std::size_t g_unmap_bytes = 0;
+void unmap_once_in_pool() {
+  if (std::byte* p = std::exchange(g_unmap_at, nullptr)) {
+    ASSERT_EQ(::munmap(p, g_unmap_bytes), 0);
+  }
+}
+
+struct PoolHook {
+  explicit PoolHook(void (*hook)()) { detail::test_points::pool_locked.store(hook); }
+  ~PoolHook() { detail::test_points::pool_locked.store(nullptr); }
+};
+
+TEST(RangeHolesLeftovers, PagesLeftOnADeviceInAHoleAreReleasedNeverInstalled) {
+  Context ctx{cpu_options(64 * MiB, true, 2)};
+  if (!events_followed(ctx)) GTEST_SKIP() << kNoEvents;
+  GapFiller filler;
+  const OwnerId first = ctx.device_owner(0), second = ctx.device_owner(1);
+  constexpr std::size_t kOuter = 6 * kBlock;
+  auto* outer = static_cast<std::byte*>(ctx.allocate(kOuter));
+  fill(outer, kOuter, 1);
+  ASSERT_EQ(ctx.migrate_to_device(outer, kOuter, first).migrated, 6 * kBlockPages);
+  // Moving the middle to the second device; the application unmaps it while
+  // the move holds its pages (the move allocates there: device to device,
+  // nothing is read through the mapping).
+  std::byte* hole = outer + 2 * kBlock;
+  constexpr std::size_t kHole = 3 * kBlock;
+  g_unmap_at = hole;
+  g_unmap_bytes = kHole;
+  {
+    PoolHook hook(&unmap_once_in_pool);
+    ctx.migrate_to_device(hole, kHole, second);
+  }
+  ASSERT_EQ(g_unmap_at, nullptr);
+  const std::size_t left_over = ctx.counters().device_pages_in_use - 3 * kBlockPages;
+  void* inner = allocate_in(ctx, filler, hole, hole + kHole, kBlock);
+  if (inner == nullptr) GTEST_SKIP() << "the kernel would not place a mapping in the hole";
+  // Never touched: zero-filled on the device, nothing of it mapped on the host
+  // (a host page's drop would discard what is left at its address).
+  ASSERT_EQ(ctx.migrate_to_device(inner, kBlock, first).migrated, kBlockPages);
+
+  // The second device's pages go (the pool can shrink): none lands in the inner range.
+  EXPECT_NO_THROW(ctx.set_device_pool_limit(second, 0));
+  EXPECT_EQ(ctx.counters().device_pages_in_use, 4 * kBlockPages);
+  const std::vector<std::byte> zeros(kBlock);
+  EXPECT_EQ(std::memcmp(inner, zeros.data(), kBlock), 0);
+  EXPECT_EQ(ctx.counters().device_pages_in_use, 3 * kBlockPages);
+  EXPECT_EQ(left_over, kHole / kPageSize);
+  EXPECT_TRUE(ctx.validate()) << ctx.validate().message;
+  ctx.free(inner);
+  ctx.free(outer);
+  EXPECT_EQ(ctx.counters().device_pages_in_use, 0u);
+}
+
 }  // namespace
 }  // namespace uhmm::test
