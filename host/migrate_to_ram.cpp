@@ -15,6 +15,7 @@
 #include "page_runs.hpp"
 #include "read_mostly.hpp"
 #include "uhmm/detail/log.hpp"
+#include "uhmm/detail/test_points.hpp"
 #include "uhmm/migrate.hpp"
 
 namespace uhmm::detail {
@@ -81,7 +82,9 @@ ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<c
     for (std::size_t k = 0; k < done; ++k) ok[which[k] - base] = 1;
   }
 
+  if (auto* hook = test_points::bring_back_copied.load(std::memory_order_relaxed)) hook(range.page_address(pages.front()));
   // Map what arrived, one install per contiguous run.
+  const bool follows_unmaps = mechanism->follows_mapping_changes();
   for_each_run(base, end, [&](std::size_t p) { return ok[p - base] != 0; },
                [&](std::size_t p, std::size_t count) {
                  std::size_t copied = 0;
@@ -91,7 +94,12 @@ ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<c
                  // remapped the range); map the others page by page.
                  for (std::size_t q = p + copied / kPageSize; q < p + count; ++q) {
                    const int e = mechanism->install_copy(range, q, 1, staging + (q - base) * kPageSize, nullptr);
-                   if (e != 0 && e != EEXIST) {
+                   if (e == ENOENT && follows_unmaps) {
+                     // Nothing mapped there: the application unmapped it
+                     // meanwhile (its UNMAP event is on its way). Gone.
+                     ok[q - base] = 0;
+                     gone[q - base] = 1;
+                   } else if (e != 0 && e != EEXIST) {
                      ok[q - base] = 0;
                      out.status = {Errc::system_error, fmt::format("installing the page at {} failed: {}",
                                                                    static_cast<void*>(range.page_address(q)),
@@ -192,6 +200,7 @@ MigrationResult ContextImpl::migrate_to_host(void* p, std::size_t bytes) {
     const BackResult back = bring_back(range, taken, staging.get());
     unlock(range, taken);
     result.migrated += back.moved;
+    result.already += back.dropped;  // unmapped by the application meanwhile: on no device now
     result.failed += back.failed.size();
     if (!back.status && result.status) result.status = back.status;
   }

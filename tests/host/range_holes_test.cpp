@@ -265,5 +265,39 @@ TEST(RangeHolesLeftovers, PagesLeftOnADeviceInAHoleAreReleasedNeverInstalled) {
   EXPECT_EQ(ctx.counters().device_pages_in_use, 0u);
 }
 
+// The application unmaps pages while an eviction brings them back (copied,
+// not yet installed): nothing is mapped there (ENOENT). They are gone, not
+// failed: their device copies are released and the pool shrinks (the
+// eviction used to fail with system_error, the pages left on the device).
+constexpr std::size_t kUnmappedMidway = 16;
+void unmap_pages_being_installed(void* first) {
+  detail::test_points::bring_back_copied.store(nullptr);  // once
+  ASSERT_EQ(::munmap(first, kUnmappedMidway * kPageSize), 0);
+}
+
+TEST_F(RangeHoles, PagesUnmappedWhileAnEvictionInstallsThemAreReleased) {
+  if (!events_followed(ctx)) GTEST_SKIP() << kNoEvents;
+  auto* p = static_cast<std::byte*>(ctx.allocate(kBlock));
+  fill(p, kBlock, 1);
+  ASSERT_EQ(ctx.migrate_to_device(p, kBlock).migrated, kBlockPages);
+  detail::test_points::bring_back_copied.store(&unmap_pages_being_installed);
+  std::size_t evicted = 0;
+  EXPECT_NO_THROW(evicted = ctx.set_device_pool_limit(ctx.device_owner(0), 0));
+  detail::test_points::bring_back_copied.store(nullptr);
+  EXPECT_EQ(evicted, kBlockPages);
+  EXPECT_EQ(ctx.counters().device_pages_in_use, 0u);
+  EXPECT_EQ(ctx.counters().pages_lost, 0u);
+  // The pages still mapped came back with their data; the unmapped ones fail calls.
+  EXPECT_EQ(count(ctx.residency(p + kUnmappedMidway * kPageSize, kBlock - kUnmappedMidway * kPageSize),
+                  Residency::System),
+            kBlockPages - kUnmappedMidway);
+  const auto* words = reinterpret_cast<const std::uint64_t*>(p);
+  for (std::size_t w = kUnmappedMidway * kPageSize / 8; w < kBlock / 8; ++w)
+    ASSERT_EQ(words[w], pattern(1, w)) << "word " << w;
+  EXPECT_THROW(ctx.residency(p, kPageSize), Error);
+  EXPECT_TRUE(ctx.validate()) << ctx.validate().message;
+  ctx.free(p);
+}
+
 }  // namespace
 }  // namespace uhmm::test

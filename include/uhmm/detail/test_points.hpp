@@ -22,6 +22,11 @@ inline std::atomic<int> migration_drop_error{0};
 // batch (FaultService::hold_for_test_batch).
 inline std::atomic<std::size_t> fault_batch_min{0};
 
+// Called by bring_back with the first page it brings back, after copying
+// the pages from their device and before installing them (a test unmaps
+// them there).
+inline std::atomic<void (*)(void*)> bring_back_copied{nullptr};
+
 inline void at(const std::atomic<void (*)()>& point) noexcept {
   if (auto* hook = point.load(std::memory_order_relaxed)) hook();
 }
