@@ -82,7 +82,8 @@ ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<c
     for (std::size_t k = 0; k < done; ++k) ok[which[k] - base] = 1;
   }
 
-  if (auto* hook = test_points::bring_back_copied.load(std::memory_order_relaxed)) hook(range.page_address(pages.front()));
+  if (auto* hook = test_points::bring_back_copied.load(std::memory_order_relaxed))
+    hook(range.page_address(pages.front()));
   // Map what arrived, one install per contiguous run.
   const bool follows_unmaps = mechanism->follows_mapping_changes();
   for_each_run(base, end, [&](std::size_t p) { return ok[p - base] != 0; },

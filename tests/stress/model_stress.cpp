@@ -109,13 +109,16 @@ struct HoleOuter {
   std::size_t pages() const noexcept { return head_pages + hole_pages + tail_pages; }
 };
 
-std::uint64_t outer_word(const HoleOuter& o, std::size_t w) noexcept { return mix(o.id * 0x100000001b3ull + w); }
+std::uint64_t outer_word(const HoleOuter& o, std::size_t w) noexcept {
+  return mix(o.id * 0x100000001b3ull + w);
+}
 
 // Maps placeholders (PROT_NONE) until the kernel's next free gap for `bytes`
 // meets [lo, hi), then frees that one: the next mapping of that size likely
 // lands there (other threads map too: a hint, not a promise). Returns the
 // placeholders still mapped.
-std::vector<std::pair<void*, std::size_t>> clear_way_to(const std::byte* lo, const std::byte* hi, std::size_t bytes) {
+std::vector<std::pair<void*, std::size_t>> clear_way_to(const std::byte* lo, const std::byte* hi,
+                                                        std::size_t bytes) {
   std::vector<std::pair<void*, std::size_t>> kept;
   for (int k = 0; k < 64; ++k) {
     void* p = ::mmap(nullptr, bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -959,7 +962,8 @@ void Harness::op_refill_hole(ThreadState& ts) {
       MaybeShared gate(inject_gate_, cfg_.inject_failures);
       ts.rec.b = clamp32(check_outer(&ts, o));
       (void)ctx_.migrate_to_device(o.base, o.head_pages * kPageSize, dev);
-      (void)ctx_.migrate_to_device(o.base + (o.head_pages + o.hole_pages) * kPageSize, o.tail_pages * kPageSize, dev);
+      (void)ctx_.migrate_to_device(o.base + (o.head_pages + o.hole_pages) * kPageSize,
+                                   o.tail_pages * kPageSize, dev);
       return;
     }
   }
@@ -991,10 +995,12 @@ void Harness::op_refill_hole(ThreadState& ts) {
     (void)ctx_.residency(hole, kPageSize);
     mismatch(&ts, "a call on an unmapped hole did not fail");
   } catch (const Error& e) {
-    if (e.code() != Errc::out_of_range) mismatch(&ts, fmt::format("a call on an unmapped hole: {}", e.what()));
+    if (e.code() != Errc::out_of_range)
+      mismatch(&ts, fmt::format("a call on an unmapped hole: {}", e.what()));
   }
   ctx_.free(s.base);
-  const auto placeholders = clear_way_to(hole, hole + o.hole_pages * kPageSize, pages * kPageSize + kBlockSize);
+  const auto placeholders =
+      clear_way_to(hole, hole + o.hole_pages * kPageSize, pages * kPageSize + kBlockSize);
   allocate_slot(s, pages);
   for (auto [p, bytes] : placeholders) ::munmap(p, bytes);
   s.outer = o;
@@ -1014,8 +1020,8 @@ std::size_t Harness::check_outer(ThreadState* ts, const HoleOuter& o) {
   const auto check = [&](std::size_t first_page, std::size_t count) {
     for (std::size_t w = first_page * kWordsPerPage; w < (first_page + count) * kWordsPerPage; ++w)
       if (words[w] != outer_word(o, w) && bad++ == 0)
-        mismatch(ts, fmt::format("outer range {} word {} (page {}, next to its hole) expected {:#018x}, got {:#018x}",
-                                 o.id, w, w / kWordsPerPage, outer_word(o, w), words[w]));
+        mismatch(ts, fmt::format("outer range {} word {} (page {}) expected {:#018x}, got {:#018x}", o.id, w,
+                                 w / kWordsPerPage, outer_word(o, w), words[w]));
   };
   check(0, o.head_pages);
   check(o.head_pages + o.hole_pages, o.tail_pages);
@@ -1280,7 +1286,8 @@ std::string OpRecord::format() const {
     case Op::Inject: results = fmt::format("dev {} alloc_pages_left {} copy_fail_at_page {}", device, a, b); break;
     case Op::Residency: results = fmt::format("on device {}", a); break;
     case Op::RefillHole:
-      results = fmt::format("dev {} {} outer bad {} zeros bad {}", device, flags ? "check outer" : "new hole", b, c);
+      results = fmt::format("dev {} {} outer bad {} zeros bad {}", device, flags ? "check outer" : "new hole",
+                            b, c);
       break;
     case Op::Unpin: break;
     default:
