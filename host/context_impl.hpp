@@ -88,6 +88,7 @@ class ContextImpl {
   // it, and frees its device page if it was not installed.
   struct BackResult {
     std::size_t moved = 0;
+    std::size_t dropped = 0;  // pages the application unmapped: device copies released, nothing installed
     std::vector<std::size_t> failed;
     Status status;
   };

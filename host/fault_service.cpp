@@ -23,6 +23,7 @@
 #include "userfaultfd_mechanism.hpp"
 #include "uhmm/detail/log.hpp"
 #include "uhmm/detail/signal_mask.hpp"
+#include "uhmm/detail/test_points.hpp"
 
 namespace uhmm::detail {
 namespace {
@@ -40,6 +41,16 @@ bool queue(std::vector<T>& v, const T& item) noexcept {
   } catch (const std::bad_alloc&) {
     return false;
   }
+}
+
+// The pages of [lo, hi), a block's, that the application unmapped: not the
+// range's any more (another range may have been allocated there, sharing the
+// userfaultfd), so fault-ahead leaves them alone.
+BlockPages unmapped_in(const ManagedRange& range, std::size_t lo, std::size_t hi) noexcept {
+  BlockPages out;
+  if (range.any_unmapped(lo, hi))
+    for (std::size_t p = lo; p < hi; ++p) out[p - lo] = range.any_unmapped(p, p + 1);
+  return out;
 }
 
 void sort_unique(std::vector<std::size_t>& v) {
@@ -172,6 +183,7 @@ void FaultService::run() noexcept {
       }
       if (fds[0].revents & POLLIN) read_faults();
       if (batch.empty()) batch.swap(pumped_);  // faults an event's ioctls read
+      hold_for_test_batch(batch);
       while (!batch.empty()) {
         AtomicCounters::add(ctx_.counters.fault_wakeups, 1);
         resolve(batch);
@@ -188,6 +200,16 @@ void FaultService::run() noexcept {
       log().error("fault service: {}", e.what());
       batch.clear();
     }
+  }
+}
+
+void FaultService::hold_for_test_batch(std::vector<Fault>& batch) noexcept {
+  const std::size_t min = test_points::fault_batch_min.load(std::memory_order_relaxed);
+  if (min == 0 || batch.empty()) return;
+  pollfd fd{ctx_.mechanism->poll_fd(), POLLIN, 0};
+  // A short poll, so that a stopping service is never held here.
+  while (batch.size() < min && !stop_.load()) {
+    if (::poll(&fd, 1, 10) > 0) read_messages(batch);
   }
 }
 
@@ -216,6 +238,13 @@ void FaultService::wake_unlocked_parked() noexcept {
 
 void FaultService::resolve(std::vector<Fault>& faults) noexcept {
   std::sort(faults.begin(), faults.end(), [](const Fault& a, const Fault& b) { return a.address < b.address; });
+  // A fault belongs to `range` while its page is a live one of it: an address
+  // in a hole the application unmapped may be another range's now (one
+  // allocated into the hole, sharing the userfaultfd), so it is looked up.
+  const auto live_in = [](const ManagedRange& range, std::uintptr_t address) {
+    const auto* a = reinterpret_cast<const void*>(address);
+    return range.contains(a) && !range.any_unmapped(range.page_of(a), range.page_of(a) + 1);
+  };
   std::size_t i = 0;
   while (i < faults.size()) {
     RangeSpan span = ctx_.ranges.find(reinterpret_cast<const void*>(faults[i].address));
@@ -228,17 +257,17 @@ void FaultService::resolve(std::vector<Fault>& faults) noexcept {
       continue;
     }
     ManagedRange& range = span.range();
-    if (range.any_unmapped(span.first(), span.first() + 1)) {
-      // A stale fault on a page the application unmapped since: its thread
-      // retries and gets what the address holds now.
+    if (!live_in(range, faults[i].address)) {
+      // A stale fault on a page the application unmapped since (and no range
+      // was allocated there): its thread retries and gets what the address holds now.
       ctx_.mechanism->wake(faults[i].address, kPageSize);
       ++i;
       continue;
     }
-    while (i < faults.size() && range.contains(reinterpret_cast<const void*>(faults[i].address))) {
+    while (i < faults.size() && live_in(range, faults[i].address)) {
       const std::size_t block = MirrorTable::block_of(range.page_of(reinterpret_cast<const void*>(faults[i].address)));
       std::size_t j = i;
-      while (j < faults.size() && range.contains(reinterpret_cast<const void*>(faults[j].address)) &&
+      while (j < faults.size() && live_in(range, faults[j].address) &&
              MirrorTable::block_of(range.page_of(reinterpret_cast<const void*>(faults[j].address))) == block)
         ++j;
       resolve_block(range, block, &faults[i], j - i);
@@ -299,6 +328,7 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
   std::size_t zero_faults = 0;
   const std::span<const Fault> observed(faults, count);
   const auto page_of = [&](std::uintptr_t a) { return range.page_of(reinterpret_cast<const void*>(a)); };
+  const BlockPages hole = unmapped_in(range, lo, hi);  // the faulting pages are live (resolve)
 
   // Every allocation of this resolution happens here, before anything is
   // locked: without memory, the faulting threads retry (and fault again)
@@ -350,7 +380,8 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
     }
     if (ahead && !zero.empty())
       for (std::size_t p = lo; p < hi; ++p)
-        if (table.entry(p).bits() == 0 && mechanism.empty_page_closed(range, p)) zero.push_back(p);  // Empty, unlocked
+        if (table.entry(p).bits() == 0 && !hole[p - lo] && mechanism.empty_page_closed(range, p))
+          zero.push_back(p);  // Empty, unlocked
     if (ahead && !back.empty()) {
       // Density prefetch: the part of the block each faulting page brings back.
       BlockPages occupied;
@@ -371,7 +402,8 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
       AdviceCursor advice(range.advice().runs(lo, hi));
       for (std::size_t p = lo; p < hi; ++p) {
         const MirrorEntry e = table.entry(p);
-        if (!region[p - lo] || e.residency() != Residency::Device || e.locked() || e.has(MirrorEntry::kPoisoned))
+        if (!region[p - lo] || hole[p - lo] || e.residency() != Residency::Device || e.locked() ||
+            e.has(MirrorEntry::kPoisoned))
           continue;
         // A thrashing neighbour stays where it is: it would only bounce back.
         if (thrashing.enabled && !faulted[p - lo] && range.bounces().cooling(p, now_ms, thrashing)) {
@@ -394,7 +426,8 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
     if (open_block)
       for (std::size_t p = lo; p < hi; ++p) {
         const MirrorEntry e = table.entry(p);
-        if (reopens(e.residency()) && !e.locked() && !e.has(MirrorEntry::kPoisoned)) unprotect.push_back(p);
+        if (reopens(e.residency()) && !hole[p - lo] && !e.locked() && !e.has(MirrorEntry::kPoisoned))
+          unprotect.push_back(p);
       }
     sort_unique(zero);
     sort_unique(back);

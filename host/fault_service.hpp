@@ -53,6 +53,9 @@ class FaultService {
   // event; read it, keeping the faults for the next batch.
   static void pump(void* self) noexcept;
   void wake_unlocked_parked() noexcept;
+  // Test point (test_points::fault_batch_min): reads on until the batch
+  // begun holds that many faults.
+  void hold_for_test_batch(std::vector<Fault>& batch) noexcept;
   void resolve(std::vector<Fault>& faults) noexcept;
   // Resolves the faults of one block (sorted, same range and block).
   // Thrashing bookkeeping for the faulting pages that came back (all but `failed`).

@@ -38,6 +38,12 @@ ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<c
   // limits): a block's worth of bookkeeping lives on the stack.
   // ok[p - base]: the page's bytes are in staging.
   std::array<std::uint8_t, kPagesPerBlock> ok{};
+  // gone[p - base]: the application unmapped the page. It is not the range's
+  // any more (another range may have been allocated there, sharing the
+  // userfaultfd): its device copy is released, nothing is installed.
+  std::array<std::uint8_t, kPagesPerBlock> gone{};
+  if (range.any_unmapped(pages.front(), pages.back() + 1))
+    for (std::size_t p : pages) gone[p - base] = range.any_unmapped(p, p + 1);
   std::array<DevicePage, kPagesPerBlock> device;
   {
     std::lock_guard lock(table.block_mutex(block));
@@ -49,7 +55,7 @@ ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<c
   for (const OwnerId owner : owner_ids(devices_.size())) {
     std::size_t n = 0;
     for (std::size_t k = 0; k < pages.size(); ++k) {
-      if (device[k].owner != owner) continue;
+      if (device[k].owner != owner || gone[pages[k] - base]) continue;
       indices_of[n] = device[k].index;
       dst_of[n] = staging + (pages[k] - base) * kPageSize;
       which[n++] = pages[k];
@@ -87,7 +93,10 @@ ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<c
       if (table.entry(p).has(MirrorEntry::kDiscarded)) ok[p - base] = 0;
   }
 
+  if (auto* hook = test_points::bring_back_copied.load(std::memory_order_relaxed))
+    hook(range.page_address(pages.front()));
   // Map what arrived, one install per contiguous run.
+  const bool follows_unmaps = mechanism->follows_mapping_changes();
   for_each_run(base, end, [&](std::size_t p) { return ok[p - base] != 0; },
                [&](std::size_t p, std::size_t count) {
                  std::size_t copied = 0;
@@ -97,7 +106,12 @@ ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<c
                  // remapped the range); map the others page by page.
                  for (std::size_t q = p + copied / kPageSize; q < p + count; ++q) {
                    const int e = mechanism->install_copy(range, q, 1, staging + (q - base) * kPageSize, nullptr);
-                   if (e != 0 && e != EEXIST) {
+                   if (e == ENOENT && follows_unmaps) {
+                     // Nothing mapped there: the application unmapped it
+                     // meanwhile (its UNMAP event is on its way). Gone.
+                     ok[q - base] = 0;
+                     gone[q - base] = 1;
+                   } else if (e != 0 && e != EEXIST) {
                      ok[q - base] = 0;
                      out.status = {Errc::system_error, fmt::format("installing the page at {} failed: {}",
                                                                    static_cast<void*>(range.page_address(q)),
@@ -110,6 +124,11 @@ ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<c
   {
     std::lock_guard lock(table.block_mutex(block));
     for (std::size_t k = 0; k < pages.size(); ++k) {
+      if (gone[pages[k] - base]) {
+        table.entry(pages[k]).move_to(MirrorEntry{});
+        ++out.dropped;
+        continue;
+      }
       if (!ok[pages[k] - base]) {
         // Discarded: no failure; still on its device, which unlock() frees.
         if (table.entry(pages[k]).has(MirrorEntry::kDiscarded)) continue;
@@ -129,11 +148,13 @@ ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<c
   for (const OwnerId owner : owner_ids(devices_.size())) {
     std::size_t n = 0;
     for (std::size_t k = 0; k < pages.size(); ++k)
-      if (device[k].owner == owner && ok[pages[k] - base]) indices_of[n++] = device[k].index;
+      if (device[k].owner == owner && (ok[pages[k] - base] || gone[pages[k] - base]))
+        indices_of[n++] = device[k].index;
     if (n == 0) continue;
     for (std::size_t k = 0; k < n; ++k) rmaps_[owner - 1]->clear(indices_of[k]);
     devices_[owner - 1]->page_free(std::span<const DevicePageIndex>(indices_of.data(), n));
   }
+  AtomicCounters::add(counters.pages_discarded, out.dropped);
   AtomicCounters::add(counters.pages_to_host, out.moved);
   AtomicCounters::add(counters.bytes_to_host, out.moved * kPageSize);
   observer.migrated_to_host(start_ns, reinterpret_cast<std::uintptr_t>(range.page_address(pages.front())), pages.size(),
@@ -255,6 +276,7 @@ MigrationResult ContextImpl::migrate_to_host(void* p, std::size_t bytes) {
     const BackResult back = bring_back(range, taken, staging.get());
     unlock(range, taken);
     result.migrated += back.moved;
+    result.already += back.dropped;  // unmapped by the application meanwhile: on no device now
     result.failed += back.failed.size();
     if (!back.status && result.status) result.status = back.status;
   }
@@ -337,8 +359,8 @@ ContextImpl::DeviceRangeEviction ContextImpl::evict_device_range(OwnerId owner, 
         ++out.failed;
       }
       unlock(range, taken);
-      out.moved += back.moved;
-      progressed = progressed || back.moved > 0;
+      out.moved += back.moved + back.dropped;  // both left the device
+      progressed = progressed || back.moved + back.dropped > 0;
       if (!back.status && out.status) out.status = back.status;
     }
     out.skipped_locked = waiting;

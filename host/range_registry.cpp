@@ -37,7 +37,7 @@ void RangeRegistry::add(std::shared_ptr<ManagedRange> range) {
 std::shared_ptr<ManagedRange> RangeRegistry::remove(const void* base, std::string_view call) {
   if (base == nullptr) throw Error(Errc::invalid_argument, fmt::format("{}: null pointer", call));
   std::unique_lock lock(mutex_);
-  const auto it = by_base_.find(reinterpret_cast<std::uintptr_t>(base));
+  const auto it = starting_at(reinterpret_cast<std::uintptr_t>(base));
   if (it == by_base_.end()) {
     const auto inside = containing(reinterpret_cast<std::uintptr_t>(base));
     throw Error(Errc::unknown_range,
@@ -51,6 +51,13 @@ std::shared_ptr<ManagedRange> RangeRegistry::remove(const void* base, std::strin
   by_base_.erase(it);
   by_id_.erase(range->id());
   return range;
+}
+
+RangeRegistry::ByBase::const_iterator RangeRegistry::starting_at(std::uintptr_t base) const {
+  const auto [first, last] = by_base_.equal_range(base);
+  for (auto it = first; it != last; ++it)
+    if (!it->second->any_unmapped(0, 1)) return it;
+  return first != last ? first : by_base_.end();
 }
 
 std::shared_ptr<ManagedRange> RangeRegistry::containing(std::uintptr_t addr) const {
@@ -68,6 +75,7 @@ std::shared_ptr<ManagedRange> RangeRegistry::containing(std::uintptr_t addr) con
   std::shared_ptr<ManagedRange> hole_of = it->second->contains(p) ? it->second : nullptr;
   while (it != by_base_.begin()) {
     --it;
+    if (it->first + max_bytes_ <= addr) break;  // nothing further down reaches addr
     if (live_at(*it->second)) return it->second;
     if (!hole_of && it->second->contains(p)) hole_of = it->second;
   }
@@ -124,7 +132,7 @@ std::size_t RangeRegistry::size_of(const void* base, std::string_view call) cons
   if (base == nullptr) throw Error(Errc::invalid_argument, fmt::format("{}: null pointer", call));
   gate_.wait_applied();
   std::shared_lock lock(mutex_);
-  const auto it = by_base_.find(reinterpret_cast<std::uintptr_t>(base));
+  const auto it = starting_at(reinterpret_cast<std::uintptr_t>(base));
   if (it == by_base_.end())
     throw Error(Errc::unknown_range, fmt::format("{}: {} does not start a live managed range", call, base));
   return it->second->bytes();
@@ -147,8 +155,9 @@ std::vector<std::shared_ptr<ManagedRange>> RangeRegistry::overlapping(std::uintp
 
 bool RangeRegistry::retire(const ManagedRange& range) noexcept {
   std::unique_lock lock(mutex_);
-  const auto it = by_base_.find(reinterpret_cast<std::uintptr_t>(range.base()));
-  if (it == by_base_.end() || it->second.get() != &range) return false;
+  const auto [first, last] = by_base_.equal_range(reinterpret_cast<std::uintptr_t>(range.base()));
+  const auto it = std::find_if(first, last, [&](const auto& entry) { return entry.second.get() == &range; });
+  if (it == last) return false;
   by_base_.erase(it);
   by_id_.erase(range.id());
   return true;

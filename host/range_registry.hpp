@@ -63,10 +63,14 @@ class RangeRegistry {
   EventGate& gate() noexcept { return gate_; }
 
  private:
+  using ByBase = std::multimap<std::uintptr_t, std::shared_ptr<ManagedRange>>;
   std::shared_ptr<ManagedRange> containing(std::uintptr_t addr) const;
+  // The range starting at base, end() if none. Two can: a range allocated
+  // where another's first pages were unmapped; the one live there wins.
+  ByBase::const_iterator starting_at(std::uintptr_t base) const;
 
   mutable std::shared_mutex mutex_;
-  std::map<std::uintptr_t, std::shared_ptr<ManagedRange>> by_base_;
+  ByBase by_base_;
   std::map<std::uint32_t, std::shared_ptr<ManagedRange>> by_id_;
   std::size_t max_bytes_ = 0;  // the largest range ever added: bounds overlapping()'s walk
   EventGate gate_;

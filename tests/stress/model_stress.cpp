@@ -3,20 +3,26 @@
 #include "model_stress.hpp"
 
 #include <fmt/format.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <random>
 #include <shared_mutex>
 #include <span>
+#include <string_view>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "uhmm/uhmm.hpp"
 
@@ -93,6 +99,39 @@ class MaybeShared {
   Gate* g_;
 };
 
+// A range with a hole the application unmapped, the slot's range allocated
+// into the hole (Op::RefillHole). Its live head and tail hold outer_word();
+// nothing writes them after.
+struct HoleOuter {
+  std::byte* base = nullptr;
+  std::size_t head_pages = 0, hole_pages = 0, tail_pages = 0;
+  std::uint64_t id = 0;
+  std::size_t pages() const noexcept { return head_pages + hole_pages + tail_pages; }
+};
+
+std::uint64_t outer_word(const HoleOuter& o, std::size_t w) noexcept {
+  return mix(o.id * 0x100000001b3ull + w);
+}
+
+// Maps placeholders (PROT_NONE) until the kernel's next free gap for `bytes`
+// meets [lo, hi), then frees that one: the next mapping of that size likely
+// lands there (other threads map too: a hint, not a promise). Returns the
+// placeholders still mapped.
+std::vector<std::pair<void*, std::size_t>> clear_way_to(const std::byte* lo, const std::byte* hi,
+                                                        std::size_t bytes) {
+  std::vector<std::pair<void*, std::size_t>> kept;
+  for (int k = 0; k < 64; ++k) {
+    void* p = ::mmap(nullptr, bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) break;
+    if (p < hi && static_cast<std::byte*>(p) + bytes > lo) {
+      ::munmap(p, bytes);
+      break;
+    }
+    kept.emplace_back(p, bytes);
+  }
+  return kept;
+}
+
 // One managed range slot. `lock` shared: normal operations; exclusive: free
 // and re-allocation, checked migrations.
 struct Slot {
@@ -100,6 +139,7 @@ struct Slot {
   std::uint64_t* base = nullptr;
   std::size_t pages = 0;
   std::uint32_t generation = 0;
+  HoleOuter outer;  // base == nullptr: none
   // shadow[t][k]: the value of word k * threads + t (thread t's words).
   std::vector<std::vector<std::uint64_t>> shadow;
 };
@@ -187,6 +227,11 @@ class Harness {
   void op_advise(ThreadState& ts);
   void op_prefetch(ThreadState& ts);
   void op_discard(ThreadState& ts);
+  void op_refill_hole(ThreadState& ts);
+  // The outer range's live words against outer_word(); returns the wrong ones.
+  std::size_t check_outer(ThreadState* ts, const HoleOuter& o);
+  // Checks and frees the slot's outer range (the caller holds the slot exclusively).
+  void release_outer(ThreadState* ts, Slot& s);
   void op_inject(ThreadState& ts);
   void op_residency(ThreadState& ts);
 
@@ -224,6 +269,7 @@ class Harness {
   std::mutex first_mutex_;
   std::string first_;
   std::array<std::atomic<std::uint64_t>, kOpKinds> ops_{};
+  std::atomic<std::uint64_t> outer_ids_{0};
   std::array<unsigned, kOpKinds> weights_{};
   unsigned weight_total_ = 0;
   Clock::time_point start_;
@@ -279,6 +325,7 @@ Harness::Harness(const StressConfig& cfg)
   w(Op::LaunchVsFaultAhead, 2);
   w(Op::LaunchVsEviction, 1);
   w(Op::LaunchVsToHost, 2);
+  w(Op::RefillHole, std::string_view(ctx_.fault_mode()) == "signal" ? 0 : 2);  // no munmap events there
   for (unsigned x : weights_) weight_total_ += x;
 }
 
@@ -803,6 +850,7 @@ void Harness::op_realloc(ThreadState& ts) {
   // releases them, and the next range may get them back (invariant 4).
   const bool old_on_device = ts.below(2) == 0;
   if (old_on_device) (void)ctx_.migrate_to_device(s.base, s.pages * kPageSize, dev);
+  release_outer(&ts, s);
   ctx_.free(s.base);
   const std::size_t pages = ts.below(2) == 0 ? cfg_.range_pages : 1 + ts.below(cfg_.range_pages);
   allocate_slot(s, pages);
@@ -897,6 +945,99 @@ void Harness::op_discard(ThreadState& ts) {
   }
 }
 
+void Harness::op_refill_hole(ThreadState& ts) {
+  Slot& s = pick_slot(ts);
+  const OwnerId dev = pick_device(ts);
+  ts.rec.device = dev;
+  const std::size_t pages = ts.below(2) == 0 ? cfg_.range_pages : 1 + ts.below(cfg_.range_pages);
+  {
+    // The slot has its outer range already: its live words come back from the
+    // device (faults next to the hole, while other threads use the range in
+    // it) and go to a device again (results unpredicted: pools fill).
+    std::shared_lock slot_lock(s.lock);
+    if (s.outer.base != nullptr) {
+      ts.rec.generation = s.generation;
+      ts.rec.flags = 1;
+      const HoleOuter& o = s.outer;
+      MaybeShared gate(inject_gate_, cfg_.inject_failures);
+      ts.rec.b = clamp32(check_outer(&ts, o));
+      (void)ctx_.migrate_to_device(o.base, o.head_pages * kPageSize, dev);
+      (void)ctx_.migrate_to_device(o.base + (o.head_pages + o.hole_pages) * kPageSize,
+                                   o.tail_pages * kPageSize, dev);
+      return;
+    }
+  }
+  std::unique_lock slot_lock(s.lock);
+  if (s.outer.base != nullptr) return;  // another thread made one meanwhile
+  // The hole holds a mapping of the new range's size (a block more: allocate
+  // trims it to a block boundary, and the kernel may align it too); it starts
+  // and ends inside blocks whose other pages (head, tail) stay live. The
+  // hole's first pages get data too, and with the rest (zero-filled) go to
+  // the device: the munmap gives their device pages back.
+  HoleOuter o;
+  o.id = ++outer_ids_;
+  o.head_pages = 16;
+  o.hole_pages = (pages + kPagesPerBlock - 1) / kPagesPerBlock * kPagesPerBlock + 2 * kPagesPerBlock + 16;
+  o.tail_pages = 16;
+  o.base = static_cast<std::byte*>(ctx_.allocate(o.pages() * kPageSize));
+  auto* words = reinterpret_cast<std::uint64_t*>(o.base);
+  for (std::size_t w = 0; w < (o.head_pages + 16) * kWordsPerPage; ++w) words[w] = outer_word(o, w);
+  for (std::size_t w = (o.head_pages + o.hole_pages) * kWordsPerPage; w < o.pages() * kWordsPerPage; ++w)
+    words[w] = outer_word(o, w);
+  (void)ctx_.migrate_to_device(o.base, o.pages() * kPageSize, dev);
+  std::byte* hole = o.base + o.head_pages * kPageSize;
+  if (::munmap(hole, o.hole_pages * kPageSize) != 0) {
+    mismatch(&ts, fmt::format("munmap of a hole in a managed range failed: {}", std::strerror(errno)));
+    ctx_.free(o.base);
+    return;
+  }
+  try {
+    (void)ctx_.residency(hole, kPageSize);
+    mismatch(&ts, "a call on an unmapped hole did not fail");
+  } catch (const Error& e) {
+    if (e.code() != Errc::out_of_range)
+      mismatch(&ts, fmt::format("a call on an unmapped hole: {}", e.what()));
+  }
+  ctx_.free(s.base);
+  const auto placeholders =
+      clear_way_to(hole, hole + o.hole_pages * kPageSize, pages * kPageSize + kBlockSize);
+  allocate_slot(s, pages);
+  for (auto [p, bytes] : placeholders) ::munmap(p, bytes);
+  s.outer = o;
+  ts.rec.generation = s.generation;
+  ts.rec.first = 0;
+  ts.rec.count = static_cast<std::uint32_t>(pages);
+  // Half the time the new range's zeros (invariant 4) are checked now.
+  if (ts.below(2) == 0) {
+    MaybeShared gate(inject_gate_, cfg_.inject_failures);
+    ts.rec.c = clamp32(check_all_words(&ts, s, 0, pages, "a range allocated into a hole must read as zeros"));
+  }
+}
+
+std::size_t Harness::check_outer(ThreadState* ts, const HoleOuter& o) {
+  std::size_t bad = 0;
+  const auto* words = reinterpret_cast<const std::uint64_t*>(o.base);
+  const auto check = [&](std::size_t first_page, std::size_t count) {
+    for (std::size_t w = first_page * kWordsPerPage; w < (first_page + count) * kWordsPerPage; ++w)
+      if (words[w] != outer_word(o, w) && bad++ == 0)
+        mismatch(ts, fmt::format("outer range {} word {} (page {}) expected {:#018x}, got {:#018x}", o.id, w,
+                                 w / kWordsPerPage, outer_word(o, w), words[w]));
+  };
+  check(0, o.head_pages);
+  check(o.head_pages + o.hole_pages, o.tail_pages);
+  return bad;
+}
+
+void Harness::release_outer(ThreadState* ts, Slot& s) {
+  if (s.outer.base == nullptr) return;
+  {
+    MaybeShared gate(inject_gate_, ts != nullptr && cfg_.inject_failures);
+    check_outer(ts, s.outer);
+  }
+  ctx_.free(s.outer.base);
+  s.outer = {};
+}
+
 void Harness::op_inject(ThreadState& ts) {
   // No CPU access is in flight while an injection is armed: a fault's copy
   // back fails at most once, and its retry succeeds (no poisoned page).
@@ -978,6 +1119,7 @@ void Harness::thread_main(unsigned tid) {
         case Op::Advise: op_advise(ts); break;
         case Op::Prefetch: op_prefetch(ts); break;
         case Op::Discard: op_discard(ts); break;
+        case Op::RefillHole: op_refill_hole(ts); break;
         case Op::kCount: break;
       }
     } catch (const std::exception& e) {
@@ -1019,6 +1161,7 @@ void Harness::watchdog() {
 
 void Harness::final_checks() {
   for (unsigned d = 1; d <= cfg_.devices; ++d) ctx_.inject_faults(static_cast<OwnerId>(d), FaultInjection{});
+  for (auto& s : slots_) release_outer(nullptr, *s);
   // The pools' pages in use against the device pages the mirror names (a stale
   // fault event may still move one: retry a few times).
   std::size_t mirror = 0, pool = 0;
@@ -1118,6 +1261,7 @@ const char* to_string(Op op) noexcept {
     case Op::LaunchVsFaultAhead: return "launch-vs-fault-ahead";
     case Op::LaunchVsEviction: return "launch-vs-eviction";
     case Op::LaunchVsToHost: return "launch-vs-to-host";
+    case Op::RefillHole: return "refill-hole";
     case Op::kCount: break;
   }
   return "?";
@@ -1141,6 +1285,10 @@ std::string OpRecord::format() const {
       break;
     case Op::Inject: results = fmt::format("dev {} alloc_pages_left {} copy_fail_at_page {}", device, a, b); break;
     case Op::Residency: results = fmt::format("on device {}", a); break;
+    case Op::RefillHole:
+      results = fmt::format("dev {} {} outer bad {} zeros bad {}", device, flags ? "check outer" : "new hole",
+                            b, c);
+      break;
     case Op::Unpin: break;
     default:
       results = fmt::format("{}dev {} migrated {} already {} skipped {} failed {}",

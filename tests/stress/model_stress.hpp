@@ -6,7 +6,8 @@
 // device), kernels that rewrite words on the device through device_span,
 // pin/unpin, evictions of pool windows (migrate_device_range), frees and
 // re-allocations, advice (preferred location, accessed-by), prefetches,
-// discards (every word of the span becomes zero in the model), and
+// discards (every word of the span becomes zero in the model), ranges
+// re-allocated into a hole the application unmapped in another range, and
 // (optionally) injected pool and copy failures.
 //
 // How predictions stay exact under concurrency:
@@ -117,6 +118,13 @@ enum class Op : std::uint8_t {
   LaunchVsFaultAhead,
   LaunchVsEviction,
   LaunchVsToHost,
+  // The application munmaps the middle of a fresh range (outer) and the slot's
+  // range is re-allocated into the hole (userfaultfd mode only: signal mode
+  // follows no munmap). The hole fails calls, the new range reads zeros, the
+  // outer range's live words keep their values: read back later (faults next
+  // to the hole while other threads use the range inside it), and when the
+  // slot is re-allocated.
+  RefillHole,
   kCount
 };
 inline constexpr std::size_t kOpKinds = static_cast<std::size_t>(Op::kCount);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <atomic>
+#include <cstddef>
 
 namespace uhmm::detail::test_points {
 
@@ -33,6 +34,16 @@ inline std::atomic<void (*)(void* first_page, bool installed)> held_install{null
 inline void at(const std::atomic<void (*)(void*, bool)>& point, void* page, bool installed) noexcept {
   if (auto* hook = point.load(std::memory_order_relaxed)) hook(page, installed);
 }
+
+// Non-zero: the fault service holds a batch it has begun until it holds this
+// many faults, so that a test can put faults of several threads into one
+// batch (FaultService::hold_for_test_batch).
+inline std::atomic<std::size_t> fault_batch_min{0};
+
+// Called by bring_back with the first page it brings back, after copying
+// the pages from their device and before installing them (a test unmaps
+// them there).
+inline std::atomic<void (*)(void*)> bring_back_copied{nullptr};
 
 inline void at(const std::atomic<void (*)()>& point) noexcept {
   if (auto* hook = point.load(std::memory_order_relaxed)) hook();
