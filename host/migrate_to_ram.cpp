@@ -15,6 +15,7 @@
 #include "page_runs.hpp"
 #include "read_mostly.hpp"
 #include "uhmm/detail/log.hpp"
+#include "uhmm/detail/test_points.hpp"
 #include "uhmm/migrate.hpp"
 
 namespace uhmm::detail {
@@ -75,6 +76,7 @@ ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<c
     for (std::size_t k = 0; k < done; ++k) ok[which[k] - base] = 1;
   }
 
+  test_points::at(test_points::bring_back_staged);
   // Map what arrived, one install per contiguous run.
   for_each_run(base, end, [&](std::size_t p) { return ok[p - base] != 0; },
                [&](std::size_t p, std::size_t count) {
