@@ -108,22 +108,28 @@ bool MappingEvents::drop_pass(ManagedRange& range, std::size_t first, std::size_
       for (std::size_t p = lo; p < hi; ++p) {
         MirrorEntry& e = table.entry(p);
         // A locked page belongs to its holder; what it leaves on a device is
-        // released when the range is freed or reaped. A locked host page is
-        // being read by a migration to a device: marked, so that the copy
-        // engine's fault on it (the kernel zaps it next) gets zeros instead
+        // released when the range is freed or reaped. A locked host page may
+        // be being read by a migration to a device: marked, so that the copy
+        // engine's fault on it (MADV_DONTNEED zaps it next) gets zeros instead
         // of waiting for the lock its own migration holds, and so that the
         // migration leaves it on the host (migrate_vma_pages).
-        if (e.locked() && e.residency() == Residency::System) e.set(MirrorEntry::kDiscarded);
+        if (e.locked() && e.residency() == Residency::System) e.set(MirrorEntry::kDiscarded | MirrorEntry::kFreed);
         if (e.locked() || e.residency() == Residency::Empty) continue;
         if (!invalidated) return true;
         if (e.residency() == Residency::Device || e.residency() == Residency::Duplicated) {
           to_free[e.device_page().owner].push_back(e.device_page().index);
           ++dropped;
         }
-        // Host pages become Empty too: a migration then zero-fills them on the
-        // device instead of reading a page that is gone (a copy engine reading
-        // it would fault on a page its own migration holds).
-        e = MirrorEntry(e.bits() & MirrorEntry::kPinned);  // POISONED goes with the page
+        // A host page stays, FREED: MADV_FREE keeps it (stores after it land
+        // unseen), MADV_DONTNEED zaps it; the event does not say which. Which
+        // it was is learnt before the next walk that tells (written_pages.hpp);
+        // meanwhile a fault on it, a copy engine's too, gets zeros. A
+        // read-mostly page's device copy goes: the host one is the page.
+        // A device page is gone either way (the kernel has no host page here).
+        if (e.residency() == Residency::Device)
+          e = MirrorEntry(e.bits() & MirrorEntry::kPinned);  // POISONED goes with the page
+        else
+          e = MirrorEntry((MirrorEntry::system().bits() | MirrorEntry::kFreed) | (e.bits() & MirrorEntry::kPinned));
       }
     }
   } catch (const std::bad_alloc&) {

@@ -10,6 +10,9 @@
 //   bit  7     DISCARDED the application dropped this host page while it was
 //                        locked (its MADV_DONTNEED raced the holder)
 //   bits 8-15  owner of the device page
+//   bit  16    FREED    the application discarded or freed this host page
+//                       (MADV_DONTNEED or MADV_FREE: one REMOVE event for
+//                       both); it may be gone, or go any time until written
 //   bits 32-63 device page index
 #pragma once
 
@@ -27,6 +30,7 @@ class MirrorEntry {
   static constexpr std::uint64_t kWrite = 1u << 5;
   static constexpr std::uint64_t kPoisoned = 1u << 6;
   static constexpr std::uint64_t kDiscarded = 1u << 7;
+  static constexpr std::uint64_t kFreed = 1u << 16;
 
   constexpr MirrorEntry() = default;
   constexpr explicit MirrorEntry(std::uint64_t bits) : bits_(bits) {}
@@ -51,7 +55,7 @@ class MirrorEntry {
   constexpr bool locked() const { return has(kLocked); }
   constexpr void set(std::uint64_t flag) { bits_ |= flag; }
   constexpr void clear(std::uint64_t flag) { bits_ &= ~flag; }
-  // A new home; keeps PINNED and LOCKED (DISCARDED named the old one).
+  // A new home; keeps PINNED and LOCKED (DISCARDED and FREED named the old one).
   constexpr void move_to(MirrorEntry home) { bits_ = home.bits_ | (bits_ & (kPinned | kLocked)); }
   constexpr std::uint64_t bits() const { return bits_; }
 

@@ -7,6 +7,7 @@
 #include <poll.h>
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -22,6 +23,10 @@
 #include "test_support.hpp"
 #include "uhmm/detail/test_points.hpp"
 #include "uhmm/migrate.hpp"
+
+#ifndef MADV_PAGEOUT
+#define MADV_PAGEOUT 21  // Linux 5.4
+#endif
 
 namespace uhmm::test {
 namespace {
@@ -179,6 +184,50 @@ TEST(MappingEventRaces, RemapCopyAnnouncesItsUnlockToAWaitingEviction) {
   EXPECT_EQ(ctx.counters().pages_lost, 0u);
   EXPECT_TRUE(ctx.validate()) << ctx.validate().message;
   ASSERT_EQ(::munmap(target, kBytes), 0);
+}
+
+// --- A freed page the kernel reclaims while a migration copies it ---------
+
+std::atomic<std::byte*> g_freed{nullptr};
+std::atomic<bool> g_reclaimed{false};
+
+// The migration holds the freed pages (its device pages are being taken from
+// the pool): the kernel reclaims them now, as it may any time after MADV_FREE.
+void reclaim_freed() {
+  std::byte* p = g_freed.exchange(nullptr);
+  if (p == nullptr) return;
+  unsigned char resident[kPages];
+  g_reclaimed.store(::madvise(p, kBytes, MADV_PAGEOUT) == 0 && ::mincore(p, kBytes, resident) == 0 &&
+                    std::none_of(resident, resident + kPages, [](unsigned char c) { return (c & 1) != 0; }));
+}
+
+TEST(MappingEventRaces, FreedPagesReclaimedWhileAMigrationCopiesThemReadZerosAndNothingHangs) {
+  Watchdog watchdog("FreedPagesReclaimedWhileAMigrationCopiesThemReadZerosAndNothingHangs", kLimit);
+  Context ctx(cpu_options());
+  if (!events_followed(ctx)) GTEST_SKIP() << kNoEvents;
+  auto* p = static_cast<std::byte*>(ctx.allocate(kBytes));
+  fill(p, kBytes, 4);
+  ASSERT_EQ(::madvise(p, kBytes, MADV_FREE), 0);
+  g_reclaimed.store(false);
+  g_freed.store(p);
+  MigrationResult r;
+  {
+    Hook hook(detail::test_points::pool_locked, reclaim_freed);
+    r = ctx.migrate_to_device(p, kBytes);  // its copy engine faults on pages its own migration holds
+  }
+  if (!g_reclaimed.load()) GTEST_SKIP() << "MADV_PAGEOUT did not reclaim the freed pages here";
+  // Each page got zeros for the copy and stayed on the host, where it reads zeros.
+  EXPECT_EQ(r.migrated, 0u);
+  EXPECT_EQ(count(ctx.residency(p, kBytes), Residency::Device), 0u);
+  const std::vector<std::byte> zeros(kBytes);
+  EXPECT_EQ(std::memcmp(p, zeros.data(), kBytes), 0);
+  EXPECT_TRUE(ctx.validate()) << ctx.validate().message;
+  // And the range works on.
+  fill(p, kBytes, 5);
+  EXPECT_EQ(ctx.migrate_to_device(p, kBytes).migrated, kPages);
+  EXPECT_EQ(ctx.migrate_to_host(p, kBytes).migrated, kPages);
+  expect_pattern(p, kBytes, 5);
+  ctx.free(p);
 }
 
 }  // namespace
