@@ -165,55 +165,56 @@ void MappingEvents::unmap(std::uintptr_t lo, std::uintptr_t hi) noexcept {
 void MappingEvents::copy_out(ManagedRange& range, std::size_t first, std::size_t end, std::intptr_t shift,
                              std::byte* staging) noexcept {
   auto& table = range.table();
-  for (std::size_t block = MirrorTable::block_of(first); first < end && block <= MirrorTable::block_of(end - 1);
-       ++block) {
-    const std::size_t lo = std::max(first, table.block_begin(block));
-    const std::size_t hi = std::min(end, table.block_end(block));
-    std::vector<std::size_t> pages;
-    std::vector<DevicePage> where;
-    try {
+  // Every device page of the part is locked before the first copy: the UNMAP
+  // of the old place that follows a REMAP is read (and applied) by a copy's
+  // EAGAIN pump, and must not free any of them under it (it freed those of
+  // every block after the first).
+  std::vector<std::size_t> pages;
+  std::vector<DevicePage> where;
+  try {
+    for (std::size_t block = MirrorTable::block_of(first); first < end && block <= MirrorTable::block_of(end - 1);
+         ++block) {
       std::lock_guard lock(table.block_mutex(block));
-      for (std::size_t p = lo; p < hi; ++p) {
+      for (std::size_t p = std::max(first, table.block_begin(block)); p < std::min(end, table.block_end(block)); ++p) {
         MirrorEntry& e = table.entry(p);
         if (e.locked() || (e.residency() != Residency::Device && e.residency() != Residency::Duplicated)) continue;
         pages.push_back(p);
         where.push_back(e.device_page());
-        // Locked while copied: the UNMAP of the old place that follows a
-        // REMAP is read (and applied) by this very copy's EAGAIN pump, and
-        // must not free these device pages under it.
         e.set(MirrorEntry::kLocked);
       }
-    } catch (const std::bad_alloc&) {
-      ctx_.unlock(range, pages);
-      pages.clear();
     }
-    if (!pages.empty()) test_points::at(test_points::remap_copy_locked);
-    // Copy each page to staging, then into its new place.
-    std::size_t lost = 0;
-    for (std::size_t k = 0; k < pages.size(); ++k) {
-      const DevicePageIndex index = where[k].index;
-      std::byte* const dst[] = {staging};
-      BatchResult r;
-      if (staging != nullptr) {
-        r = ctx_.pagemap(where[k].owner)->copy_to_ram(std::span(&index, 1), dst);
-        if (r.pages_done != 1) r = ctx_.pagemap(where[k].owner)->copy_to_ram(std::span(&index, 1), dst);
-      } else {
-        r.status = {Errc::out_of_memory, "no host memory for a staging buffer"};
-      }
-      std::byte* target = range.page_address(pages[k]) + shift;
-      const int err = r.pages_done == 1 ? uffd_.copy(target, staging, kPageSize, nullptr) : EIO;
-      if (err != 0 && err != EEXIST) {
-        ++lost;
-        log().critical("mremap moved managed page {} to {}, but its data could not be copied from the device ({}); "
-                       "the page reads as zeros",
-                       static_cast<void*>(range.page_address(pages[k])), static_cast<void*>(target),
-                       err == EIO ? r.status.message : std::strerror(err));
-      }
-    }
-    AtomicCounters::add(ctx_.counters.pages_lost, lost);
-    // Announced: an eviction, a pin or a snapshot may be waiting for these pages.
-    ctx_.unlock(range, pages);
+  } catch (const std::bad_alloc&) {
+    log().critical("mremap moved pages [{}, {}) of managed range {}: out of memory listing their device pages, some "
+                   "of which read as zeros at the new place",
+                   first, end, range.id());
+    where.resize(pages.size());  // the page pushed last may lack its device page
   }
+  if (!pages.empty()) test_points::at(test_points::remap_copy_locked);
+  // Copy each page to staging, then into its new place.
+  std::size_t lost = 0;
+  for (std::size_t k = 0; k < where.size(); ++k) {
+    const DevicePageIndex index = where[k].index;
+    std::byte* const dst[] = {staging};
+    BatchResult r;
+    if (staging != nullptr) {
+      r = ctx_.pagemap(where[k].owner)->copy_to_ram(std::span(&index, 1), dst);
+      if (r.pages_done != 1) r = ctx_.pagemap(where[k].owner)->copy_to_ram(std::span(&index, 1), dst);
+    } else {
+      r.status = {Errc::out_of_memory, "no host memory for a staging buffer"};
+    }
+    std::byte* target = range.page_address(pages[k]) + shift;
+    const int err = r.pages_done == 1 ? uffd_.copy(target, staging, kPageSize, nullptr) : EIO;
+    if (err != 0 && err != EEXIST) {
+      ++lost;
+      log().critical("mremap moved managed page {} to {}, but its data could not be copied from the device ({}); "
+                     "the page reads as zeros",
+                     static_cast<void*>(range.page_address(pages[k])), static_cast<void*>(target),
+                     err == EIO ? r.status.message : std::strerror(err));
+    }
+  }
+  AtomicCounters::add(ctx_.counters.pages_lost, lost);
+  // Announced: an eviction, a pin or a snapshot may be waiting for these pages.
+  ctx_.unlock(range, pages);
 }
 
 void MappingEvents::remap(std::uintptr_t from, std::uintptr_t to, std::size_t len) noexcept {

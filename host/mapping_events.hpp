@@ -1,13 +1,15 @@
 // The application's own changes to a managed range's mapping — madvise
-// (MADV_DONTNEED, MADV_FREE, MADV_REMOVE), munmap, mremap — reported by
+// (MADV_DONTNEED, MADV_FREE), munmap, mremap — reported by
 // userfaultfd's non-cooperative events (REMOVE, UNMAP, REMAP), and how the
 // mirror follows them. DESIGN.md ("The application changes the mapping") has
 // the rules and why; in short:
 //
-//   REMOVE  the span's unlocked pages become Empty: device-resident ones give
-//           their pool pages back (the kernel zaps device-private entries
-//           too), host ones are zapped by the kernel right after. Locked pages
-//           are left to their holder — uhmm's own MADV_DONTNEED in
+//   REMOVE  MADV_DONTNEED or MADV_FREE (the event does not say which): the
+//           span's unlocked device-resident pages become Empty, giving their
+//           pool pages back; host pages (read-mostly ones too, whose device
+//           copy goes) stay System, FREED: MADV_FREE keeps them, and which are
+//           gone is learnt before the next walk (written_pages.hpp). Locked
+//           pages are left to their holder — uhmm's own MADV_DONTNEED in
 //           migrate_vma_finalize zaps only pages it holds locked, and waits
 //           until the event is applied, so it changes nothing here.
 //   UNMAP   the span is gone for good: device pages released, entries Empty,

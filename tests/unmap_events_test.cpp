@@ -259,6 +259,32 @@ TEST_F(UnmapEventsTest, MremapMovesEveryPageIncludingDeviceOnesToOrdinaryMemory)
   expect_bystander_intact();
 }
 
+// The UNMAP of the old place that follows a REMAP is applied while the copy
+// runs: every device page of the moved part must be held from the start (the
+// stress model found every 2 MiB block after the first read as zeros).
+TEST_F(UnmapEventsTest, MremapOfPartOfARangeAcrossBlocksMovesEveryDevicePage) {
+  if (!events_followed()) GTEST_SKIP() << kNoEvents;
+  constexpr std::size_t kLarge = 4 * MiB;
+  auto* p = static_cast<std::byte*>(ctx.allocate(kLarge));
+  fill(p, kLarge, 19);
+  ASSERT_EQ(ctx.migrate_to_device(p, kLarge).migrated, kLarge / kPageSize);
+  const std::size_t first = 100 * kPageSize, bytes = 800 * kPageSize;  // pages [100, 900): two blocks
+  void* target = ::mmap(nullptr, bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(target, MAP_FAILED);
+  void* moved = ::mremap(p + first, bytes, bytes, MREMAP_MAYMOVE | MREMAP_FIXED, target);
+  ASSERT_EQ(moved, target) << std::strerror(errno);
+  const auto* w = static_cast<const std::uint64_t*>(moved);
+  for (std::size_t i = 0; i < bytes / 8; ++i)
+    ASSERT_EQ(w[i], pattern(19, first / 8 + i)) << "page " << (first + i * 8) / kPageSize << " word " << i % 512;
+  EXPECT_EQ(ctx.counters().pages_lost, 0u);
+  ASSERT_EQ(::munmap(moved, bytes), 0);
+  expect_pattern(p, first, 19);
+  const auto* rest = reinterpret_cast<const std::uint64_t*>(p);
+  for (std::size_t i = (first + bytes) / 8; i < kLarge / 8; ++i) ASSERT_EQ(rest[i], pattern(19, i)) << "word " << i;
+  ctx.free(p);
+  expect_bystander_intact();
+}
+
 TEST_F(UnmapEventsTest, ApplicationDontneedRacingMigrationsOfAnotherRangeLosesNothingThere) {
   if (!events_followed()) GTEST_SKIP() << kNoEvents;
   void* p = ctx.allocate(kBytes);

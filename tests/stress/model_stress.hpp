@@ -6,8 +6,9 @@
 // device), kernels that rewrite words on the device through device_span,
 // pin/unpin, evictions of pool windows (migrate_device_range), frees and
 // re-allocations, advice (preferred location, accessed-by), prefetches,
-// discards (every word of the span becomes zero in the model), and
-// (optionally) injected pool and copy failures.
+// discards (every word of the span becomes zero in the model), the
+// application's mremap and MADV_FREE (userfaultfd mode), and (optionally)
+// injected pool and copy failures.
 //
 // How predictions stay exact under concurrency:
 //   * Values. Thread t owns the 8-byte words w with w % threads == t of every
@@ -117,6 +118,13 @@ enum class Op : std::uint8_t {
   LaunchVsFaultAhead,
   LaunchVsEviction,
   LaunchVsToHost,
+  // The application's own mapping changes (userfaultfd mode only; each takes
+  // its range exclusively): an mremap of part or all of the range (the moved
+  // words must all be at the new place, ordinary memory; the slot then gets a
+  // new range), and MADV_FREE of a span followed by stores to every word of it
+  // (they must stay, wherever the pages go next).
+  Mremap,
+  FreeThenWrite,
   kCount
 };
 inline constexpr std::size_t kOpKinds = static_cast<std::size_t>(Op::kCount);
