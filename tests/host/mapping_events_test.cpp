@@ -230,5 +230,35 @@ TEST(MappingEventRaces, FreedPagesReclaimedWhileAMigrationCopiesThemReadZerosAnd
   ctx.free(p);
 }
 
+// --- A store to a write-protected page the mirror has as Empty -------------
+
+// MADV_FREE keeps a page's write-protection; a holder that finishes such a
+// page as Empty (a discard racing it) leaves exactly this state, made here
+// directly. The store faulted WP for ever: the service only woke it.
+TEST(MappingEventRaces, AStoreToAWriteProtectedPageRecordedEmptyGoesThroughAndStays) {
+  Watchdog watchdog("AStoreToAWriteProtectedPageRecordedEmptyGoesThroughAndStays", kLimit);
+  Context ctx(cpu_options());
+  if (!events_followed(ctx)) GTEST_SKIP() << kNoEvents;
+  auto* p = static_cast<std::uint64_t*>(ctx.allocate(kBytes));
+  fill(p, kBytes, 6);
+  {
+    detail::RangeSpan span = ctx.impl().ranges.find(p);
+    ASSERT_TRUE(span);
+    auto& range = span.range();
+    ASSERT_EQ(ctx.impl().mechanism->write_protect(range, 0, 1, true), 0);
+    std::lock_guard lock(range.table().block_mutex(0));
+    range.table().entry(0) = detail::MirrorEntry{};
+  }
+  p[3] = 0x5707e;  // faults WP
+  EXPECT_EQ(p[3], 0x5707eu);
+  EXPECT_EQ(ctx.residency(p, kPageSize)[0].residency, Residency::System);
+  EXPECT_EQ(ctx.migrate_to_device(p, kBytes).migrated, kPages);
+  EXPECT_EQ(ctx.migrate_to_host(p, kBytes).migrated, kPages);
+  EXPECT_EQ(p[3], 0x5707eu);
+  EXPECT_EQ(p[4], pattern(6, 4));
+  EXPECT_TRUE(ctx.validate()) << ctx.validate().message;
+  ctx.free(p);
+}
+
 }  // namespace
 }  // namespace uhmm::test
