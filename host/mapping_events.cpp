@@ -85,7 +85,7 @@ std::size_t MappingEvents::drop_device_pages(ManagedRange& range, std::size_t fi
   NotifierRegistry::Invalidation invalidation;
   for (bool invalidated = false;; invalidated = true) {
     if (invalidated) invalidation = ctx_.notifiers.invalidate(range, first, end, kind, kNoOwner);
-    if (!drop_pass(range, first, end, invalidated, to_free, dropped)) break;
+    if (!drop_pass(range, first, end, kind, invalidated, to_free, dropped)) break;
   }
   for (const OwnerId owner : owner_ids(to_free.size() - 1)) {
     if (to_free[owner].empty()) continue;
@@ -96,8 +96,9 @@ std::size_t MappingEvents::drop_device_pages(ManagedRange& range, std::size_t fi
   return dropped;
 }
 
-bool MappingEvents::drop_pass(ManagedRange& range, std::size_t first, std::size_t end, bool invalidated,
-                              std::vector<std::vector<DevicePageIndex>>& to_free, std::size_t& dropped) noexcept {
+bool MappingEvents::drop_pass(ManagedRange& range, std::size_t first, std::size_t end, InvalidateKind kind,
+                              bool invalidated, std::vector<std::vector<DevicePageIndex>>& to_free,
+                              std::size_t& dropped) noexcept {
   auto& table = range.table();
   try {
     for (std::size_t block = MirrorTable::block_of(first); first < end && block <= MirrorTable::block_of(end - 1);
@@ -125,8 +126,9 @@ bool MappingEvents::drop_pass(ManagedRange& range, std::size_t first, std::size_
         // it was is learnt before the next walk that tells (written_pages.hpp);
         // meanwhile a fault on it, a copy engine's too, gets zeros. A
         // read-mostly page's device copy goes: the host one is the page.
-        // A device page is gone either way (the kernel has no host page here).
-        if (e.residency() == Residency::Device)
+        // A device page is gone either way (the kernel has no host page
+        // here), and so is every page of an unmapped part.
+        if (e.residency() == Residency::Device || kind == InvalidateKind::unmap)
           e = MirrorEntry(e.bits() & MirrorEntry::kPinned);  // POISONED goes with the page
         else
           e = MirrorEntry((MirrorEntry::system().bits() | MirrorEntry::kFreed) | (e.bits() & MirrorEntry::kPinned));

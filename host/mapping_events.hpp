@@ -57,13 +57,13 @@ class MappingEvents {
   void unmap(std::uintptr_t lo, std::uintptr_t hi) noexcept;
   void remap(std::uintptr_t from, std::uintptr_t to, std::size_t len) noexcept;
   // Empties the unlocked pages [first, end) of range (device pages released,
-  // PINNED kept); returns how many device pages were dropped. Interval
-  // notifiers hear of it first as `kind`.
+  // PINNED kept; a discard keeps host pages, FREED); returns how many device
+  // pages were dropped. Interval notifiers hear of it first as `kind`.
   std::size_t drop_device_pages(ManagedRange& range, std::size_t first, std::size_t end,
                                 InvalidateKind kind) noexcept;
   // One pass of it; without `invalidated` it returns true at the first page
-  // it would change, before changing it.
-  bool drop_pass(ManagedRange& range, std::size_t first, std::size_t end, bool invalidated,
+  // it would change, before changing it. A discard keeps host pages, FREED.
+  bool drop_pass(ManagedRange& range, std::size_t first, std::size_t end, InvalidateKind kind, bool invalidated,
                  std::vector<std::vector<DevicePageIndex>>& to_free, std::size_t& dropped) noexcept;
   // Copies the device pages of [first, end) to the same pages displaced by
   // `shift` bytes (the range's new place after mremap), through `staging`
