@@ -189,7 +189,7 @@ void MappingEvents::copy_out(ManagedRange& range, std::size_t first, std::size_t
     log().critical("mremap moved pages [{}, {}) of managed range {}: out of memory listing their device pages, some "
                    "of which read as zeros at the new place",
                    first, end, range.id());
-    where.resize(pages.size());  // the page pushed last may lack its device page
+    pages.resize(where.size());  // the page pushed last, if its device page was not, is not locked
   }
   if (!pages.empty()) test_points::at(test_points::remap_copy_locked);
   // Copy each page to staging, then into its new place.
