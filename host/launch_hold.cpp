@@ -233,6 +233,7 @@ LaunchHold::Shortfall LaunchHold::try_hold() {
     const MigrationResult m = ctx_.migrate_to_device(range.page_address(r.pages.first()), r.pages.count() * kPageSize,
                                                      dev_.owner(), policy_.pin_thrashing ? &cooling : nullptr, &r.hold);
     if (!m.status && out.failure) out.failure = m.status;
+    if (m.skipped > 0) out.contended = true;
     hold_in_place(r, now_ms);
     classify(r, out);
   }
@@ -269,7 +270,10 @@ void LaunchHold::acquire() {
     // Whoever holds pages of the spans, or room in the pool, unlocks them:
     // this launch waits for that (reading the generation before it looks).
     const std::uint64_t generation = ctx_.unlocks.generation();
-    if (others_hold_pages() || (no_room && dev_.pages_in_use() > evictable_pages(ctx_, dev_.owner()))) {
+    // A page skipped because another operation held it is progress elsewhere,
+    // not a fruitless try: on a busy machine those holders take a while.
+    if (s.contended || others_hold_pages() ||
+        (no_room && dev_.pages_in_use() > evictable_pages(ctx_, dev_.owner()))) {
       ctx_.unlocks.wait_after_for(generation, kUnlockWaitLimit);
       continue;
     }
