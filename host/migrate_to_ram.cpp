@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 
 #include "context_impl.hpp"
+#include "locked_pages.hpp"
 #include "owner_ids.hpp"
 #include "page_runs.hpp"
 #include "read_mostly.hpp"
@@ -161,7 +162,8 @@ MigrationResult ContextImpl::migrate_to_host(void* p, std::size_t bytes) {
   for (std::size_t block = table.block_of(span.first()); block <= table.block_of(span.end() - 1); ++block) {
     const std::size_t lo = std::max(span.first(), table.block_begin(block));
     const std::size_t hi = std::min(span.end(), table.block_end(block));
-    std::vector<std::size_t> taken;
+    LockedPages taken(*this, range);
+    taken.reserve(hi - lo);
     {
       std::lock_guard lock(table.block_mutex(block));
       for (std::size_t q = lo; q < hi; ++q) {
@@ -171,13 +173,12 @@ MigrationResult ContextImpl::migrate_to_host(void* p, std::size_t bytes) {
         } else if (e.locked()) {
           ++result.skipped;
         } else {
-          e.set(MirrorEntry::kLocked);
-          taken.push_back(q);
+          taken.take(e, q);
         }
       }
     }
-    const BackResult back = bring_back(range, taken, staging.get());
-    unlock(range, taken);
+    const BackResult back = bring_back(range, taken.pages(), staging.get());
+    taken.unlock();
     result.migrated += back.moved;
     result.failed += back.failed.size();
     if (!back.status && result.status) result.status = back.status;
@@ -227,7 +228,9 @@ ContextImpl::DeviceRangeEviction ContextImpl::evict_device_range(OwnerId owner, 
       auto& table = range.table();
       // Take every page of this block that lives in the device range, in one go.
       const std::size_t block = MirrorTable::block_of(target->page);
-      std::vector<std::size_t> taken, duplicated;
+      LockedPages taken(*this, range), duplicated(*this, range);
+      taken.reserve(kPagesPerBlock);
+      duplicated.reserve(kPagesPerBlock);
       {
         std::lock_guard lock(table.block_mutex(block));
         for (std::size_t q = table.block_begin(block); q < table.block_end(block); ++q) {
@@ -241,26 +244,25 @@ ContextImpl::DeviceRangeEviction ContextImpl::evict_device_range(OwnerId owner, 
             waiting = true;
             continue;
           }
-          e.set(MirrorEntry::kLocked);
-          (dup ? duplicated : taken).push_back(q);
+          (dup ? duplicated : taken).take(e, q);
         }
       }
       // A read-mostly page has its host copy: leaving the device costs no copy.
       if (!duplicated.empty()) {
-        collapse_to_host(*this, range, duplicated, InvalidateKind::eviction, owner);
-        unlock(range, duplicated);
+        collapse_to_host(*this, range, duplicated.pages(), InvalidateKind::eviction, owner);
         out.moved += duplicated.size();
+        duplicated.unlock();
         progressed = true;
       }
       if (taken.empty()) continue;
-      const BackResult back = bring_back(range, taken, staging.get(), InvalidateKind::eviction, owner);
+      const BackResult back = bring_back(range, taken.pages(), staging.get(), InvalidateKind::eviction, owner);
       for (std::size_t q : back.failed) {
         // Still on the device, still authoritative: report it, don't spin on it.
         std::lock_guard lock(table.block_mutex(block));
         gave_up[table.entry(q).device_page().index - first] = 1;
         ++out.failed;
       }
-      unlock(range, taken);
+      taken.unlock();
       out.moved += back.moved;
       progressed = progressed || back.moved > 0;
       if (!back.status && out.status) out.status = back.status;
