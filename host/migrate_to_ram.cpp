@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstring>
 #include <new>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -19,6 +20,20 @@
 #include "uhmm/migrate.hpp"
 
 namespace uhmm::detail {
+namespace {
+
+// A failure's Status from a path that must not throw: without memory for the
+// message, the code alone.
+template <class Message>
+Status failure(Errc code, Message&& message) noexcept {
+  try {
+    return {code, std::forward<Message>(message)()};
+  } catch (const std::bad_alloc&) {
+    return {code, {}};
+  }
+}
+
+}  // namespace
 
 ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<const std::size_t> pages,
                                                 std::byte* staging, InvalidateKind kind, OwnerId cause) noexcept {
@@ -61,18 +76,19 @@ ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<c
     // cost data while a second attempt can still succeed.
     for (int attempt = 0; attempt < 2 && done < indices.size(); ++attempt) {
       const std::uint64_t copy_start = now_ns();
-      const BatchResult r = devices_[owner - 1]->copy_to_ram(indices.subspan(done), dst.subspan(done));
+      BatchResult r = devices_[owner - 1]->copy_to_ram(indices.subspan(done), dst.subspan(done));
       AtomicCounters::add(counters.copy_ns_to_host, now_ns() - copy_start);
       done += std::min(r.pages_done, indices.size() - done);
       if (!r.status) {
         AtomicCounters::add(counters.copy_failures, 1);
-        last_failure = r.status;
+        last_failure = std::move(r.status);
       }
     }
     // A failure the retry made good is no failure of the call: status says why
     // pages stayed on the device, and only when some did.
     if (done < indices.size())
-      out.status = last_failure ? Status{Errc::device_error, "copy to host stopped early"} : last_failure;
+      out.status = last_failure ? failure(Errc::device_error, [] { return "copy to host stopped early"; })
+                                : std::move(last_failure);
     for (std::size_t k = 0; k < done; ++k) ok[which[k] - base] = 1;
   }
 
@@ -88,9 +104,10 @@ ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<c
                    const int e = mechanism->install_copy(range, q, 1, staging + (q - base) * kPageSize, nullptr);
                    if (e != 0 && e != EEXIST) {
                      ok[q - base] = 0;
-                     out.status = {Errc::system_error, fmt::format("installing the page at {} failed: {}",
-                                                                   static_cast<void*>(range.page_address(q)),
-                                                                   std::strerror(e))};
+                     out.status = failure(Errc::system_error, [&] {
+                       return fmt::format("installing the page at {} failed: {}",
+                                          static_cast<void*>(range.page_address(q)), std::strerror(e));
+                     });
                    }
                  }
                });

@@ -4,8 +4,8 @@
 // page it locked is unlocked and announced, and the data is intact. Before
 // the fix, pages stayed LOCKED forever and the next access parked on them.
 //
-// This binary replaces the global operator new: an allocation of the calling
-// thread fails once armed (the Nth from then on, or every one from the Nth on).
+// This binary replaces the global operator new: once armed, the Nth
+// allocation of the calling thread from then on fails (std::bad_alloc).
 // Each scenario runs its operation for N = 1, 2, ... until it makes fewer
 // than N allocations, so every allocation of the call fails once. After each
 // run, under a watchdog, the test reads every page from the CPU, migrates the
@@ -31,18 +31,12 @@
 
 namespace {
 
-// 0: off. Otherwise the allocations left before the failing one.
+// 0: off. Otherwise the allocations left until the failing one.
 thread_local long allocations_left = 0;
-thread_local bool fail_from_then_on = false;
 thread_local bool injected = false;  // a failure was injected since arming
 
 bool fail_this_allocation() noexcept {
-  if (allocations_left == 0) return false;
-  if (allocations_left > 1) {
-    --allocations_left;
-    return false;
-  }
-  if (!fail_from_then_on) allocations_left = 0;
+  if (allocations_left == 0 || --allocations_left > 0) return false;
   injected = true;
   return true;
 }
@@ -98,16 +92,11 @@ void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcep
 namespace uhmm::test {
 namespace {
 
-// How host memory runs out: one allocation fails (the next succeeds), or it
-// stays exhausted from then on (even the error's message cannot be made).
-enum class Exhaustion { once, persistent };
-
 // Arms the calling thread for a scope: allocation `n` from now fails.
 class InjectedFailure {
  public:
-  InjectedFailure(long n, Exhaustion how) {
+  explicit InjectedFailure(long n) {
     injected = false;
-    fail_from_then_on = how == Exhaustion::persistent;
     allocations_left = n;
   }
   InjectedFailure(const InjectedFailure&) = delete;
@@ -116,7 +105,6 @@ class InjectedFailure {
   // Ends the injection; true when a failure was injected.
   static bool disarm() noexcept {
     allocations_left = 0;
-    fail_from_then_on = false;
     return injected;
   }
 };
@@ -149,10 +137,10 @@ struct Ending {
   std::string message;
 };
 
-Ending run_armed(Context& ctx, std::uint64_t* p, const Scenario& s, long n, Exhaustion how, bool* fired) {
+Ending run_armed(Context& ctx, std::uint64_t* p, const Scenario& s, long n, bool* fired) {
   Ending out;
   {
-    InjectedFailure armed(n, how);
+    InjectedFailure armed(n);
     try {
       s.operation(ctx, p);
     } catch (const Error& e) {
@@ -223,43 +211,35 @@ void check_after(Context& ctx, std::uint64_t* p, const Scenario& s, bool complet
   ASSERT_TRUE(ctx.validate()) << at << ": " << ctx.validate().message;
 }
 
-// Fails each allocation of the operation in turn (then, from each on, all).
+// Fails each allocation of the operation in turn.
 void run_scenario(const Scenario& s) {
   ContextOptions options = cpu_options(64 * MiB, true, s.devices);
   Context ctx(options);
   auto* p = static_cast<std::uint64_t*>(ctx.allocate(kBytes));
   std::uint64_t seed = 0;
-  for (const Exhaustion how : {Exhaustion::once}) {
-    const char* mode = how == Exhaustion::once ? "one failed allocation" : "memory exhausted";
-    long n = 1;
-    for (bool fired = true; fired; ++n) {
-      ASSERT_LT(n, kMostAllocations) << "the operation never ran out of allocations to fail";
-      ++seed;
-      ctx.migrate_to_host(p, kBytes);
-      fill(p, kBytes, seed);
-      s.prepare(ctx, p);
-      Ending end;
-      {
-        Watchdog watchdog("the operation under an injected allocation failure", std::chrono::seconds(60));
-        end = run_armed(ctx, p, s, n, how, &fired);
-      }
-      if (s.after) s.after(ctx, p);
-      const std::string at = std::string(mode) + " at allocation " + std::to_string(n);
-      const bool completed = !end.bad_alloc && !end.code;
-      // One failure is reported as such; where memory stays exhausted, even
-      // the error's message may not be made.
-      if (how == Exhaustion::once) {
-        EXPECT_FALSE(end.bad_alloc) << at << ": std::bad_alloc escaped, not uhmm::Error";
-      }
-      if (end.code) {
-        EXPECT_EQ(*end.code, Errc::out_of_memory) << at << ": " << end.message;
-      }
-      check_after(ctx, p, s, completed, seed, at);
-      if (::testing::Test::HasFatalFailure()) return;
+  long n = 1;
+  for (bool fired = true; fired; ++n) {
+    ASSERT_LT(n, kMostAllocations) << "the operation never ran out of allocations to fail";
+    ++seed;
+    ctx.migrate_to_host(p, kBytes);
+    fill(p, kBytes, seed);
+    s.prepare(ctx, p);
+    Ending end;
+    {
+      Watchdog watchdog("the operation under an injected allocation failure", std::chrono::seconds(60));
+      end = run_armed(ctx, p, s, n, &fired);
     }
-    EXPECT_GT(n, 2) << mode << ": the operation made no allocation";
-    std::fprintf(stderr, "%s: %ld allocations failed in turn\n", mode, n - 2);
+    if (s.after) s.after(ctx, p);
+    const std::string at = "allocation " + std::to_string(n) + " failed";
+    const bool completed = !end.bad_alloc && !end.code;
+    EXPECT_FALSE(end.bad_alloc) << at << ": std::bad_alloc escaped, not uhmm::Error";
+    if (end.code) {
+      EXPECT_EQ(*end.code, Errc::out_of_memory) << at << ": " << end.message;
+    }
+    check_after(ctx, p, s, completed, seed, at);
+    if (::testing::Test::HasFatalFailure()) return;
   }
+  EXPECT_GT(n, 2) << "the operation made no allocation";
   ctx.free(p);
 }
 
