@@ -18,11 +18,13 @@ constexpr std::size_t kMaxPages = std::size_t{std::numeric_limits<DevicePageInde
 
 std::size_t chunks_for(std::size_t pages) { return (pages + kPagesPerChunk - 1) / kPagesPerChunk; }
 
-Status oom(std::string message) noexcept {
+Status oom(std::string message) noexcept { return {Errc::out_of_memory, std::move(message)}; }
+// The message made here: without memory for it, the code alone.
+Status oom(const char* message) noexcept {
   try {
-    return {Errc::out_of_memory, std::move(message)};
+    return {Errc::out_of_memory, message};
   } catch (...) {
-    return {Errc::out_of_memory, {}};
+    return {Errc::out_of_memory, std::string()};
   }
 }
 
@@ -47,7 +49,7 @@ Status PagePool::grow() noexcept {
     try {
       return oom(fmt::format("device pool exhausted: {} of {} pages in use", in_use_, capacity_pages_));
     } catch (...) {
-      return oom({});
+      return oom(std::string());
     }
   }
   try {
@@ -98,7 +100,7 @@ Status PagePool::check_limit(std::size_t pages) const noexcept {
   try {
     return oom(fmt::format("device pool limited to {} pages: {} in use", limit_pages_, in_use_));
   } catch (...) {
-    return oom({});
+    return oom(std::string());
   }
 }
 

@@ -125,6 +125,7 @@ enum class Outcome {
 struct Scenario {
   Outcome outcome = Outcome::unchanged;
   unsigned devices = 1;
+  std::size_t pool_bytes = 64 * MiB;
   std::function<void(Context&, std::uint64_t*)> prepare = {};  // unarmed: the state the operation starts from
   std::function<void(Context&, std::uint64_t*)> operation = {};
   std::function<void(Context&, std::uint64_t*)> after = {};  // unarmed, before the checks (may be empty)
@@ -189,6 +190,9 @@ void check_data(const std::uint64_t* p, Outcome outcome, bool completed, std::ui
   }
 }
 
+// A second range of the scenario's context, for operations that need one.
+std::uint64_t* other = nullptr;
+
 // Every page reachable, nothing locked, data as the outcome allows.
 void check_after(Context& ctx, std::uint64_t* p, const Scenario& s, bool completed, std::uint64_t seed,
                  const std::string& at) {
@@ -213,9 +217,9 @@ void check_after(Context& ctx, std::uint64_t* p, const Scenario& s, bool complet
 
 // Fails each allocation of the operation in turn.
 void run_scenario(const Scenario& s) {
-  ContextOptions options = cpu_options(64 * MiB, true, s.devices);
-  Context ctx(options);
+  Context ctx(cpu_options(s.pool_bytes, true, s.devices));
   auto* p = static_cast<std::uint64_t*>(ctx.allocate(kBytes));
+  other = static_cast<std::uint64_t*>(ctx.allocate(kBytes));
   std::uint64_t seed = 0;
   long n = 1;
   for (bool fired = true; fired; ++n) {
@@ -240,6 +244,7 @@ void run_scenario(const Scenario& s) {
     if (::testing::Test::HasFatalFailure()) return;
   }
   EXPECT_GT(n, 2) << "the operation made no allocation";
+  ctx.free(other);
   ctx.free(p);
 }
 
@@ -292,6 +297,20 @@ TEST(AllocFailure, ShrinkDevicePool) {
                     },
                 .operation = [](Context& ctx, std::uint64_t*) { ctx.set_device_pool_limit(1, 0); },
                 .after = [](Context& ctx, std::uint64_t*) { ctx.set_device_pool_limit(1, 64 * MiB); }});
+}
+
+// A pool too small for two ranges: migrating the other one evicts the
+// range's pages (make_room, evict_device_range without waiting).
+TEST(AllocFailure, EvictionUnderPressure) {
+  run_scenario({.pool_bytes = 4 * MiB,
+                .prepare =
+                    [](Context& ctx, std::uint64_t* p) {
+                      ctx.migrate_to_host(other, kBytes);
+                      fill(other, kBytes, 99);
+                      to_device(ctx, p);
+                    },
+                .operation = [](Context& ctx, std::uint64_t*) { ctx.migrate_to_device(other, kBytes, 1); },
+                .after = [](Context&, std::uint64_t*) { ASSERT_EQ(first_mismatch(other, kBytes, 99), SIZE_MAX); }});
 }
 
 TEST(AllocFailure, UnsetReadMostly) {
