@@ -196,8 +196,6 @@ std::uint64_t* other = nullptr;
 // Every page reachable, nothing locked, data as the outcome allows.
 void check_after(Context& ctx, std::uint64_t* p, const Scenario& s, bool completed, std::uint64_t seed,
                  const std::string& at) {
-  Watchdog watchdog("touching and migrating every page after an injected allocation failure",
-                    std::chrono::seconds(60));
   // A CPU read of every page: one still locked parks here forever.
   check_data(p, s.outcome, completed, seed, at);
   for (const PageState& state : ctx.residency(p, kBytes)) ASSERT_FALSE(state.locked) << at;
@@ -224,15 +222,14 @@ void run_scenario(const Scenario& s) {
   long n = 1;
   for (bool fired = true; fired; ++n) {
     ASSERT_LT(n, kMostAllocations) << "the operation never ran out of allocations to fail";
+    // A page left locked parks the next access, or the next operation that waits for it.
+    Watchdog watchdog("an operation under an injected allocation failure, or the checks after it",
+                      std::chrono::seconds(60));
     ++seed;
     ctx.migrate_to_host(p, kBytes);
     fill(p, kBytes, seed);
     s.prepare(ctx, p);
-    Ending end;
-    {
-      Watchdog watchdog("the operation under an injected allocation failure", std::chrono::seconds(60));
-      end = run_armed(ctx, p, s, n, &fired);
-    }
+    const Ending end = run_armed(ctx, p, s, n, &fired);
     if (s.after) s.after(ctx, p);
     const std::string at = "allocation " + std::to_string(n) + " failed";
     const bool completed = !end.bad_alloc && !end.code;
