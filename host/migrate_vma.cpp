@@ -214,7 +214,9 @@ void migrate_vma_setup(ContextImpl& ctx, MigrateVma& a, const SetupVisitor* visi
   // so now; the walk keeps the host pages among them.
   session->duplicate.assign(n, 0);
   for (const AdviceTable::Run& run : range.advice().runs(first, first + n))
-    if (run.advice.read_mostly) std::fill(&session->duplicate[run.first - first], &session->duplicate[run.end - first], 1);
+    if (run.advice.read_mostly)
+      std::fill(session->duplicate.begin() + static_cast<std::ptrdiff_t>(run.first - first),
+                session->duplicate.begin() + static_cast<std::ptrdiff_t>(run.end - first), 1);
   session->hold = hold;
   // Pages written while open are host pages (selected without FAULT too);
   // one written after this is found once setup holds it, below.
