@@ -121,7 +121,11 @@ Status DeviceImpl::alloc_and_copy(MigrateVma& args) noexcept {
     std::lock_guard lock(streams_mutex_);
     idle_streams_.reserve(kMaxInternalStreams);
   } catch (...) {
-    return {Errc::out_of_memory, "device: alloc_and_copy: host memory exhausted"};
+    try {
+      return {Errc::out_of_memory, "device: alloc_and_copy: host memory exhausted"};
+    } catch (...) {
+      return {Errc::out_of_memory, std::string()};  // not even for the message
+    }
   }
 
   Status first_failure;

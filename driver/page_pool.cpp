@@ -16,19 +16,24 @@ namespace {
 
 constexpr std::size_t kMaxPages = std::size_t{std::numeric_limits<DevicePageIndex>::max()} + 1;
 
-Status oom(std::string message) noexcept {
+std::size_t chunks_for(std::size_t pages) { return (pages + kPagesPerChunk - 1) / kPagesPerChunk; }
+
+Status oom(std::string message) noexcept { return {Errc::out_of_memory, std::move(message)}; }
+// The message made here: without memory for it, the code alone.
+Status oom(const char* message) noexcept {
   try {
-    return {Errc::out_of_memory, std::move(message)};
+    return {Errc::out_of_memory, message};
   } catch (...) {
-    return {Errc::out_of_memory, {}};
+    return {Errc::out_of_memory, std::string()};
   }
 }
 
 }  // namespace
 
 PagePool::PagePool(Backend& backend, std::size_t capacity_pages)
-    : backend_(backend), capacity_pages_(std::min(capacity_pages, kMaxPages)), limit_pages_(capacity_pages_) {
-  chunks_.reserve((capacity_pages_ + kPagesPerChunk - 1) / kPagesPerChunk);
+    : backend_(backend), capacity_pages_(std::min(capacity_pages, kMaxPages)),
+      partial_(chunks_for(capacity_pages_)), empty_(chunks_for(capacity_pages_)), limit_pages_(capacity_pages_) {
+  chunks_.reserve(chunks_for(capacity_pages_));
 }
 
 PagePool::~PagePool() {
@@ -44,7 +49,7 @@ Status PagePool::grow() noexcept {
     try {
       return oom(fmt::format("device pool exhausted: {} of {} pages in use", in_use_, capacity_pages_));
     } catch (...) {
-      return oom({});
+      return oom(std::string());
     }
   }
   try {
@@ -74,15 +79,10 @@ void PagePool::note_chunk(std::uint32_t c) noexcept {
   const Chunk& chunk = chunks_[c];
   partial_.erase(c);
   empty_.erase(c);
-  try {
-    if (chunk.free_slots.size() == chunk.usable)
-      empty_.insert(c);
-    else if (!chunk.free_slots.empty())
-      partial_.insert(c);
-  } catch (...) {
-    // A chunk missing from the sets is only not found by allocation; validate reports it.
-    log().error("device pool: host memory exhausted while filing chunk {}", c);
-  }
+  if (chunk.free_slots.size() == chunk.usable)
+    empty_.insert(c);
+  else if (!chunk.free_slots.empty())
+    partial_.insert(c);
 }
 
 Status PagePool::take_injection(std::size_t pages) noexcept {
@@ -100,7 +100,7 @@ Status PagePool::check_limit(std::size_t pages) const noexcept {
   try {
     return oom(fmt::format("device pool limited to {} pages: {} in use", limit_pages_, in_use_));
   } catch (...) {
-    return oom({});
+    return oom(std::string());
   }
 }
 
@@ -121,9 +121,9 @@ Status PagePool::allocate_page(DevicePageIndex* out) noexcept {
   if (Status s = take_injection(1); !s) return s;
   std::uint32_t c = 0;
   if (!partial_.empty()) {
-    c = *partial_.begin();
+    c = partial_.first();
   } else if (!empty_.empty()) {
-    c = *empty_.begin();
+    c = empty_.first();
   } else {
     if (Status s = grow(); !s) {
       if (alloc_pages_left_ >= 0) ++alloc_pages_left_;  // nothing was allocated
@@ -148,10 +148,9 @@ Status PagePool::allocate_chunk(DevicePageIndex* first) noexcept {
   if (Status s = take_injection(kPagesPerChunk); !s) return s;
   std::uint32_t c = 0;
   // Only a chunk whose every slot is usable can hold a compound run.
-  const auto it = std::find_if(empty_.begin(), empty_.end(),
-                               [&](std::uint32_t e) { return chunks_[e].usable == kPagesPerChunk; });
-  if (it != empty_.end()) {
-    c = *it;
+  const auto whole = empty_.find_first([&](std::uint32_t e) { return chunks_[e].usable == kPagesPerChunk; });
+  if (whole) {
+    c = *whole;
   } else {
     const bool can_grow_whole = chunks_.size() * kPagesPerChunk + kPagesPerChunk <= capacity_pages_;
     Status s = can_grow_whole ? grow() : oom("device pool: no entirely free chunk for a 2 MiB run");
@@ -271,10 +270,11 @@ Status PagePool::validate() const {
     used_total += used;
     usable_total += chunk.usable;
   }
-  for (std::uint32_t c : empty_)
-    if (c >= chunks_.size()) return fail(fmt::format("free-chunk set names chunk {} of {}", c, chunks_.size()));
-  for (std::uint32_t c : partial_)
-    if (c >= chunks_.size()) return fail(fmt::format("partly-used set names chunk {} of {}", c, chunks_.size()));
+  const auto beyond = [&](std::uint32_t c) { return c >= chunks_.size(); };
+  if (const auto c = empty_.find_first(beyond))
+    return fail(fmt::format("free-chunk set names chunk {} of {}", *c, chunks_.size()));
+  if (const auto c = partial_.find_first(beyond))
+    return fail(fmt::format("partly-used set names chunk {} of {}", *c, chunks_.size()));
   if (used_total != in_use_)
     return fail(fmt::format("{} pages are marked in use but the count says {}", used_total, in_use_));
   if (usable_total > capacity_pages_)

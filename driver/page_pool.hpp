@@ -11,7 +11,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
-#include <set>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -19,6 +19,45 @@
 #include "uhmm/types.hpp"
 
 namespace uhmm::detail {
+
+// Chunk numbers below a bound fixed at construction, as a bitmap: filing a
+// chunk never allocates (a chunk left out of its set for want of memory would
+// never be handed out again).
+class ChunkSet {
+ public:
+  explicit ChunkSet(std::size_t bound) : words_((bound + 63) / 64, 0) {}
+  bool contains(std::uint32_t c) const noexcept {
+    return c / 64 < words_.size() && ((words_[c / 64] >> (c % 64)) & 1) != 0;
+  }
+  // Pre: c below the bound.
+  void insert(std::uint32_t c) noexcept {
+    if (contains(c)) return;
+    words_[c / 64] |= std::uint64_t{1} << (c % 64);
+    ++size_;
+  }
+  void erase(std::uint32_t c) noexcept {
+    if (!contains(c)) return;
+    words_[c / 64] &= ~(std::uint64_t{1} << (c % 64));
+    --size_;
+  }
+  bool empty() const noexcept { return size_ == 0; }
+  std::size_t size() const noexcept { return size_; }
+  // The lowest chunk for which pred holds.
+  template <class Pred>
+  std::optional<std::uint32_t> find_first(Pred pred) const {
+    for (std::size_t w = 0; w < words_.size(); ++w)
+      for (std::uint64_t bits = words_[w]; bits != 0; bits &= bits - 1) {
+        const auto c = static_cast<std::uint32_t>(w * 64 + static_cast<std::size_t>(__builtin_ctzll(bits)));
+        if (pred(c)) return c;
+      }
+    return std::nullopt;
+  }
+  std::uint32_t first() const noexcept { return *find_first([](std::uint32_t) { return true; }); }
+
+ private:
+  std::vector<std::uint64_t> words_;
+  std::size_t size_ = 0;
+};
 
 class PagePool {
  public:
@@ -86,8 +125,8 @@ class PagePool {
   const std::size_t capacity_pages_;
   mutable std::mutex mutex_;
   std::vector<Chunk> chunks_;
-  std::set<std::uint32_t> partial_;  // some pages used, some free
-  std::set<std::uint32_t> empty_;    // every usable page free
+  ChunkSet partial_;  // some pages used, some free
+  ChunkSet empty_;    // every usable page free
   std::size_t in_use_ = 0;
   std::size_t limit_pages_;  // <= capacity_pages_
   std::size_t invalid_frees_ = 0;

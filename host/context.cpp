@@ -8,6 +8,7 @@
 
 #include "context_impl.hpp"
 #include "deferred_signals.hpp"
+#include "out_of_memory.hpp"
 #include "stats_report.hpp"
 
 namespace uhmm {
@@ -49,7 +50,8 @@ DeviceInfo Context::device_info(OwnerId owner) const { return impl_->device(owne
 Backend& Context::backend(OwnerId owner) { return impl_->device(owner, "backend").backend(); }
 std::size_t Context::set_device_pool_limit(OwnerId owner, std::size_t bytes) {
   detail::DeferSignals defer;
-  return impl_->set_device_pool_limit(owner, bytes);
+  return detail::out_of_memory_as_error("set_device_pool_limit",
+                                        [&] { return impl_->set_device_pool_limit(owner, bytes); });
 }
 void Context::set_fault_ahead(bool on) noexcept { impl_->policy.fault_ahead.store(on); }
 bool Context::fault_ahead() const noexcept { return impl_->policy.fault_ahead.load(); }
@@ -78,11 +80,11 @@ void Context::inject_faults(OwnerId owner, const FaultInjection& injection) {
 
 MigrationResult Context::migrate_to_device(void* p, std::size_t bytes, OwnerId device) {
   detail::DeferSignals defer;
-  return impl_->migrate_to_device(p, bytes, device);
+  return detail::out_of_memory_as_error("migrate_to_device", [&] { return impl_->migrate_to_device(p, bytes, device); });
 }
 MigrationResult Context::migrate_to_host(void* p, std::size_t bytes) {
   detail::DeferSignals defer;
-  return impl_->migrate_to_host(p, bytes);
+  return detail::out_of_memory_as_error("migrate_to_host", [&] { return impl_->migrate_to_host(p, bytes); });
 }
 
 Status Context::validate() const {
@@ -93,11 +95,11 @@ Status Context::validate() const {
 
 MigrationResult Context::pin(void* p, std::size_t bytes) {
   detail::DeferSignals defer;
-  return impl_->set_pinned(p, bytes, true);
+  return detail::out_of_memory_as_error("pin", [&] { return impl_->set_pinned(p, bytes, true); });
 }
 void Context::unpin(void* p, std::size_t bytes) {
   detail::DeferSignals defer;
-  impl_->set_pinned(p, bytes, false);
+  detail::out_of_memory_as_error("unpin", [&] { impl_->set_pinned(p, bytes, false); });
 }
 
 std::vector<PageState> Context::residency(const void* p, std::size_t bytes) const {

@@ -184,6 +184,8 @@ struct MigrationSession {
   std::vector<std::uint8_t> selected;  // per page: setup locked it
   std::vector<std::uint8_t> source;    // per page: its Residency when selected
   std::vector<std::uint8_t> duplicate; // per page: read-mostly host page, keeps its host copy (Duplicated)
+  std::vector<std::uint8_t> undropped; // per page: finalize could not drop its host copy (made by setup:
+                                       // finalize allocates nothing while it holds pages)
   PageHold* hold = nullptr;            // a launch's migration: finalize keeps what moved LOCKED
   bool pages_done = false;
 };

@@ -335,6 +335,7 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
   // rather than sleep forever. Each list ends with at most a block's pages.
   try {
     for (auto* list : lists_.all()) list->reserve(kPagesPerBlock + count);
+    held_.reserve(5 * kPagesPerBlock);  // the unlock's list (reserve_storage may have failed)
     std::lock_guard lock(table.block_mutex(block));
     for (std::size_t k = 0; k < count; ++k) {
       const std::size_t p = range.page_of(reinterpret_cast<const void*>(faults[k].address));

@@ -10,6 +10,7 @@
 #include "context_impl.hpp"
 #include "deferred_signals.hpp"
 #include "device_launch.hpp"
+#include "out_of_memory.hpp"
 
 namespace uhmm {
 namespace {
@@ -42,26 +43,30 @@ std::vector<detail::LaunchSpan> to_launch_spans(const auto& spans, const char* c
 
 void Context::launch_impl(OwnerId device, std::size_t n, std::span<const SpanRequest> spans, const LaunchBody& body) {
   detail::DeferSignals defer;
-  auto& ctx = *impl_;
-  detail::Device& dev = ctx.device(device, "launch");
-  if ((dev.info().capabilities & kCapHostKernels) == 0)
-    throw Error(Errc::invalid_argument,
-                fmt::format("launch: the {} backend runs no host kernels (use launch_device with a kernel compiled "
-                            "by nvcc or hipcc)", dev.info().backend));
-  if (!body) throw Error(Errc::invalid_argument, "launch: empty kernel");
-  const auto launch_spans = to_launch_spans(spans, "launch");
-  detail::run_device_launch(ctx, device, launch_spans, "launch",
-                            [&](const LaunchStream& stream, std::span<const DevicePageTable> tables) {
-                              stream.host->enqueue(n, [&body, tables](std::size_t first, std::size_t last) {
-                                body(first, last, tables);
+  detail::out_of_memory_as_error("launch", [&] {
+    auto& ctx = *impl_;
+    detail::Device& dev = ctx.device(device, "launch");
+    if ((dev.info().capabilities & kCapHostKernels) == 0)
+      throw Error(Errc::invalid_argument,
+                  fmt::format("launch: the {} backend runs no host kernels (use launch_device with a kernel compiled "
+                              "by nvcc or hipcc)", dev.info().backend));
+    if (!body) throw Error(Errc::invalid_argument, "launch: empty kernel");
+    const auto launch_spans = to_launch_spans(spans, "launch");
+    detail::run_device_launch(ctx, device, launch_spans, "launch",
+                              [&](const LaunchStream& stream, std::span<const DevicePageTable> tables) {
+                                stream.host->enqueue(n, [&body, tables](std::size_t first, std::size_t last) {
+                                  body(first, last, tables);
+                                });
                               });
-                            });
+  });
 }
 
 void Context::launch_device_impl(OwnerId device, std::span<const SpanRequest> spans, const DeviceLaunchBody& body) {
   detail::DeferSignals defer;
-  const auto launch_spans = to_launch_spans(spans, "launch_device");
-  detail::run_device_launch(*impl_, device, launch_spans, "launch_device", body);
+  detail::out_of_memory_as_error("launch_device", [&] {
+    const auto launch_spans = to_launch_spans(spans, "launch_device");
+    detail::run_device_launch(*impl_, device, launch_spans, "launch_device", body);
+  });
 }
 
 }  // namespace uhmm

@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 
 #include "eviction.hpp"
+#include "locked_pages.hpp"
 #include "page_runs.hpp"
 #include "read_mostly.hpp"
 #include "uhmm/detail/log.hpp"
@@ -120,39 +121,47 @@ void LaunchHold::take_from_other_devices(Region& r) {
   // migration below duplicates them on this device.
   auto& range = r.pages.range();
   auto& table = range.table();
-  std::vector<std::size_t> taken;
   for_each_block(table, r.pages.first(), r.pages.end(), [&](std::size_t block, std::size_t lo, std::size_t hi) {
-    std::lock_guard lock(table.block_mutex(block));
-    for (std::size_t q = lo; q < hi; ++q) {
-      MirrorEntry& e = table.entry(q);
-      if (e.residency() != Residency::Duplicated || e.device_page().owner == dev_.owner() || e.locked()) continue;
-      e.set(MirrorEntry::kLocked);
-      taken.push_back(q);
+    LockedPages taken(ctx_, range);
+    taken.reserve(hi - lo);
+    {
+      std::lock_guard lock(table.block_mutex(block));
+      for (std::size_t q = lo; q < hi; ++q) {
+        MirrorEntry& e = table.entry(q);
+        if (e.residency() != Residency::Duplicated || e.device_page().owner == dev_.owner() || e.locked()) continue;
+        taken.take(e, q);
+      }
     }
+    collapse_to_host(ctx_, range, taken.pages(), InvalidateKind::migrate, dev_.owner());
   });
-  collapse_to_host(ctx_, range, taken, InvalidateKind::migrate, dev_.owner());
-  ctx_.unlock(range, taken);
 }
 
 void LaunchHold::hold_in_place(Region& r, std::uint32_t now_ms) {
   auto& table = r.pages.range().table();
-  std::vector<std::size_t> empty;  // locked here, held once they have their zeros
   for_each_block(table, r.pages.first(), r.pages.end(), [&](std::size_t block, std::size_t lo, std::size_t hi) {
-    std::lock_guard lock(table.block_mutex(block));
-    for (std::size_t q = lo; q < hi; ++q) {
-      const std::size_t i = q - r.pages.first();
-      MirrorEntry& e = table.entry(q);
-      if (r.hold.held[i] || e.locked() || !stays_on_host(e, r, q, now_ms)) continue;
-      e.set(MirrorEntry::kLocked);
-      if (e.residency() == Residency::Empty) {
-        empty.push_back(q);
-        continue;
+    LockedPages empty(ctx_, r.pages.range());  // locked here, held once they have their zeros
+    empty.reserve(hi - lo);
+    {
+      std::lock_guard lock(table.block_mutex(block));
+      for (std::size_t q = lo; q < hi; ++q) {
+        const std::size_t i = q - r.pages.first();
+        MirrorEntry& e = table.entry(q);
+        if (r.hold.held[i] || e.locked() || !stays_on_host(e, r, q, now_ms)) continue;
+        if (e.residency() == Residency::Empty) {
+          empty.take(e, q);
+          continue;
+        }
+        e.set(MirrorEntry::kLocked);  // held: released by release()
+        r.hold.held[i] = 1;
+        r.on_host[i] = 1;
       }
-      r.hold.held[i] = 1;
-      r.on_host[i] = 1;
     }
+    zero_fill(r, empty.pages());
+    // Those that got their zeros are held now (release() unlocks them); the
+    // others are left for the next try.
+    empty.hand_over_if([&](std::size_t q) { return r.hold.held[q - r.pages.first()] != 0; });
+    empty.unlock();
   });
-  zero_fill(r, empty);
   open_in_place(r);
 }
 
@@ -177,22 +186,18 @@ void LaunchHold::open_in_place(Region& r) {
   ctx_.unlock(range, failed);
 }
 
-void LaunchHold::zero_fill(Region& r, std::span<const std::size_t> pages) {
+void LaunchHold::zero_fill(Region& r, std::span<const std::size_t> pages) noexcept {
   auto& range = r.pages.range();
   auto& table = range.table();
-  std::vector<std::size_t> failed;
   for (std::size_t q : pages) {
     // Page by page: pinned never-touched pages are few. EEXIST: mapped already.
-    if (const int err = ctx_.mechanism->install_zeros(range, q, 1); err != 0 && err != EEXIST) {
-      failed.push_back(q);
-      continue;
-    }
+    // One that fails is left for the next try.
+    if (const int err = ctx_.mechanism->install_zeros(range, q, 1); err != 0 && err != EEXIST) continue;
     std::lock_guard lock(table.block_mutex(MirrorTable::block_of(q)));
     table.entry(q).move_to(MirrorEntry::system());
     r.hold.held[q - r.pages.first()] = 1;
     r.on_host[q - r.pages.first()] = 1;
   }
-  ctx_.unlock(range, failed);  // left for the next try
 }
 
 void LaunchHold::classify(const Region& r, Shortfall& out) const {

@@ -78,7 +78,7 @@ class LaunchHold {
   Shortfall try_hold();
   void take_from_other_devices(Region& r);
   void hold_in_place(Region& r, std::uint32_t now_ms);
-  void zero_fill(Region& r, std::span<const std::size_t> pages);
+  void zero_fill(Region& r, std::span<const std::size_t> pages) noexcept;
   void open_in_place(Region& r);
   void classify(const Region& r, Shortfall& out) const;
   bool others_hold_pages() const;

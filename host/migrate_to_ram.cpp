@@ -7,10 +7,12 @@
 #include <cerrno>
 #include <cstring>
 #include <new>
+#include <utility>
 
 #include <fmt/format.h>
 
 #include "context_impl.hpp"
+#include "locked_pages.hpp"
 #include "owner_ids.hpp"
 #include "page_runs.hpp"
 #include "read_mostly.hpp"
@@ -20,6 +22,20 @@
 #include "uhmm/migrate.hpp"
 
 namespace uhmm::detail {
+namespace {
+
+// A failure's Status from a path that must not throw: without memory for the
+// message, the code alone.
+template <class Message>
+Status failure(Errc code, Message&& message) noexcept {
+  try {
+    return {code, std::forward<Message>(message)()};
+  } catch (const std::bad_alloc&) {
+    return {code, {}};
+  }
+}
+
+}  // namespace
 
 ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<const std::size_t> pages,
                                                 std::byte* staging, InvalidateKind kind, OwnerId cause) noexcept {
@@ -68,18 +84,19 @@ ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<c
     // cost data while a second attempt can still succeed.
     for (int attempt = 0; attempt < 2 && done < indices.size(); ++attempt) {
       const std::uint64_t copy_start = now_ns();
-      const BatchResult r = devices_[owner - 1]->copy_to_ram(indices.subspan(done), dst.subspan(done));
+      BatchResult r = devices_[owner - 1]->copy_to_ram(indices.subspan(done), dst.subspan(done));
       AtomicCounters::add(counters.copy_ns_to_host, now_ns() - copy_start);
       done += std::min(r.pages_done, indices.size() - done);
       if (!r.status) {
         AtomicCounters::add(counters.copy_failures, 1);
-        last_failure = r.status;
+        last_failure = std::move(r.status);
       }
     }
     // A failure the retry made good is no failure of the call: status says why
     // pages stayed on the device, and only when some did.
     if (done < indices.size())
-      out.status = last_failure ? Status{Errc::device_error, "copy to host stopped early"} : last_failure;
+      out.status = last_failure ? failure(Errc::device_error, [] { return "copy to host stopped early"; })
+                                : std::move(last_failure);
     for (std::size_t k = 0; k < done; ++k) ok[which[k] - base] = 1;
   }
 
@@ -113,9 +130,10 @@ ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<c
                      gone[q - base] = 1;
                    } else if (e != 0 && e != EEXIST) {
                      ok[q - base] = 0;
-                     out.status = {Errc::system_error, fmt::format("installing the page at {} failed: {}",
-                                                                   static_cast<void*>(range.page_address(q)),
-                                                                   std::strerror(e))};
+                     out.status = failure(Errc::system_error, [&] {
+                       return fmt::format("installing the page at {} failed: {}",
+                                          static_cast<void*>(range.page_address(q)), std::strerror(e));
+                     });
                    }
                  }
                });
@@ -258,7 +276,8 @@ MigrationResult ContextImpl::migrate_to_host(void* p, std::size_t bytes) {
   for (std::size_t block = table.block_of(span.first()); block <= table.block_of(span.end() - 1); ++block) {
     const std::size_t lo = std::max(span.first(), table.block_begin(block));
     const std::size_t hi = std::min(span.end(), table.block_end(block));
-    std::vector<std::size_t> taken;
+    LockedPages taken(*this, range);
+    taken.reserve(hi - lo);
     {
       std::lock_guard lock(table.block_mutex(block));
       for (std::size_t q = lo; q < hi; ++q) {
@@ -268,13 +287,12 @@ MigrationResult ContextImpl::migrate_to_host(void* p, std::size_t bytes) {
         } else if (e.locked()) {
           ++result.skipped;
         } else {
-          e.set(MirrorEntry::kLocked);
-          taken.push_back(q);
+          taken.take(e, q);
         }
       }
     }
-    const BackResult back = bring_back(range, taken, staging.get());
-    unlock(range, taken);
+    const BackResult back = bring_back(range, taken.pages(), staging.get());
+    taken.unlock();
     result.migrated += back.moved;
     result.already += back.dropped;  // unmapped by the application meanwhile: on no device now
     result.failed += back.failed.size();
@@ -325,7 +343,9 @@ ContextImpl::DeviceRangeEviction ContextImpl::evict_device_range(OwnerId owner, 
       auto& table = range.table();
       // Take every page of this block that lives in the device range, in one go.
       const std::size_t block = MirrorTable::block_of(target->page);
-      std::vector<std::size_t> taken, duplicated;
+      LockedPages taken(*this, range), duplicated(*this, range);
+      taken.reserve(kPagesPerBlock);
+      duplicated.reserve(kPagesPerBlock);
       {
         std::lock_guard lock(table.block_mutex(block));
         for (std::size_t q = table.block_begin(block); q < table.block_end(block); ++q) {
@@ -339,26 +359,25 @@ ContextImpl::DeviceRangeEviction ContextImpl::evict_device_range(OwnerId owner, 
             waiting = true;
             continue;
           }
-          e.set(MirrorEntry::kLocked);
-          (dup ? duplicated : taken).push_back(q);
+          (dup ? duplicated : taken).take(e, q);
         }
       }
       // A read-mostly page has its host copy: leaving the device costs no copy.
       if (!duplicated.empty()) {
-        collapse_to_host(*this, range, duplicated, InvalidateKind::eviction, owner);
-        unlock(range, duplicated);
+        collapse_to_host(*this, range, duplicated.pages(), InvalidateKind::eviction, owner);
         out.moved += duplicated.size();
+        duplicated.unlock();
         progressed = true;
       }
       if (taken.empty()) continue;
-      const BackResult back = bring_back(range, taken, staging.get(), InvalidateKind::eviction, owner);
+      const BackResult back = bring_back(range, taken.pages(), staging.get(), InvalidateKind::eviction, owner);
       for (std::size_t q : back.failed) {
         // Still on the device, still authoritative: report it, don't spin on it.
         std::lock_guard lock(table.block_mutex(block));
         gave_up[table.entry(q).device_page().index - first] = 1;
         ++out.failed;
       }
-      unlock(range, taken);
+      taken.unlock();
       out.moved += back.moved + back.dropped;  // both left the device
       progressed = progressed || back.moved + back.dropped > 0;
       if (!back.status && out.status) out.status = back.status;

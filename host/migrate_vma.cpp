@@ -2,6 +2,7 @@
 // the mirror table collects, locks and write-protects; the driver copies; the
 // new homes are recorded; host copies are dropped in contiguous runs).
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cstring>
 
@@ -9,6 +10,7 @@
 
 #include "context_impl.hpp"
 #include "deferred_signals.hpp"
+#include "out_of_memory.hpp"
 #include "owner_ids.hpp"
 #include "page_runs.hpp"
 #include "staging_pool.hpp"
@@ -91,43 +93,87 @@ void unlock_discarded(ContextImpl& ctx, ManagedRange& range, std::size_t first, 
   }
 }
 
-// Migrated pages whose host copies could not be dropped (`pages`, ascending,
-// still locked): the device copies come back over them (a run the failed
-// drop zapped in part gets its data back; a page still mapped keeps its own,
+// Migrated pages whose host copies could not be dropped (s.undropped, still
+// locked): the device copies come back over them (a run the failed drop
+// zapped in part gets its data back; a page still mapped keeps its own,
 // which the copy read), the device pages are freed, and src[] reports them
-// not migrated. Returns the reason, naming the usual cause.
-Status back_to_host(ContextImpl& ctx, ManagedRange& range, const std::vector<std::size_t>& pages, int err,
-                    MigrateVma& a, std::size_t first) {
+// not migrated. Allocates nothing: the pages are locked.
+struct Undropped {
+  std::size_t pages = 0;  // whose host copy could not go
+  std::size_t lost = 0;   // of those, the ones not replaced by their device copy either
+};
+Undropped back_to_host(ContextImpl& ctx, MigrateVma& a, const MigrationSession& s) noexcept {
+  auto& range = s.span.range();
+  const std::size_t first = s.span.first();
+  const std::size_t n = s.span.count();
   StagingBuffer staging(ctx.staging());
-  std::size_t lost = 0;
-  for (std::size_t k = 0; k < pages.size();) {
-    const std::size_t block = MirrorTable::block_of(pages[k]);
-    std::size_t end = k;
-    while (end < pages.size() && MirrorTable::block_of(pages[end]) == block) ++end;
-    const std::span<const std::size_t> of_block(pages.data() + k, end - k);
+  Undropped out;
+  std::array<std::size_t, kPagesPerBlock> of_block;
+  for (std::size_t i = 0; i < n;) {
+    const std::size_t end = range.table().block_end(MirrorTable::block_of(first + i)) - first;
+    std::size_t count = 0;
+    for (; i < std::min(n, end); ++i)
+      if (s.undropped[i]) of_block[count++] = first + i;
+    if (count == 0) continue;
+    const std::span<const std::size_t> pages(of_block.data(), count);
+    out.pages += count;
     if (staging.get() == nullptr) {
-      lost += of_block.size();
-    } else {
-      const ContextImpl::BackResult r = ctx.bring_back(range, of_block, staging.get());
-      lost += r.failed.size();
-      for (std::size_t p : of_block) {
-        if (std::find(r.failed.begin(), r.failed.end(), p) != r.failed.end()) continue;
-        a.src[p - first] &= ~MIGRATE_PFN_MIGRATE;
-        a.dst[p - first] = 0;  // freed by bring_back
-      }
+      out.lost += count;
+      continue;
     }
-    k = end;
+    const ContextImpl::BackResult r = ctx.bring_back(range, pages, staging.get());
+    out.lost += r.failed.size();
+    for (std::size_t p : pages) {
+      if (std::find(r.failed.begin(), r.failed.end(), p) != r.failed.end()) continue;
+      a.src[p - first] &= ~MIGRATE_PFN_MIGRATE;
+      a.dst[p - first] = 0;  // freed by bring_back
+    }
   }
-  if (lost > 0)
-    log().critical("{} migrated pages at {} kept a host copy that could not be dropped ({}) nor replaced by their "
-                   "device copy: a CPU access may read stale data",
-                   lost, static_cast<void*>(range.page_address(pages.front())), std::strerror(err));
+  return out;
+}
+
+// Why pages stayed on the host, naming the usual cause (told once nothing is
+// locked: it allocates).
+Status undropped_status(const Undropped& u, int err) {
   return {Errc::system_error,
-          fmt::format("{} pages stayed on the host: dropping their host copies failed ({}){}", pages.size() - lost,
+          fmt::format("{} pages stayed on the host: dropping their host copies failed ({}){}", u.pages - u.lost,
                       std::strerror(err),
                       err == EINVAL ? "; the memory is mlock'ed and this kernel lacks MADV_DONTNEED_LOCKED (Linux 5.18)"
                                     : err == ENOMEM ? "; the process is out of mappings (vm.max_map_count)"
                                                     : "; is the memory mlock'ed?")};
+}
+
+// Gives back the device pages that back nothing now: destinations of pages
+// that did not migrate, and the sources of device-to-device moves. Per
+// device, a block's worth at a time on the stack: allocates nothing.
+template <class Migrated, class From>
+void free_unused_device_pages(ContextImpl& ctx, const MigrateVma& a, const MigrationSession& s, Migrated migrated,
+                              From from) noexcept {
+  const std::size_t n = s.span.count();
+  std::array<DevicePageIndex, kPagesPerBlock> batch;
+  for (const OwnerId owner : owner_ids(ctx.device_count())) {
+    std::size_t count = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      if (!s.selected[i]) continue;
+      DevicePage page;
+      if (migrated(i)) {
+        if (!from(i, Residency::Device)) continue;
+        page = migrate_pfn_to_device_page(a.src[i]);
+      } else if (a.dst[i] & MIGRATE_PFN_VALID) {
+        page = migrate_pfn_to_device_page(a.dst[i]);
+      } else {
+        continue;
+      }
+      if (page.owner != owner) continue;
+      ctx.rmap(owner).clear(page.index);
+      batch[count++] = page.index;
+      if (count == batch.size()) {
+        ctx.pagemap(owner)->page_free(batch);
+        count = 0;
+      }
+    }
+    if (count > 0) ctx.pagemap(owner)->page_free(std::span<const DevicePageIndex>(batch.data(), count));
+  }
 }
 
 // Signal mode: a never-touched page is open, so the application or the kernel
@@ -141,20 +187,25 @@ void adopt_written_empty_pages(ContextImpl& ctx, MigrateVma& a, MigrationSession
   const auto empty = [&](std::size_t i) {
     return s.selected[i] && s.source[i] == static_cast<std::uint8_t>(Residency::Empty);
   };
-  std::vector<std::uint8_t> present;
-  for_each_run(0, s.span.count(), empty, [&](std::size_t i, std::size_t count) {
-    present.assign(count, 1);
-    if (const int err = ctx.mechanism->host_data(range, first + i, count, present.data()); err != 0) {
-      log().warn("migrate_vma_setup: asking which never-touched pages hold data failed ({}): all are copied",
-                 std::strerror(err));
-      present.assign(count, 1);
-    }
-    for (std::size_t k = 0; k < count; ++k) {
-      if (!present[k]) continue;
-      std::lock_guard lock(table.block_mutex(MirrorTable::block_of(first + i + k)));
-      table.entry(first + i + k).move_to(MirrorEntry::system());  // keeps LOCKED
-      s.source[i + k] = static_cast<std::uint8_t>(Residency::System);
-      a.src[i + k] |= MIGRATE_PFN_VALID;
+  // Asked a block's worth at a time, on the stack: the pages are locked, and
+  // nothing allocates until they are recorded in the session.
+  std::array<std::uint8_t, kPagesPerBlock> present;
+  for_each_run(0, s.span.count(), empty, [&](std::size_t run, std::size_t run_count) {
+    for (std::size_t i = run; i < run + run_count; i += present.size()) {
+      const std::size_t count = std::min(present.size(), run + run_count - i);
+      present.fill(1);
+      if (const int err = ctx.mechanism->host_data(range, first + i, count, present.data()); err != 0) {
+        log().warn("migrate_vma_setup: asking which never-touched pages hold data failed ({}): all are copied",
+                   std::strerror(err));
+        present.fill(1);
+      }
+      for (std::size_t k = 0; k < count; ++k) {
+        if (!present[k]) continue;
+        std::lock_guard lock(table.block_mutex(MirrorTable::block_of(first + i + k)));
+        table.entry(first + i + k).move_to(MirrorEntry::system());  // keeps LOCKED
+        s.source[i + k] = static_cast<std::uint8_t>(Residency::System);
+        a.src[i + k] |= MIGRATE_PFN_VALID;
+      }
     }
   });
 }
@@ -172,8 +223,18 @@ void migrate_vma_setup(ContextImpl& ctx, MigrateVma& a, const SetupVisitor* visi
   auto& table = range.table();
   const std::size_t first = session->span.first();
   const std::size_t n = session->span.count();
+  // Everything setup and finalize allocate, before the first page is locked
+  // (an allocation that failed later would leave pages locked).
   session->selected.assign(n, 0);
   session->source.assign(n, 0);
+  session->undropped.assign(n, 0);
+  // Read-mostly pages keep their host copy (read_mostly.hpp): those advised
+  // so now; the walk keeps the host pages among them.
+  session->duplicate.assign(n, 0);
+  for (const AdviceTable::Run& run : range.advice().runs(first, first + n))
+    if (run.advice.read_mostly)
+      std::fill(session->duplicate.begin() + static_cast<std::ptrdiff_t>(run.first - first),
+                session->duplicate.begin() + static_cast<std::ptrdiff_t>(run.end - first), 1);
   session->hold = hold;
   // Pages written while open are host pages (selected without FAULT too);
   // one written after this is found once setup holds it, below.
@@ -206,13 +267,9 @@ void migrate_vma_setup(ContextImpl& ctx, MigrateVma& a, const SetupVisitor* visi
     }
   }
 
-  // Read-mostly host pages keep their host copy (read_mostly.hpp).
-  session->duplicate.assign(n, 0);
-  for (const AdviceTable::Run& run : range.advice().runs(first, first + n))
-    if (run.advice.read_mostly)
-      for (std::size_t p = run.first; p < run.end; ++p)
-        session->duplicate[p - first] = session->selected[p - first] &&
-                                         session->source[p - first] == static_cast<std::uint8_t>(Residency::System);
+  for (std::size_t i = 0; i < n; ++i)
+    session->duplicate[i] = session->duplicate[i] && session->selected[i] &&
+                            session->source[i] == static_cast<std::uint8_t>(Residency::System);
 
   // Whole selected blocks of host or never-touched pages move as one unit.
   if (a.flags & MIGRATE_VMA_SELECT_COMPOUND) {
@@ -334,7 +391,9 @@ Status migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
   // Duplicated pages keep theirs, write-protected. A run whose host copy
   // cannot go (mlock'ed memory on a kernel without MADV_DONTNEED_LOCKED, no
   // mapping left to split) goes back to the host below.
-  std::vector<std::size_t> undropped;
+  // From here to the unlock nothing allocates (setup reserved what this
+  // needs): pages zapped but still locked would stay so.
+  bool undropped = false;
   int drop_error = 0;
   auto dropped = [&](std::size_t i) { return migrated(i) && had_host_page(i) && !s.duplicate[i]; };
   for_each_run(0, n, dropped, [&](std::size_t i, std::size_t count) {
@@ -342,7 +401,8 @@ Status migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
     const int err = drop_host_copies(ctx, range, first + i, count);
     if (err == 0) return;
     drop_error = err;
-    for (std::size_t k = i; k < i + count; ++k) undropped.push_back(first + k);
+    undropped = true;
+    std::fill_n(s.undropped.begin() + static_cast<std::ptrdiff_t>(i), count, 1);
   });
   // With mapping events, each drop (MADV_DONTNEED) raised a REMOVE event that
   // the fault service has read (the kernel waits for that) but may not have
@@ -354,8 +414,12 @@ Status migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
     for (std::size_t i = 0; i < n; ++i)
       if (dropped(i)) table.forget_own_discard(first + i);
   }
-  Status kept;
-  if (!undropped.empty()) kept = back_to_host(ctx, range, undropped, drop_error, a, first);
+  Undropped kept;
+  if (undropped) kept = back_to_host(ctx, a, s);
+  if (kept.lost > 0)
+    log().critical("{} migrated pages in [{}, +{} pages) kept a host copy that could not be dropped ({}) nor "
+                   "replaced by their device copy: a CPU access may read stale data",
+                   kept.lost, static_cast<void*>(range.page_address(first)), n, std::strerror(drop_error));
   // Pages that stay on the host become writable again; their writers are
   // woken below, once the pages are unlocked.
   auto stayed = [&](std::size_t i) {
@@ -369,24 +433,12 @@ Status migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
                   static_cast<void*>(range.page_address(first + i)), std::strerror(err));
   });
 
-  // Device pages that back nothing now: destinations of failed pages, and the
-  // sources of device-to-device moves.
-  std::vector<std::vector<DevicePageIndex>> to_free(ctx.device_count() + 1);
   std::uint64_t to_device = 0, zero_filled = 0, compound = 0, duplicated = 0;
   for (std::size_t i = 0; i < n; ++i) {
-    if (!s.selected[i]) continue;
-    if (migrated(i)) {
-      if (from(i, Residency::Device)) {
-        const DevicePage old = migrate_pfn_to_device_page(a.src[i]);
-        to_free[old.owner].push_back(old.index);
-      }
-      from(i, Residency::Empty) ? ++zero_filled : ++to_device;
-      duplicated += s.duplicate[i];
-      if ((a.src[i] & MIGRATE_PFN_COMPOUND) && (a.dst[i] & MIGRATE_PFN_COMPOUND)) ++compound;
-    } else if (a.dst[i] & MIGRATE_PFN_VALID) {
-      const DevicePage page = migrate_pfn_to_device_page(a.dst[i]);
-      if (ctx.pagemap(page.owner) != nullptr) to_free[page.owner].push_back(page.index);
-    }
+    if (!migrated(i)) continue;
+    from(i, Residency::Empty) ? ++zero_filled : ++to_device;
+    duplicated += s.duplicate[i];
+    if ((a.src[i] & MIGRATE_PFN_COMPOUND) && (a.dst[i] & MIGRATE_PFN_COMPOUND)) ++compound;
   }
 
   bool any_discarded = false;
@@ -402,11 +454,7 @@ Status migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
       else table.entry(p).clear(MirrorEntry::kLocked);
     }
   }
-  for (const OwnerId owner : owner_ids(to_free.size() - 1)) {
-    if (to_free[owner].empty()) continue;
-    for (DevicePageIndex index : to_free[owner]) ctx.rmap(owner).clear(index);
-    ctx.pagemap(owner)->page_free(to_free[owner]);
-  }
+  free_unused_device_pages(ctx, a, s, migrated, from);
   if (any_discarded)
     unlock_discarded(ctx, range, first, n, [&](std::size_t i) { return s.selected[i] && !(s.hold && migrated(i)); });
   ctx.unlocks.announce();
@@ -420,7 +468,7 @@ Status migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
   AtomicCounters::add(ctx.counters.compound_migrations, compound);
   AtomicCounters::add(ctx.counters.pages_duplicated, duplicated);
   ctx.check_invariants();
-  return kept;
+  return kept.pages > 0 ? undropped_status(kept, drop_error) : Status{};
 }
 
 }  // namespace uhmm::detail
@@ -429,21 +477,22 @@ namespace uhmm {
 
 void migrate_vma_setup(Context& ctx, MigrateVma& args) {
   detail::DeferSignals defer;
-  detail::migrate_vma_setup(ctx.impl(), args);
+  detail::out_of_memory_as_error("migrate_vma_setup", [&] { detail::migrate_vma_setup(ctx.impl(), args); });
 }
 std::size_t migrate_vma_pages(Context& ctx, MigrateVma& args) {
   detail::DeferSignals defer;
-  return detail::migrate_vma_pages(ctx.impl(), args);
+  return detail::out_of_memory_as_error("migrate_vma_pages", [&] { return detail::migrate_vma_pages(ctx.impl(), args); });
 }
 // Pages whose host copy could not be dropped are reported through src[] (no
 // MIGRATE), as the kernel reports pages it could not migrate.
 void migrate_vma_finalize(Context& ctx, MigrateVma& args) {
   detail::DeferSignals defer;
-  (void)detail::migrate_vma_finalize(ctx.impl(), args);
+  detail::out_of_memory_as_error("migrate_vma_finalize", [&] { (void)detail::migrate_vma_finalize(ctx.impl(), args); });
 }
 std::size_t migrate_device_range(Context& ctx, OwnerId owner, DevicePageIndex first, std::size_t npages) {
   detail::DeferSignals defer;
-  return ctx.impl().migrate_device_range(owner, first, npages);
+  return detail::out_of_memory_as_error("migrate_device_range",
+                                        [&] { return ctx.impl().migrate_device_range(owner, first, npages); });
 }
 
 }  // namespace uhmm

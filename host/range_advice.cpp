@@ -10,6 +10,8 @@
 
 #include "context_impl.hpp"
 #include "deferred_signals.hpp"
+#include "locked_pages.hpp"
+#include "out_of_memory.hpp"
 #include "read_mostly.hpp"
 #include "written_pages.hpp"
 #include "uhmm/detail/log.hpp"
@@ -36,8 +38,9 @@ void check_device(const ContextImpl& ctx, Location where, const char* call) {
                                                     call, where.owner, ctx.device_count()));
 }
 
-// For each block of the span, sets LOCKED on the pages `want` selects and
-// hands them (ascending) to `use`, which unlocks them. Pages that a migration,
+// For each block of the span, sets LOCKED on the pages `want` selects, hands
+// them (ascending) to `use`, then unlocks them (also when `use` throws: it
+// allocates before it changes anything). Pages that a migration,
 // fault or kernel holds are waited for: their holder may be about to give
 // them a new home, which the caller must see. Each page is taken at most
 // once: one another thread repopulates after `use` released it holds data
@@ -52,7 +55,8 @@ void take_pages(ContextImpl& ctx, const RangeSpan& span, Want want, Use use) {
     for (;;) {
       const std::uint64_t generation = ctx.unlocks.generation();
       bool waiting = false;
-      std::vector<std::size_t> taken;
+      LockedPages taken(ctx, span.range());
+      taken.reserve(hi - lo);
       {
         std::lock_guard lock(table.block_mutex(block));
         for (std::size_t q = lo; q < hi; ++q) {
@@ -62,12 +66,12 @@ void take_pages(ContextImpl& ctx, const RangeSpan& span, Want want, Use use) {
             waiting = true;
             continue;
           }
-          e.set(MirrorEntry::kLocked);
+          taken.take(e, q);
           done[q - lo] = true;
-          taken.push_back(q);
         }
       }
-      if (!taken.empty()) use(std::span<const std::size_t>(taken));
+      if (!taken.empty()) use(taken.pages());
+      taken.unlock();
       if (!waiting) break;
       ctx.unlocks.wait_after(generation);
     }
@@ -125,10 +129,7 @@ void advise(ContextImpl& ctx, void* p, std::size_t bytes, Advice advice, Locatio
     auto& range = span.range();
     take_pages(
         ctx, span, [](MirrorEntry e) { return e.residency() == Residency::Duplicated; },
-        [&](std::span<const std::size_t> taken) {
-          collapse_to_host(ctx, range, taken);
-          ctx.unlock(range, taken);
-        });
+        [&](std::span<const std::size_t> taken) { collapse_to_host(ctx, range, taken); });
   }
 }
 
@@ -161,6 +162,12 @@ std::size_t discard(ContextImpl& ctx, void* p, std::size_t bytes) {
       ctx, span,
       [](MirrorEntry e) { return e.residency() != Residency::Empty && !e.has(MirrorEntry::kPoisoned); },
       [&](std::span<const std::size_t> taken) {
+        // Everything this allocates, before anything changes.
+        std::vector<std::uint8_t> kept(taken.size(), 0);
+        std::vector<DevicePage> device;
+        device.reserve(taken.size());
+        std::vector<DevicePageIndex> indices;
+        indices.reserve(taken.size());
         // Devices drop their view first (locked pages read as not valid in
         // snapshots meanwhile).
         ctx.notifiers.invalidate(range, taken.front(), taken.back() + 1, InvalidateKind::discard, kNoOwner).end();
@@ -169,7 +176,6 @@ std::size_t discard(ContextImpl& ctx, void* p, std::size_t bytes) {
         // A run whose host copies cannot go is not discarded: it keeps its
         // data (or reads zeros where a failed drop zapped it in part, as a
         // discarded page would), and is not counted.
-        std::vector<std::uint8_t> kept(taken.size(), 0);
         for (std::size_t i = 0; i < taken.size();) {
           std::size_t n = 1;
           while (i + n < taken.size() && taken[i + n] == taken[i] + n) ++n;
@@ -183,8 +189,6 @@ std::size_t discard(ContextImpl& ctx, void* p, std::size_t bytes) {
         // uhmm's own zap raised REMOVE events: the fault service must apply
         // them while the pages are still locked (as migrate_vma_finalize does).
         if (follows) ctx.ranges.gate().wait_applied();
-        std::vector<DevicePage> device;
-        device.reserve(taken.size());
         for (std::size_t k = 0; k < taken.size(); ++k) {
           if (kept[k]) continue;
           const std::size_t q = taken[k];
@@ -209,7 +213,7 @@ std::size_t discard(ContextImpl& ctx, void* p, std::size_t bytes) {
         });
         for (std::size_t i = 0; i < device.size();) {
           const OwnerId owner = device[i].owner;
-          std::vector<DevicePageIndex> indices;
+          indices.clear();
           for (; i < device.size() && device[i].owner == owner; ++i) {
             ctx.rmap(owner).clear(device[i].index);
             indices.push_back(device[i].index);
@@ -217,7 +221,6 @@ std::size_t discard(ContextImpl& ctx, void* p, std::size_t bytes) {
           ctx.pagemap(owner)->page_free(indices);
         }
         discarded += static_cast<std::size_t>(std::count(kept.begin(), kept.end(), 0));
-        ctx.unlock(range, taken);
       });
   AtomicCounters::add(ctx.counters.pages_discarded_by_call, discarded);
   ctx.check_invariants();
@@ -230,7 +233,7 @@ namespace uhmm {
 
 void Context::advise(void* p, std::size_t bytes, Advice advice, Location location) {
   detail::DeferSignals defer;
-  detail::advise(*impl_, p, bytes, advice, location);
+  detail::out_of_memory_as_error("advise", [&] { detail::advise(*impl_, p, bytes, advice, location); });
 }
 RangeAdvice Context::advice(const void* p) const {
   detail::DeferSignals defer;
@@ -238,11 +241,11 @@ RangeAdvice Context::advice(const void* p) const {
 }
 MigrationResult Context::prefetch(void* p, std::size_t bytes, Location to) {
   detail::DeferSignals defer;
-  return detail::prefetch(*impl_, p, bytes, to);
+  return detail::out_of_memory_as_error("prefetch", [&] { return detail::prefetch(*impl_, p, bytes, to); });
 }
 std::size_t Context::discard(void* p, std::size_t bytes) {
   detail::DeferSignals defer;
-  return detail::discard(*impl_, p, bytes);
+  return detail::out_of_memory_as_error("discard", [&] { return detail::discard(*impl_, p, bytes); });
 }
 
 }  // namespace uhmm

@@ -4,9 +4,9 @@
 #include "uhmm/range_snapshot.hpp"
 
 #include <algorithm>
+#include <bitset>
 #include <cerrno>
 #include <cstring>
-#include <iterator>
 #include <new>
 #include <optional>
 #include <vector>
@@ -15,6 +15,7 @@
 
 #include "context_impl.hpp"
 #include "deferred_signals.hpp"
+#include "locked_pages.hpp"
 #include "written_pages.hpp"
 #include "page_runs.hpp"
 #include "uhmm/context.hpp"
@@ -136,7 +137,11 @@ Status snapshot(ContextImpl& ctx, SnapshotRange& r) {
     for (std::size_t block = table.block_of(first); block <= table.block_of(first + n - 1); ++block) {
       const std::size_t lo = std::max(first, table.block_begin(block));
       const std::size_t hi = std::min(first + n, table.block_end(block));
-      std::vector<std::size_t> zero, back;
+      // Pages this pass holds: never-touched ones to populate, device ones to
+      // bring back. Nothing allocates from the first lock to the unlock.
+      LockedPages zero(ctx, range), back(ctx, range);
+      zero.reserve(hi - lo);
+      back.reserve(hi - lo);
       {
         std::lock_guard lock(table.block_mutex(block));
         for (std::size_t p = lo; p < hi; ++p) {
@@ -153,11 +158,9 @@ Status snapshot(ContextImpl& ctx, SnapshotRange& r) {
           if (e.locked()) {
             r.pfns[i] = 0;  // in transition: not valid until its holder is done
           } else if (want != 0 && e.residency() == Residency::Empty && !e.has(MirrorEntry::kPoisoned)) {
-            e.set(MirrorEntry::kLocked);
-            zero.push_back(p);
+            zero.take(e, p);
           } else if (want == 2 && e.residency() == Residency::Device && !e.has(MirrorEntry::kPoisoned)) {
-            e.set(MirrorEntry::kLocked);
-            back.push_back(p);
+            back.take(e, p);
           } else {
             r.pfns[i] = word_of(e, r.owner);
           }
@@ -165,61 +168,66 @@ Status snapshot(ContextImpl& ctx, SnapshotRange& r) {
       }
       // Never-touched pages become host zero pages, one install per run. One
       // the application discards meanwhile is emptied again at the unlock.
-      std::vector<std::uint8_t> zero_ok(zero.size(), 0);
-      if (!zero.empty()) test_points::at(test_points::held_install, range.page_address(zero.front()), false);
-      for (std::size_t k = 0; k < zero.size();) {
+      const std::span<const std::size_t> zeros = zero.pages(), backs = back.pages();
+      std::bitset<kPagesPerBlock> zero_ok;  // by index in zeros
+      std::size_t unpopulated = 0;          // the first page whose install failed, and why
+      int populate_error = 0;
+      if (!zeros.empty()) test_points::at(test_points::held_install, range.page_address(zeros.front()), false);
+      for (std::size_t k = 0; k < zeros.size();) {
         std::size_t run = 1;
-        while (k + run < zero.size() && zero[k + run] == zero[k] + run) ++run;
-        int err = ctx.mechanism->install_zeros(range, zero[k], run);
+        while (k + run < zeros.size() && zeros[k + run] == zeros[k] + run) ++run;
+        int err = ctx.mechanism->install_zeros(range, zeros[k], run);
         if (err == 0) {
-          std::fill_n(zero_ok.begin() + static_cast<std::ptrdiff_t>(k), run, 1);
+          for (std::size_t q = k; q < k + run; ++q) zero_ok.set(q);
         } else {
-          for (std::size_t q = 0; q < run; ++q) {
-            err = ctx.mechanism->install_zeros(range, zero[k + q], 1);
+          for (std::size_t q = k; q < k + run; ++q) {
+            err = ctx.mechanism->install_zeros(range, zeros[q], 1);
             if (err == 0 || err == EEXIST) {
-              zero_ok[k + q] = 1;  // EEXIST: mapped already (what the request wants)
-            } else if (status) {
-              status = {Errc::system_error, fmt::format("snapshot_range: populating the page at {} failed: {}",
-                                                        static_cast<void*>(range.page_address(zero[k + q])),
-                                                        std::strerror(err))};
+              zero_ok.set(q);  // EEXIST: mapped already (what the request wants)
+            } else if (populate_error == 0) {
+              unpopulated = zeros[q];
+              populate_error = err;
             }
           }
         }
         k += run;
       }
-      if (!zero.empty()) test_points::at(test_points::held_install, range.page_address(zero.front()), true);
+      if (!zeros.empty()) test_points::at(test_points::held_install, range.page_address(zeros.front()), true);
       // Device pages asked to be host pages come back (notifiers hear of it).
       ContextImpl::BackResult came_back;
-      if (!back.empty()) {
+      bool none_came_back = false;
+      if (!backs.empty()) {
         if (!staging) staging.emplace(ctx.staging());
-        if (staging->get() == nullptr) {
-          came_back.failed = back;
-          came_back.status = {Errc::out_of_memory, "snapshot_range: no host memory for a staging buffer"};
-        } else {
-          came_back = ctx.bring_back(range, back, staging->get(), InvalidateKind::migrate, kNoOwner);
-        }
-        if (!came_back.status && status) status = came_back.status;
+        none_came_back = staging->get() == nullptr;
+        if (!none_came_back)
+          came_back = ctx.bring_back(range, backs, staging->get(), InvalidateKind::migrate, kNoOwner);
       }
       {
         std::lock_guard lock(table.block_mutex(block));
-        for (std::size_t k = 0; k < zero.size(); ++k) {
-          MirrorEntry& e = table.entry(zero[k]);
+        for (std::size_t k = 0; k < zeros.size(); ++k) {
+          MirrorEntry& e = table.entry(zeros[k]);
           if (zero_ok[k]) {
             if (e.residency() == Residency::Empty) e.move_to(MirrorEntry::system());
             ++populated;
           }
-          r.pfns[zero[k] - first] = zero_ok[k] ? word_of(e, r.owner) : SNAPSHOT_PFN_ERROR;
+          r.pfns[zeros[k] - first] = zero_ok[k] ? word_of(e, r.owner) : SNAPSHOT_PFN_ERROR;
         }
-        for (std::size_t p : back) {
-          const bool failed = std::find(came_back.failed.begin(), came_back.failed.end(), p) != came_back.failed.end();
+        for (std::size_t p : backs) {
+          const bool failed = none_came_back || std::find(came_back.failed.begin(), came_back.failed.end(), p) !=
+                                                    came_back.failed.end();
           r.pfns[p - first] = failed ? SNAPSHOT_PFN_ERROR | word_of(table.entry(p), r.owner) : word_of(table.entry(p), r.owner);
         }
       }
       // Unlocking reports the pages (words are written) and wakes their faults.
-      std::vector<std::size_t> held;
-      held.reserve(zero.size() + back.size());
-      std::merge(zero.begin(), zero.end(), back.begin(), back.end(), std::back_inserter(held));
-      ctx.unlock(range, held);
+      zero.unlock();
+      back.unlock();
+      // What failed is told once nothing is held (telling it allocates).
+      if (populate_error != 0 && status)
+        status = {Errc::system_error, fmt::format("snapshot_range: populating the page at {} failed: {}",
+                                                  static_cast<void*>(range.page_address(unpopulated)),
+                                                  std::strerror(populate_error))};
+      if (none_came_back && status) status = {Errc::out_of_memory, "snapshot_range: no host memory for a staging buffer"};
+      if (!came_back.status && status) status = came_back.status;
     }
     if (left > 0 && waiting) ctx.unlocks.wait_after(generation);
   }

@@ -53,6 +53,9 @@ void collapse_to_host(ContextImpl& ctx, ManagedRange& range, std::span<const std
 std::vector<std::size_t> collapse_to_device(ContextImpl& ctx, ManagedRange& range, std::span<const std::size_t> pages) {
   std::vector<std::size_t> stayed;
   if (pages.empty()) return stayed;
+  // The one allocation, before any host copy goes: a page dropped while its
+  // entry still says Duplicated would fault forever.
+  stayed.reserve(pages.size());
   // The device copies become the only, writable ones: a protection change
   // for the devices that mirror the range.
   auto& table = range.table();

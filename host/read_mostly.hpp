@@ -27,7 +27,7 @@ void collapse_to_host(ContextImpl& ctx, ManagedRange& range, std::span<const std
 // Device and writable. Same preconditions; not on the fault service's thread
 // (it waits for the fault service to apply its own zap). Pages whose host
 // copies could not be dropped collapse to the host instead: returned.
-// Throws std::bad_alloc.
+// Throws std::bad_alloc before it changes anything.
 std::vector<std::size_t> collapse_to_device(ContextImpl& ctx, ManagedRange& range, std::span<const std::size_t> pages);
 
 }  // namespace uhmm::detail

@@ -7,6 +7,7 @@
 
 #include "context_impl.hpp"
 #include "deferred_signals.hpp"
+#include "out_of_memory.hpp"
 #include "range_advice.hpp"
 #include "uhmm/detail/log.hpp"
 #include "uhmm/detail/signal_mask.hpp"
@@ -111,7 +112,10 @@ std::future<MigrationResult> Context::migrate_to_device_async(Stream& stream, vo
   impl_->ranges.resolve(p, bytes, "migrate_to_device_async");  // bad input throws here, nothing queued
   const OwnerId owner = s.device();
   return s.submit(std::packaged_task<MigrationResult()>(
-      [ctx = impl_.get(), p, bytes, owner] { return ctx->migrate_to_device(p, bytes, owner); }));
+      [ctx = impl_.get(), p, bytes, owner] {
+        return detail::out_of_memory_as_error("migrate_to_device_async",
+                                              [&] { return ctx->migrate_to_device(p, bytes, owner); });
+      }));
 }
 
 std::future<MigrationResult> Context::migrate_to_host_async(Stream& stream, void* p, std::size_t bytes) {
@@ -119,7 +123,9 @@ std::future<MigrationResult> Context::migrate_to_host_async(Stream& stream, void
   auto& s = checked(stream.impl_.get(), *impl_, "migrate_to_host_async");
   impl_->ranges.resolve(p, bytes, "migrate_to_host_async");
   return s.submit(std::packaged_task<MigrationResult()>(
-      [ctx = impl_.get(), p, bytes] { return ctx->migrate_to_host(p, bytes); }));
+      [ctx = impl_.get(), p, bytes] {
+        return detail::out_of_memory_as_error("migrate_to_host_async", [&] { return ctx->migrate_to_host(p, bytes); });
+      }));
 }
 
 std::future<MigrationResult> Context::prefetch_async(Stream& stream, void* p, std::size_t bytes, Location to) {
@@ -129,7 +135,9 @@ std::future<MigrationResult> Context::prefetch_async(Stream& stream, void* p, st
   impl_->ranges.resolve(p, bytes, "prefetch_async");
   // The stream orders the work; the destination need not be its device.
   return s.submit(std::packaged_task<MigrationResult()>(
-      [ctx = impl_.get(), p, bytes, to] { return detail::prefetch(*ctx, p, bytes, to); }));
+      [ctx = impl_.get(), p, bytes, to] {
+        return detail::out_of_memory_as_error("prefetch_async", [&] { return detail::prefetch(*ctx, p, bytes, to); });
+      }));
 }
 
 }  // namespace uhmm
