@@ -1,6 +1,7 @@
 // The Backend contract (include/uhmm/backend.hpp), written once and run on
 // every backend: cpu always; cuda and hip where their plugin loads and the
-// runtime reports a device (GTEST_SKIP saying why elsewhere). Data is checked
+// runtime reports a device (GTEST_SKIP saying why elsewhere); the GPU plugin on
+// the emulated runtime always (Emulated/*, with and without injected delays). Data is checked
 // only through the backend's own copies, as device memory need not be
 // host-visible.
 #include <gtest/gtest.h>
@@ -15,6 +16,7 @@
 
 #include "../../driver/backend_probe.hpp"
 #include "../../driver/cpu/cpu_backend.hpp"
+#include "emulated_runtime.hpp"
 
 namespace uhmm::detail {
 namespace {
@@ -22,10 +24,16 @@ namespace {
 constexpr std::size_t kWords = kPageSize / 8;
 constexpr std::uint64_t kPoolBytes = 8 * kChunkSize;
 
+// The GPU plugin on the emulated runtime (tests only): "emulated", or
+// "emulated_delayed" with a random delay before every queued operation.
+bool emulated(const std::string& name) { return name.rfind("emulated", 0) == 0; }
+
 std::unique_ptr<Backend> make_backend(const std::string& name, std::uint64_t pool_bytes, std::string* why) {
   if (name == "cpu") return std::make_unique<CpuBackend>(pool_bytes);
+  if (emulated(name)) emuTestSetDelay(name == "emulated_delayed" ? 300 : 0, 42);
   // The test binary does not live beside libuhmm.so: look where the build puts the plugins.
-  const BackendProbe probe = probe_backend(name, UHMM_TEST_PLUGIN_DIR);
+  const BackendProbe probe = emulated(name) ? probe_backend("emulated", UHMM_TEST_EMULATED_PLUGIN_DIR)
+                                            : probe_backend(name, UHMM_TEST_PLUGIN_DIR);
   if (!probe.available()) {
     *why = probe.why;
     return nullptr;
@@ -83,6 +91,8 @@ class BackendConformance : public ::testing::TestWithParam<std::string> {
   void SetUp() override {
     std::string why;
     backend_ = make_backend(GetParam(), kPoolBytes, &why);
+    // The emulated plugin is built with the tests: it must run, never skip.
+    if (!backend_ && emulated(GetParam())) FAIL() << "the emulated plugin did not load: " << why;
     if (!backend_) GTEST_SKIP() << GetParam() << " backend not available here: " << why;
     ASSERT_TRUE(backend_->allocate_chunk(&chunk_));
     ASSERT_TRUE(backend_->create_stream(&stream_));
@@ -294,6 +304,8 @@ TEST_P(BackendConformance, ANativeStreamExistsExactlyOnGpuBackends) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, BackendConformance, ::testing::Values("cpu", "cuda", "hip"),
+                         [](const auto& param_info) { return param_info.param; });
+INSTANTIATE_TEST_SUITE_P(Emulated, BackendConformance, ::testing::Values("emulated", "emulated_delayed"),
                          [](const auto& param_info) { return param_info.param; });
 
 }  // namespace
