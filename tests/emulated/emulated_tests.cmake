@@ -24,3 +24,13 @@ uhmm_emulated_device_code(uhmm-vector-add-emulated)
 add_test(NAME sample_vector_add_device_Emulated COMMAND uhmm-vector-add-emulated --elements 1000003 --rounds 3)
 set_tests_properties(sample_vector_add_device_Emulated PROPERTIES TIMEOUT 120
   ENVIRONMENT "UHMM_BACKEND=emulated;UHMM_PLUGIN_DIR=${UHMM_EMULATED_DIR};UHMM_EMULATED_DELAY_US=100")
+
+# uhmm-info lists the emulated plugin where UHMM_PLUGIN_DIR provides it, and
+# auto still does not select it.
+if(UHMM_BUILD_TOOLS)
+  add_test(NAME uhmm_info_lists_Emulated COMMAND uhmm-info --json)
+  set_tests_properties(uhmm_info_lists_Emulated PROPERTIES TIMEOUT 60
+    ENVIRONMENT "UHMM_PLUGIN_DIR=${UHMM_EMULATED_DIR}"
+    PASS_REGULAR_EXPRESSION "\"name\": *\"emulated\""
+    FAIL_REGULAR_EXPRESSION "\"auto_selects\": *\"emulated\"")
+endif()

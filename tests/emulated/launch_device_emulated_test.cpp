@@ -212,5 +212,12 @@ TEST_F(EmulatedLaunchDevice, ScatteredPagesMigrateThroughTheCopyKernelAndStaging
   EXPECT_TRUE(ctx_.validate()) << ctx_.validate().message;
 }
 
+TEST(EmulatedPlugin, AutoNeverSelectsItEvenWhereItsDirectoryIsSearched) {
+  ContextOptions o = emulated_options();
+  o.backend = "auto";
+  Context ctx(o);
+  EXPECT_EQ(ctx.device_info(ctx.device_owner(0)).backend, "cpu");
+}
+
 }  // namespace
 }  // namespace uhmm::test
