@@ -169,8 +169,11 @@ TEST_F(EmulatedRuntime, AKernelTrapIsStickyAndSurfacesAtTheNextSynchronize) {
     uhmm::device_span<std::uint64_t> span;
     void operator()(std::size_t) const { span[0] = 1; }
   };
+  Gate gate;  // holds the stream so that the kernel cannot have run before the check below
+  ASSERT_EQ(emuLaunchHostFunc(a_, &Gate::wait, &gate), emuSuccess);
   uhmm::launch(a_, 1, Touch{uhmm::device_span<std::uint64_t>(pages)});
   EXPECT_EQ(emuGetLastError(), emuSuccess);  // the launch itself succeeded
+  gate.open = true;
   EXPECT_EQ(emuStreamSynchronize(a_), emuErrorLaunchFailure);
   // Sticky: every later call fails, and the last error stays.
   void* p = nullptr;
