@@ -2,7 +2,7 @@
 // the GPU plugin depends on, checked through its emu* calls. Each test ends by
 // releasing what it blocked, and nothing here decides on timing: a test that
 // needs two things to overlap makes each wait for the other.
-#include <gtest/gtest.h>
+#include "emulated_runtime.hpp"
 
 #include <atomic>
 #include <cstdint>
@@ -10,7 +10,8 @@
 #include <cstring>
 #include <vector>
 
-#include "emulated_runtime.hpp"
+#include <gtest/gtest.h>
+
 #include "uhmm/device_span.hpp"
 #include "uhmm/launch.hpp"
 #include "uhmm/page_copy.hpp"
@@ -36,10 +37,12 @@ struct WaitThenSet {
   std::uint64_t set;       // address of an atomic word (pinned)
   void operator()(std::size_t) const {
     if (wait_for != 0) {
-      auto* w = reinterpret_cast<std::atomic<std::uint64_t>*>(UHMM_DEVICE_ADDRESS(static_cast<std::uintptr_t>(wait_for)));
+      auto* w = reinterpret_cast<std::atomic<std::uint64_t>*>(
+          UHMM_DEVICE_ADDRESS(static_cast<std::uintptr_t>(wait_for)));
       while (w->load() == 0) std::this_thread::yield();
     }
-    reinterpret_cast<std::atomic<std::uint64_t>*>(UHMM_DEVICE_ADDRESS(static_cast<std::uintptr_t>(set)))->store(1);
+    reinterpret_cast<std::atomic<std::uint64_t>*>(UHMM_DEVICE_ADDRESS(static_cast<std::uintptr_t>(set)))
+        ->store(1);
   }
 };
 
@@ -192,7 +195,8 @@ TEST_F(EmulatedRuntime, AKernelReadingPageableHostMemoryIsAnIllegalAddress) {
   emuTestClearStickyError(0);
   static_cast<std::uint64_t*>(pinned_)[5] = 77;
   uhmm::launch(b_, kPage / 8, CopyOnePage{address(device_), address(pinned_)});
-  ASSERT_EQ(emuMemcpyAsync(static_cast<char*>(pinned_) + kPage, device_, kPage, emuMemcpyDefault, b_), emuSuccess);
+  ASSERT_EQ(emuMemcpyAsync(static_cast<char*>(pinned_) + kPage, device_, kPage, emuMemcpyDefault, b_),
+            emuSuccess);
   ASSERT_EQ(emuStreamSynchronize(b_), emuSuccess);
   EXPECT_EQ(static_cast<std::uint64_t*>(pinned_)[kPage / 8 + 5], 77u);
 }

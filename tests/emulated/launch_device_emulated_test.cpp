@@ -3,8 +3,6 @@
 // kernel queued behind them), with kernels built as device code for the
 // emulated runtime and run on its stream worker over device memory the host
 // cannot touch. Kernels here are valid GPU kernels: functors over device_span.
-#include <gtest/gtest.h>
-
 #include <atomic>
 #include <cstdint>
 #include <set>
@@ -12,9 +10,12 @@
 #include <thread>
 #include <vector>
 
+#include <gtest/gtest.h>
+
+#include "uhmm/uhmm.hpp"
+
 #include "emulated_runtime.hpp"
 #include "test_support.hpp"
-#include "uhmm/uhmm.hpp"
 
 namespace uhmm::test {
 namespace {
@@ -98,7 +99,8 @@ TEST_F(EmulatedLaunchDevice, VectorAddGivesTheSumOnTheHostAfterward) {
     b[i] = 2.0f * static_cast<float>(i);
   }
   ctx_.launch_device(
-      [n](const LaunchStream& stream, device_span<const float> x, device_span<const float> y, device_span<float> z) {
+      [n](const LaunchStream& stream, device_span<const float> x, device_span<const float> y,
+          device_span<float> z) {
         EXPECT_NE(stream.native, nullptr);
         launch(stream, n, AddKernel{x, y, z});
       },
@@ -138,9 +140,11 @@ TEST_F(EmulatedLaunchDevice, ExceptionFromTheBodyPropagatesAfterTheStreamDrainsA
                std::runtime_error);
   for (std::size_t i = 0; i < x.size(); ++i) ASSERT_EQ(x[i], i + 7) << i;
   for (const auto& s : ctx_.residency(x.data(), ctx_.range_size(x.data()))) EXPECT_FALSE(s.locked);
-  ctx_.launch_device([](const LaunchStream& stream, device_span<std::uint64_t> span) {
-    launch(stream, span.size(), SetIndexPlus{span, 1});
-  }, x);
+  ctx_.launch_device(
+      [](const LaunchStream& stream, device_span<std::uint64_t> span) {
+        launch(stream, span.size(), SetIndexPlus{span, 1});
+      },
+      x);
   EXPECT_EQ(x[5], 6u);
   EXPECT_TRUE(ctx_.validate()) << ctx_.validate().message;
 }
@@ -148,7 +152,8 @@ TEST_F(EmulatedLaunchDevice, ExceptionFromTheBodyPropagatesAfterTheStreamDrainsA
 TEST_F(EmulatedLaunchDevice, HostKernelsAreRefusedAsOnAGpu) {
   auto x = make<float>(kPageSize / 4);
   try {
-    ctx_.launch(1, [](std::size_t, device_span<float>) {}, std::span<float>(x.data(), 4));
+    ctx_.launch(
+        1, [](std::size_t, device_span<float>) {}, std::span<float>(x.data(), 4));
     ADD_FAILURE() << "no exception";
   } catch (const Error& e) {
     EXPECT_EQ(e.code(), Errc::invalid_argument) << e.what();
@@ -169,9 +174,9 @@ TEST_F(EmulatedLaunchDevice, ConcurrentLaunchesOnSeveralThreadsAllComplete) {
     threads.emplace_back([&, t] {
       try {
         for (int r = 0; r < kRounds; ++r) {
-          ctx_.launch_device([n](const LaunchStream& stream, device_span<std::uint32_t> s) {
-            launch(stream, n, AddModSeven{s});
-          }, data[static_cast<std::size_t>(t)]);
+          ctx_.launch_device([n](const LaunchStream& stream,
+                                 device_span<std::uint32_t> s) { launch(stream, n, AddModSeven{s}); },
+                             data[static_cast<std::size_t>(t)]);
           data[static_cast<std::size_t>(t)][static_cast<std::size_t>(r)] += 1000;  // pages go back and forth
         }
       } catch (const std::exception& e) {
@@ -208,7 +213,8 @@ TEST_F(EmulatedLaunchDevice, ScatteredPagesMigrateThroughTheCopyKernelAndStaging
   ctx_.launch_device(add_one, x);
   // The launch's own kernel, and at least one copy kernel for the scattered pages.
   EXPECT_GE(emuTestGetCounts().kernels - before.kernels, 2u);
-  for (std::size_t i = 0; i < x.size(); ++i) ASSERT_EQ(x[i], i + 2 + (i % kWords == 0 && (i / kWords) % 2 == 0 ? 10 : 0)) << i;
+  for (std::size_t i = 0; i < x.size(); ++i)
+    ASSERT_EQ(x[i], i + 2 + (i % kWords == 0 && (i / kWords) % 2 == 0 ? 10 : 0)) << i;
   EXPECT_TRUE(ctx_.validate()) << ctx_.validate().message;
 }
 

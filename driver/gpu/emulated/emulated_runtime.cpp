@@ -6,17 +6,13 @@
 // a stream (its count of queued operations).
 #include "emulated_runtime.hpp"
 
-#include <fcntl.h>
-#include <linux/falloc.h>
-#include <sys/mman.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <fcntl.h>
 #include <functional>
 #include <map>
 #include <memory>
@@ -25,9 +21,13 @@
 #include <random>
 #include <shared_mutex>
 #include <thread>
+#include <unistd.h>
 #include <unordered_map>
 #include <utility>
 #include <vector>
+
+#include <linux/falloc.h>
+#include <sys/mman.h>
 
 #include "uhmm/device_span.hpp"
 
@@ -37,7 +37,8 @@ std::atomic<std::uintptr_t> uhmm_emulated_device_shift{0};
 
 namespace {
 
-constexpr std::size_t kDeviceAlignment = std::size_t{2} << 20;  // large allocations, as the vendors align them
+constexpr std::size_t kDeviceAlignment = std::size_t{2}
+                                         << 20;  // large allocations, as the vendors align them
 constexpr std::size_t kSmallAlignment = 256;
 
 // Thrown by a kernel's access to memory a GPU could not reach.
@@ -124,14 +125,17 @@ class Runtime {
       return;
     }
     // The host's view, 2 MiB aligned, then the runtime's own.
-    void* reserve = ::mmap(nullptr, total + kDeviceAlignment, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    void* reserve = ::mmap(nullptr, total + kDeviceAlignment, PROT_NONE,
+                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     void* shadow = ::mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (reserve == MAP_FAILED || shadow == MAP_FAILED) {
       init_error_ = emuErrorInitializationError;
       return;
     }
-    const auto base = (reinterpret_cast<std::uintptr_t>(reserve) + kDeviceAlignment - 1) & ~(kDeviceAlignment - 1);
-    if (::mmap(reinterpret_cast<void*>(base), total, PROT_NONE, MAP_SHARED | MAP_FIXED, fd, 0) == MAP_FAILED) {
+    const auto base =
+        (reinterpret_cast<std::uintptr_t>(reserve) + kDeviceAlignment - 1) & ~(kDeviceAlignment - 1);
+    if (::mmap(reinterpret_cast<void*>(base), total, PROT_NONE, MAP_SHARED | MAP_FIXED, fd, 0) ==
+        MAP_FAILED) {
       init_error_ = emuErrorInitializationError;
       return;
     }
@@ -184,7 +188,8 @@ class Runtime {
     const std::uintptr_t last = (address + bytes) & ~std::uintptr_t{4095};
     if (last > first)
       (void)::fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                        static_cast<off_t>(first - uhmm_emulated_device_lo.load()), static_cast<off_t>(last - first));
+                        static_cast<off_t>(first - uhmm_emulated_device_lo.load()),
+                        static_cast<off_t>(last - first));
   }
 
   std::shared_ptr<uhmmEmulatedStream> start_stream(Device& device, bool blocking, bool legacy = false) {
@@ -235,7 +240,8 @@ class Runtime {
       stream.stopping = true;
     }
     stream.changed.notify_all();
-    if (stream.worker.joinable() && stream.worker.get_id() != std::this_thread::get_id()) stream.worker.join();
+    if (stream.worker.joinable() && stream.worker.get_id() != std::this_thread::get_id())
+      stream.worker.join();
   }
 
   // Queues `op` on `stream` behind the legacy stream's work (blocking streams)
@@ -365,7 +371,8 @@ emuError_t enter(const Device* device = nullptr) {
   if (t_in_host_function) return fail(emuErrorNotPermitted);
   if (r.init_error() != emuSuccess) return fail(r.init_error());
   if (device == nullptr) device = r.device(t_device);
-  if (device != nullptr && device->sticky.load() != emuSuccess) return fail(static_cast<emuError_t>(device->sticky.load()));
+  if (device != nullptr && device->sticky.load() != emuSuccess)
+    return fail(static_cast<emuError_t>(device->sticky.load()));
   return emuSuccess;
 }
 
@@ -382,7 +389,8 @@ Side side_of(const void* p, std::size_t bytes) {
     auto it = d->allocations.upper_bound(a);
     if (it == d->allocations.begin()) return Side::invalid;
     --it;
-    return a - it->first <= it->second && bytes <= it->second - (a - it->first) ? Side::device : Side::invalid;
+    return a - it->first <= it->second && bytes <= it->second - (a - it->first) ? Side::device
+                                                                                : Side::invalid;
   }
   std::shared_lock lock(r.pinned_mutex);
   auto it = r.pinned.upper_bound(a);
@@ -402,7 +410,8 @@ emuError_t synchronize_stream(uhmmEmulatedStream& stream) {
   Runtime& r = runtime();
   r.wait_for(stream, Runtime::point_of(stream));
   if (r.unloading()) return fail(emuErrorRuntimeUnloading);
-  if (const int sticky = stream.device->sticky.load(); sticky != emuSuccess) return fail(static_cast<emuError_t>(sticky));
+  if (const int sticky = stream.device->sticky.load(); sticky != emuSuccess)
+    return fail(static_cast<emuError_t>(sticky));
   std::lock_guard lock(stream.mutex);
   if (const emuError_t e = std::exchange(stream.async_error, emuSuccess); e != emuSuccess) return fail(e);
   return emuSuccess;
@@ -426,7 +435,8 @@ constexpr ErrorText kErrors[] = {
     {emuErrorRuntimeUnloading, "emuErrorRuntimeUnloading", "driver shutting down"},
     {emuErrorNoDevice, "emuErrorNoDevice", "no emulated device is configured"},
     {emuErrorInvalidDevice, "emuErrorInvalidDevice", "invalid device ordinal"},
-    {emuErrorNoKernelImageForDevice, "emuErrorNoKernelImageForDevice", "no kernel image is available for execution on the device"},
+    {emuErrorNoKernelImageForDevice, "emuErrorNoKernelImageForDevice",
+     "no kernel image is available for execution on the device"},
     {emuErrorInvalidResourceHandle, "emuErrorInvalidResourceHandle", "invalid resource handle"},
     {emuErrorNotReady, "emuErrorNotReady", "device not ready"},
     {emuErrorIllegalAddress, "emuErrorIllegalAddress", "an illegal memory access was encountered"},
@@ -467,7 +477,8 @@ int uhmm_emulated_launch(uhmmEmulatedStream* handle, std::size_t n, void (*run)(
   auto stream = r.find_stream(handle);
   if (stream == nullptr) return fail(emuErrorInvalidResourceHandle);
   if (const emuError_t e = enter(stream->device); e != emuSuccess) return e;
-  if (stream->device->index != t_device) return fail(emuErrorInvalidResourceHandle);  // another device's stream
+  if (stream->device->index != t_device)
+    return fail(emuErrorInvalidResourceHandle);  // another device's stream
   if (run == nullptr || functor == nullptr || bytes > 4096) return fail(emuErrorInvalidValue);
   // The parameters are copied at the launch, as the vendors do.
   std::shared_ptr<std::byte> copy(static_cast<std::byte*>(::operator new(bytes, std::align_val_t(align))),
@@ -497,7 +508,9 @@ int uhmm_emulated_launch(uhmmEmulatedStream* handle, std::size_t n, void (*run)(
 
 int uhmm_emulated_get_last_error(void) { return emuGetLastError(); }
 const char* uhmm_emulated_error_name(int error) { return emuGetErrorName(static_cast<emuError_t>(error)); }
-const char* uhmm_emulated_error_string(int error) { return emuGetErrorString(static_cast<emuError_t>(error)); }
+const char* uhmm_emulated_error_string(int error) {
+  return emuGetErrorString(static_cast<emuError_t>(error));
+}
 
 emuError_t emuGetDeviceCount(int* count) {
   Runtime& r = runtime();
@@ -615,7 +628,8 @@ emuError_t emuFree(void* p) {
 
 emuError_t emuHostAlloc(void** out, std::size_t bytes, unsigned flags) {
   if (const emuError_t e = enter(); e != emuSuccess) return e;
-  if (out == nullptr || (flags & ~(emuHostAllocPortable | emuHostAllocMapped)) != 0) return fail(emuErrorInvalidValue);
+  if (out == nullptr || (flags & ~(emuHostAllocPortable | emuHostAllocMapped)) != 0)
+    return fail(emuErrorInvalidValue);
   *out = nullptr;
   if (bytes == 0) return fail(emuErrorInvalidValue);
   const std::size_t size = align_up(bytes, 4096);
@@ -666,7 +680,8 @@ emuError_t emuStreamCreateWithFlags(emuStream_t* out, unsigned flags) {
 }
 
 emuError_t emuStreamDestroy(emuStream_t handle) {
-  if (const emuError_t e = enter(); e != emuSuccess && e != emuErrorLaunchFailure && e != emuErrorIllegalAddress)
+  if (const emuError_t e = enter();
+      e != emuSuccess && e != emuErrorLaunchFailure && e != emuErrorIllegalAddress)
     return e;
   if (handle == nullptr) return fail(emuErrorInvalidResourceHandle);
   auto stream = runtime().forget_stream(handle);
@@ -689,7 +704,8 @@ emuError_t emuStreamQuery(emuStream_t handle) {
   if (stream == nullptr) return fail(emuErrorInvalidResourceHandle);
   {
     std::lock_guard lock(stream->mutex);
-    if (stream->completed != stream->queued) return emuErrorNotReady;  // not an error: the last error is untouched
+    if (stream->completed != stream->queued)
+      return emuErrorNotReady;  // not an error: the last error is untouched
   }
   return synchronize_stream(*stream);
 }
@@ -736,7 +752,8 @@ emuError_t emuEventRecord(emuEvent_t handle, emuStream_t stream_handle) {
   uhmmEmulatedEvent* event = find_event(handle);
   if (stream == nullptr || event == nullptr) return fail(emuErrorInvalidResourceHandle);
   // A no-op marks the point, so that work on the legacy stream orders it too.
-  const std::uint64_t point = runtime().enqueue(*stream, Operation{[] { return emuSuccess; }, {}, 0, emuSuccess, false});
+  const std::uint64_t point =
+      runtime().enqueue(*stream, Operation{[] { return emuSuccess; }, {}, 0, emuSuccess, false});
   std::lock_guard lock(event->mutex);
   event->stream = stream;
   event->point = point;
@@ -751,7 +768,8 @@ emuError_t emuEventSynchronize(emuEvent_t handle) {
   if (point.stream == nullptr) return emuSuccess;  // never recorded: complete
   runtime().wait_for(*point.stream, point.point);
   if (runtime().unloading()) return fail(emuErrorRuntimeUnloading);
-  if (const int sticky = point.stream->device->sticky.load(); sticky != emuSuccess) return fail(static_cast<emuError_t>(sticky));
+  if (const int sticky = point.stream->device->sticky.load(); sticky != emuSuccess)
+    return fail(static_cast<emuError_t>(sticky));
   return emuSuccess;
 }
 
@@ -777,12 +795,16 @@ emuError_t emuStreamWaitEvent(emuStream_t stream_handle, emuEvent_t handle, unsi
                  runtime().event_waits.fetch_add(1);
                  return emuSuccess;
                },
-               {std::move(point)}, 0, emuSuccess, false};
+               {std::move(point)},
+               0,
+               emuSuccess,
+               false};
   runtime().enqueue(*stream, std::move(op));
   return emuSuccess;
 }
 
-emuError_t emuMemcpyAsync(void* dst, const void* src, std::size_t bytes, emuMemcpyKind kind, emuStream_t handle) {
+emuError_t emuMemcpyAsync(void* dst, const void* src, std::size_t bytes, emuMemcpyKind kind,
+                          emuStream_t handle) {
   auto stream = runtime().find_stream(handle);
   if (const emuError_t e = enter(stream ? stream->device : nullptr); e != emuSuccess) return e;
   if (stream == nullptr) return fail(emuErrorInvalidResourceHandle);
@@ -801,19 +823,27 @@ emuError_t emuMemcpyAsync(void* dst, const void* src, std::size_t bytes, emuMemc
                                    std::memcpy(engine_view(dst), staged->data(), staged->size());
                                    return emuSuccess;
                                  },
-                                 {}, 0, emuSuccess, false});
+                                 {},
+                                 0,
+                                 emuSuccess,
+                                 false});
     return emuSuccess;
   }
-  const std::uint64_t point = r.enqueue(*stream, Operation{[dst, src, bytes] {
-                                                             runtime().copies.fetch_add(1);
-                                                             std::memcpy(engine_view(dst), engine_view(src), bytes);
-                                                             return emuSuccess;
-                                                           },
-                                                           {}, 0, emuSuccess, false});
+  const std::uint64_t point =
+      r.enqueue(*stream, Operation{[dst, src, bytes] {
+                                     runtime().copies.fetch_add(1);
+                                     std::memcpy(engine_view(dst), engine_view(src), bytes);
+                                     return emuSuccess;
+                                   },
+                                   {},
+                                   0,
+                                   emuSuccess,
+                                   false});
   if (to == Side::pageable) {
     // Pageable destination: the call returns when the copy is done.
     r.wait_for(*stream, point);
-    if (const int sticky = stream->device->sticky.load(); sticky != emuSuccess) return fail(static_cast<emuError_t>(sticky));
+    if (const int sticky = stream->device->sticky.load(); sticky != emuSuccess)
+      return fail(static_cast<emuError_t>(sticky));
   }
   return emuSuccess;
 }
@@ -829,7 +859,10 @@ emuError_t emuMemsetAsync(void* dst, int value, std::size_t bytes, emuStream_t h
                                          std::memset(engine_view(dst), value, bytes);
                                          return emuSuccess;
                                        },
-                                       {}, 0, emuSuccess, false});
+                                       {},
+                                       0,
+                                       emuSuccess,
+                                       false});
   return emuSuccess;
 }
 
@@ -847,7 +880,10 @@ emuError_t emuLaunchHostFunc(emuStream_t handle, emuHostFn_t fn, void* user) {
                                          t_in_host_function = false;
                                          return emuSuccess;
                                        },
-                                       {}, 0, emuSuccess, false});
+                                       {},
+                                       0,
+                                       emuSuccess,
+                                       false});
   return emuSuccess;
 }
 

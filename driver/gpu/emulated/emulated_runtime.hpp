@@ -71,7 +71,8 @@ emuError_t emuEventDestroy(emuEvent_t event);
 emuError_t emuEventRecord(emuEvent_t event, emuStream_t stream);
 emuError_t emuEventSynchronize(emuEvent_t event);
 emuError_t emuEventQuery(emuEvent_t event);
-emuError_t emuMemcpyAsync(void* dst, const void* src, std::size_t bytes, emuMemcpyKind kind, emuStream_t stream);
+emuError_t emuMemcpyAsync(void* dst, const void* src, std::size_t bytes, emuMemcpyKind kind,
+                          emuStream_t stream);
 emuError_t emuMemsetAsync(void* dst, int value, std::size_t bytes, emuStream_t stream);
 emuError_t emuLaunchHostFunc(emuStream_t stream, emuHostFn_t fn, void* user);
 emuError_t emuDeviceSynchronize(void);

@@ -25,8 +25,9 @@ extern std::atomic<std::uintptr_t> uhmm_emulated_device_shift;
 std::uintptr_t uhmm_emulated_outside_device(std::uintptr_t address);
 // Queues run(functor copy, n) on `stream`; returns the error (0: queued) and
 // sets the thread's last error as a failed launch does.
-int uhmm_emulated_launch(uhmmEmulatedStream* stream, std::size_t n, void (*run)(const void* functor, std::size_t n),
-                         const void* functor, std::size_t bytes, std::size_t align);
+int uhmm_emulated_launch(uhmmEmulatedStream* stream, std::size_t n,
+                         void (*run)(const void* functor, std::size_t n), const void* functor,
+                         std::size_t bytes, std::size_t align);
 int uhmm_emulated_get_last_error(void);
 const char* uhmm_emulated_error_name(int error);
 const char* uhmm_emulated_error_string(int error);
