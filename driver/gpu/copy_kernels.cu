@@ -11,6 +11,8 @@ namespace uhmm::gpu {
 
 gpuError_t enqueue_gather_scatter(gpuStream_t stream, const kernels::PageList& list) noexcept {
   const kernels::GatherScatterPages body{list};
+  // An earlier error left on this thread (the application's own call) is not this launch's.
+  (void)gpuGetLastError();
   launch(stream, body.size(), body);
   return gpuGetLastError();
 }

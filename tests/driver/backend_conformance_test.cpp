@@ -303,6 +303,38 @@ TEST_P(BackendConformance, ANativeStreamExistsExactlyOnGpuBackends) {
   EXPECT_EQ(backend_->native_stream(stream_ + 1000), nullptr);
 }
 
+// Issue 16, defect 9: an application's own failed runtime call on this thread,
+// never cleared, must not fail uhmm's next copy-kernel launch.
+TEST(EmulatedPluginDefects, AStaleErrorOfTheApplicationIsNotBlamedOnTheCopyKernel) {
+  std::string why;
+  auto backend = make_backend("emulated", kPoolBytes, &why);
+  ASSERT_NE(backend, nullptr) << why;
+  ASSERT_NE(backend->info().capabilities & kCapCopyKernels, 0u);
+  DeviceAddress chunk = 0;
+  StreamId stream = 0;
+  ASSERT_TRUE(backend->allocate_chunk(&chunk));
+  ASSERT_TRUE(backend->create_stream(&stream));
+  constexpr std::size_t n = 16;  // scattered: the gather/scatter kernel's path
+  HostPages in(*backend, n, true), out(*backend, n, true);
+  std::vector<HostToDevicePage> down;
+  std::vector<DeviceToHostPage> up;
+  for (std::size_t k = 0; k < n; ++k) {
+    in.fill(k, k + 3);
+    down.push_back({in.page(k), chunk + 2 * k * kPageSize});
+    up.push_back({chunk + 2 * k * kPageSize, out.page(k)});
+  }
+  char not_device_memory[16];
+  ASSERT_EQ(emuFree(not_device_memory), emuErrorInvalidValue);  // the application's, left in the last error
+  BatchResult r1, r2;
+  const Status s = backend->copy_to_device(stream, down, &r1);
+  EXPECT_TRUE(s) << s.message;
+  ASSERT_TRUE(backend->copy_to_host(stream, up, &r2));
+  ASSERT_TRUE(backend->synchronize(stream));
+  for (std::size_t k = 0; k < n; ++k) EXPECT_TRUE(out.has(k, k + 3)) << k;
+  backend->destroy_stream(stream);
+  backend->free_chunk(chunk);
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, BackendConformance, ::testing::Values("cpu", "cuda", "hip"),
                          [](const auto& param_info) { return param_info.param; });
 INSTANTIATE_TEST_SUITE_P(Emulated, BackendConformance, ::testing::Values("emulated", "emulated_delayed"),
