@@ -74,6 +74,7 @@ inline constexpr auto gpuMemcpyDefault = cudaMemcpyDefault;
 #define gpuGetDeviceProperties UHMM_GPU_API(GetDeviceProperties)
 #define gpuDeviceGetPCIBusId UHMM_GPU_API(DeviceGetPCIBusId)
 #define gpuSetDevice UHMM_GPU_API(SetDevice)
+#define gpuGetDevice UHMM_GPU_API(GetDevice)
 #define gpuMemGetInfo UHMM_GPU_API(MemGetInfo)
 #define gpuMalloc UHMM_GPU_API(Malloc)
 #define gpuFree UHMM_GPU_API(Free)

@@ -34,3 +34,7 @@ if(UHMM_BUILD_TOOLS)
     PASS_REGULAR_EXPRESSION "\"name\": *\"emulated\""
     FAIL_REGULAR_EXPRESSION "\"auto_selects\": *\"emulated\"")
 endif()
+
+# Two emulated devices (the test sets UHMM_EMULATED_DEVICES before the runtime starts).
+uhmm_add_driver_test(emulated_two_devices_test ${CMAKE_CURRENT_LIST_DIR}/two_devices_emulated_test.cpp)
+uhmm_emulated_device_code(emulated_two_devices_test)
