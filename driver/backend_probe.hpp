@@ -10,6 +10,10 @@
 namespace uhmm::detail {
 
 inline constexpr const char* kGpuBackends[] = {"cuda", "hip"};
+// The GPU plugin on the emulated runtime (driver/gpu/emulated/): tests only.
+// Never probed by auto; reported by uhmm-info only where a plugin directory
+// provides it (it is not installed).
+inline constexpr const char* kEmulatedBackend = "emulated";
 
 struct BackendProbe {
   std::string name;                            // "cuda", "hip"

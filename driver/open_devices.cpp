@@ -95,7 +95,9 @@ std::string lower(std::string s) {
 
 std::vector<std::unique_ptr<Device>> open_devices(const ContextOptions& options, PagemapLookup lookup) {
   const std::string backend = lower(options.backend);
-  const bool gpu = backend == "cuda" || backend == "hip";
+  // "emulated" (tests only): the GPU plugin on the emulated runtime, found only
+  // where a test's UHMM_PLUGIN_DIR provides it; never offered by auto.
+  const bool gpu = backend == "cuda" || backend == "hip" || backend == "emulated";
   if (!gpu && backend != "auto" && backend != "cpu") {
     throw Error(Errc::invalid_argument,
                 fmt::format("unknown backend '{}' (UHMM_BACKEND); accepted: auto, cpu, cuda, hip",

@@ -4,12 +4,17 @@
 #include "backend_probe.hpp"
 #include "plugin_loader.hpp"
 
+#include <iterator>
+
 namespace uhmm::detail {
 
 std::vector<BackendReport> probe_gpu_backends(const std::string& plugin_dir) {
   std::vector<BackendReport> out;
-  for (const char* name : kGpuBackends) {
+  std::vector<const char*> names(std::begin(kGpuBackends), std::end(kGpuBackends));
+  names.push_back(kEmulatedBackend);
+  for (const char* name : names) {
     const BackendProbe probe = probe_backend(name, plugin_dir);
+    if (name == kEmulatedBackend && probe.plugin == nullptr) continue;  // only where a test's directory has it
     BackendReport report;
     report.name = name;
     report.available = probe.available();

@@ -78,7 +78,9 @@ const Option kOptions[] = {
     {"UHMM_BACKEND",
      [](ContextOptions& o, std::string_view n, std::string_view v) {
        const std::string name = lower(v);
-       if (name != "auto" && name != "cpu" && name != "cuda" && name != "hip") bad(n, v, "auto, cpu, cuda or hip");
+       // "emulated" (not advertised): tests' GPU plugin on the emulated runtime (driver/gpu/emulated/).
+       if (name != "auto" && name != "cpu" && name != "cuda" && name != "hip" && name != "emulated")
+         bad(n, v, "auto, cpu, cuda or hip");
        o.backend = name;
      }},
     {"UHMM_DEVICE_POOL",

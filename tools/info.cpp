@@ -63,7 +63,7 @@ json gather(bool open_context) {
                          {"free_bytes", d.free_bytes}, {"capabilities", capabilities_json(d.capabilities)}});
     backends.push_back({{"name", b.name}, {"available", b.available}, {"plugin", b.plugin_path},
                         {"why", b.available ? "" : b.why}, {"devices", devices}});
-    if (b.available && auto_choice == "cpu") auto_choice = b.name;
+    if (b.available && auto_choice == "cpu" && b.name != "emulated") auto_choice = b.name;  // emulated: tests only
   }
   report["backends"] = backends;
   report["auto_selects"] = auto_choice;

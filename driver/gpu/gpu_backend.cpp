@@ -62,7 +62,8 @@ GpuBackend::GpuBackend(const GpuBackendOptions& options) : options_(options) {
 std::unique_ptr<GpuBackend> GpuBackend::create(const GpuBackendOptions& options, std::string* why) noexcept {
   try {
     std::unique_ptr<GpuBackend> backend(new GpuBackend(options));
-    if (Status s = backend->set_device(); !s) {
+    const DeviceScope device(options.device);
+    if (Status s = UHMM_GPU_STATUS(device.error()); !s) {
       *why = s.message;
       return nullptr;
     }
@@ -84,7 +85,8 @@ std::unique_ptr<GpuBackend> GpuBackend::create(const GpuBackendOptions& options,
 }
 
 GpuBackend::~GpuBackend() {
-  if (unloading(gpuSetDevice(options_.device))) return;  // the runtime already released everything
+  const DeviceScope device(options_.device);
+  if (unloading(device.error())) return;  // the runtime already released everything
   for (auto& [id, stream] : streams_) {
     (void)gpuStreamSynchronize(stream->handle);
     (void)gpuStreamDestroy(stream->handle);
@@ -94,11 +96,6 @@ GpuBackend::~GpuBackend() {
   for (void* slab : slabs_) (void)gpuFree(slab);
   for (auto& [base, bytes] : device_buffers_) (void)gpuFree(as_pointer(base));
   for (auto& [base, bytes] : pinned_) (void)gpuFreeHost(as_pointer(base));
-}
-
-Status GpuBackend::set_device() const noexcept {
-  UHMM_GPU_TRY(gpuSetDevice(options_.device));
-  return Status::ok();
 }
 
 DeviceInfo GpuBackend::info() const {
@@ -114,7 +111,7 @@ Status GpuBackend::allocate_chunk(DeviceAddress* out) noexcept {
     if (reserved_bytes_ + kChunkSize > options_.pool_bytes)
       return {Errc::out_of_memory, fmt::format("{} device {}: the pool limit of {} bytes is reached", kBackendName,
                                                options_.device, options_.pool_bytes)};
-    UHMM_GPU_TRY(gpuSetDevice(options_.device));
+    UHMM_GPU_ON_DEVICE(options_.device);
     // A slab of whole chunks; one chunk more when the runtime's alignment is
     // below kChunkSize. Near a full device, fall back to a single chunk.
     std::uint64_t want = std::min(options_.slab_bytes, options_.pool_bytes - reserved_bytes_);
@@ -171,7 +168,7 @@ bool GpuBackend::owns_chunk_page(DeviceAddress page) const noexcept {
 Status GpuBackend::allocate_host(std::size_t bytes, void** out) noexcept {
   if (out == nullptr) return invalid("allocate_host: null output");
   if (bytes == 0) return {Errc::zero_length, "allocate_host: 0 bytes"};
-  UHMM_GPU_TRY(gpuSetDevice(options_.device));
+  UHMM_GPU_ON_DEVICE(options_.device);
   void* p = nullptr;
   UHMM_GPU_TRY(gpuHostAlloc(&p, bytes, gpuHostAllocPortableMapped));
   try {
@@ -206,7 +203,7 @@ bool GpuBackend::is_pinned(const void* p) const noexcept {
 
 Status GpuBackend::create_stream(StreamId* out) noexcept {
   if (out == nullptr) return invalid("create_stream: null output");
-  if (Status s = set_device(); !s) return s;
+  UHMM_GPU_ON_DEVICE(options_.device);
   std::shared_ptr<Stream> stream;
   try {
     stream = std::make_shared<Stream>();
@@ -242,7 +239,8 @@ void GpuBackend::destroy_stream(StreamId id) noexcept {
     stream = std::move(it->second);
     streams_.erase(it);
   }
-  if (unloading(gpuSetDevice(options_.device))) return;
+  const DeviceScope device(options_.device);
+  if (unloading(device.error())) return;
   (void)gpuStreamSynchronize(stream->handle);
   (void)gpuStreamDestroy(stream->handle);
   (void)gpuFreeHost(stream->staging);
@@ -260,7 +258,7 @@ Status GpuBackend::synchronize(StreamId id) noexcept {
   Status error;
   auto stream = find_stream(id, &error);
   if (!stream) return error;
-  UHMM_GPU_TRY(gpuSetDevice(options_.device));
+  UHMM_GPU_ON_DEVICE(options_.device);
   // An asynchronous failure (a faulting copy kernel) is the runtime's sticky
   // error, reported here; enqueue failures were returned by the batch call.
   UHMM_GPU_TRY(gpuStreamSynchronize(stream->handle));
@@ -269,7 +267,7 @@ Status GpuBackend::synchronize(StreamId id) noexcept {
 
 Status GpuBackend::create_event(EventId* out) noexcept {
   if (out == nullptr) return invalid("create_event: null output");
-  UHMM_GPU_TRY(gpuSetDevice(options_.device));
+  UHMM_GPU_ON_DEVICE(options_.device);
   gpuEvent_t event = nullptr;
   UHMM_GPU_TRY(gpuEventCreateWithFlags(&event, gpuEventDisableTiming));
   try {
@@ -307,7 +305,7 @@ Status GpuBackend::record_event(StreamId stream_id, EventId event_id) noexcept {
     if (it == events_.end()) return invalid(fmt::format("{}: unknown event {}", kBackendName, event_id));
     event = it->second;
   }
-  UHMM_GPU_TRY(gpuSetDevice(options_.device));
+  UHMM_GPU_ON_DEVICE(options_.device);
   UHMM_GPU_TRY(gpuEventRecord(event, stream->handle));
   return Status::ok();
 }
@@ -323,7 +321,7 @@ Status GpuBackend::stream_wait_event(StreamId stream_id, EventId event_id) noexc
     if (it == events_.end()) return invalid(fmt::format("{}: unknown event {}", kBackendName, event_id));
     event = it->second;
   }
-  UHMM_GPU_TRY(gpuSetDevice(options_.device));
+  UHMM_GPU_ON_DEVICE(options_.device);
   UHMM_GPU_TRY(gpuStreamWaitEvent(stream->handle, event, 0));
   return Status::ok();
 }
@@ -336,7 +334,7 @@ Status GpuBackend::synchronize_event(EventId event_id) noexcept {
     if (it == events_.end()) return invalid(fmt::format("{}: unknown event {}", kBackendName, event_id));
     event = it->second;
   }
-  UHMM_GPU_TRY(gpuSetDevice(options_.device));
+  UHMM_GPU_ON_DEVICE(options_.device);
   UHMM_GPU_TRY(gpuEventSynchronize(event));
   return Status::ok();
 }
@@ -397,7 +395,7 @@ Status GpuBackend::move_pages(Stream& stream, const Move* moves, std::size_t n, 
 // buffer-full from being refilled before it is consumed.
 Status GpuBackend::run_batch(Stream& stream, const std::vector<Move>& moves, Staging staging,
                              BatchResult* result, bool kernel_may_read) noexcept {
-  if (Status s = set_device(); !s) return s;
+  UHMM_GPU_ON_DEVICE(options_.device);
   std::lock_guard lock(stream.enqueue_mutex);
   std::size_t done = 0;
   Status status;
@@ -565,7 +563,7 @@ Status GpuBackend::allocate_device_buffer(std::size_t bytes, DeviceAddress* out)
   if (out == nullptr) return invalid("allocate_device_buffer: null output");
   *out = 0;
   if (bytes == 0) return {Errc::zero_length, "allocate_device_buffer: 0 bytes"};
-  UHMM_GPU_TRY(gpuSetDevice(options_.device));
+  UHMM_GPU_ON_DEVICE(options_.device);
   void* p = nullptr;
   UHMM_GPU_TRY(gpuMalloc(&p, bytes));  // 256-byte aligned by both runtimes
   try {
@@ -584,7 +582,8 @@ void GpuBackend::free_device_buffer(DeviceAddress buffer) noexcept {
     std::lock_guard lock(buffers_mutex_);
     if (device_buffers_.erase(buffer) == 0) return;  // not ours: ignored
   }
-  if (unloading(gpuSetDevice(options_.device))) return;
+  const DeviceScope device(options_.device);
+  if (unloading(device.error())) return;
   (void)gpuFree(as_pointer(buffer));
 }
 
@@ -605,7 +604,7 @@ Status GpuBackend::copy_to_device_buffer(StreamId id, DeviceAddress dst, const v
   if (src == nullptr || !inside_device_buffer(dst, bytes))
     return invalid(fmt::format("copy_to_device_buffer: {} bytes from {} to {:#x}: null source, or not inside one "
                                "device buffer", bytes, src, dst));
-  UHMM_GPU_TRY(gpuSetDevice(options_.device));
+  UHMM_GPU_ON_DEVICE(options_.device);
   UHMM_GPU_TRY(gpuMemcpyAsync(as_pointer(dst), src, bytes, gpuMemcpyDefault, stream->handle));
   return Status::ok();
 }
@@ -619,7 +618,7 @@ Status GpuBackend::copy_from_device_buffer(StreamId id, void* dst, DeviceAddress
   if (dst == nullptr || !inside_device_buffer(src, bytes))
     return invalid(fmt::format("copy_from_device_buffer: {} bytes from {:#x} to {}: null destination, or not "
                                "inside one device buffer", bytes, src, dst));
-  UHMM_GPU_TRY(gpuSetDevice(options_.device));
+  UHMM_GPU_ON_DEVICE(options_.device);
   UHMM_GPU_TRY(gpuMemcpyAsync(dst, as_pointer(src), bytes, gpuMemcpyDefault, stream->handle));
   return Status::ok();
 }

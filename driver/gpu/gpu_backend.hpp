@@ -94,7 +94,6 @@ class GpuBackend final : public Backend {
   enum class Staging { none, source, destination };
 
   explicit GpuBackend(const GpuBackendOptions& options);
-  Status set_device() const noexcept;
   std::shared_ptr<Stream> find_stream(StreamId id, Status* error) const noexcept;
   bool is_pinned(const void* p) const noexcept;
   bool owns_chunk_page(DeviceAddress page) const noexcept;

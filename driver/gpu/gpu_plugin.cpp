@@ -36,7 +36,8 @@ int device_count(char* why, std::size_t why_size) noexcept {
 bool device_properties(int index, detail::PluginDeviceProperties* out, char* why, std::size_t why_size) noexcept {
   gpuDeviceProp props{};
   Status s = UHMM_GPU_STATUS(gpuGetDeviceProperties(&props, index));
-  if (s) s = UHMM_GPU_STATUS(gpuSetDevice(index));
+  const DeviceScope device(index);  // the caller's current device comes back after
+  if (s) s = UHMM_GPU_STATUS(device.error());
   std::size_t free_bytes = 0, total_bytes = 0;
   if (s) s = UHMM_GPU_STATUS(gpuMemGetInfo(&free_bytes, &total_bytes));
   if (s) s = UHMM_GPU_STATUS(gpuDeviceGetPCIBusId(out->pci_bus_id, sizeof out->pci_bus_id, index));

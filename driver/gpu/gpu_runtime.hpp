@@ -1,9 +1,13 @@
 // The vendor shim: the few CUDA / HIP runtime calls the GPU backend makes, under
 // one set of gpu* names, so gpu_backend.cpp is written once and compiled twice
 // (UHMM_GPU_HIP=0 for CUDA, 1 for HIP). The two runtime APIs match call for call.
+// A third build (UHMM_GPU_EMULATED=1, tests only) runs the plugin on the
+// emulated runtime of driver/gpu/emulated/, which matches them too.
 #pragma once
 
-#if UHMM_GPU_HIP
+#if UHMM_GPU_EMULATED
+#include "emulated/emulated_runtime.hpp"
+#elif UHMM_GPU_HIP
 #ifndef __HIP_PLATFORM_AMD__
 #define __HIP_PLATFORM_AMD__ 1
 #endif
@@ -14,7 +18,24 @@
 
 namespace uhmm::gpu {
 
-#if UHMM_GPU_HIP
+#if UHMM_GPU_EMULATED
+// The emulated runtime (tests only; driver/gpu/emulated/): the third build of the plugin.
+inline constexpr const char* kBackendName = "emulated";
+using gpuError_t = emuError_t;
+using gpuStream_t = emuStream_t;
+using gpuEvent_t = emuEvent_t;
+using gpuDeviceProp = emuDeviceProp;
+inline constexpr gpuError_t gpuSuccess = emuSuccess;
+inline constexpr gpuError_t gpuErrorMemoryAllocation = emuErrorMemoryAllocation;
+inline constexpr gpuError_t gpuErrorNoDevice = emuErrorNoDevice;
+inline constexpr gpuError_t gpuErrorRuntimeUnloading = emuErrorRuntimeUnloading;
+inline constexpr gpuError_t gpuErrorNotReady = emuErrorNotReady;
+inline constexpr unsigned gpuStreamNonBlocking = emuStreamNonBlocking;
+inline constexpr unsigned gpuEventDisableTiming = emuEventDisableTiming;
+inline constexpr unsigned gpuHostAllocPortableMapped = emuHostAllocPortable | emuHostAllocMapped;
+inline constexpr auto gpuMemcpyDefault = emuMemcpyDefault;
+#define UHMM_GPU_API(name) emu##name
+#elif UHMM_GPU_HIP
 inline constexpr const char* kBackendName = "hip";
 using gpuError_t = hipError_t;
 using gpuStream_t = hipStream_t;
@@ -53,6 +74,7 @@ inline constexpr auto gpuMemcpyDefault = cudaMemcpyDefault;
 #define gpuGetDeviceProperties UHMM_GPU_API(GetDeviceProperties)
 #define gpuDeviceGetPCIBusId UHMM_GPU_API(DeviceGetPCIBusId)
 #define gpuSetDevice UHMM_GPU_API(SetDevice)
+#define gpuGetDevice UHMM_GPU_API(GetDevice)
 #define gpuMemGetInfo UHMM_GPU_API(MemGetInfo)
 #define gpuMalloc UHMM_GPU_API(Malloc)
 #define gpuFree UHMM_GPU_API(Free)
@@ -69,7 +91,10 @@ inline constexpr auto gpuMemcpyDefault = cudaMemcpyDefault;
 #define gpuGetErrorName UHMM_GPU_API(GetErrorName)
 #define gpuGetErrorString UHMM_GPU_API(GetErrorString)
 #define gpuGetLastError UHMM_GPU_API(GetLastError)
-#if UHMM_GPU_HIP
+#if UHMM_GPU_EMULATED
+#define gpuHostAlloc emuHostAlloc
+#define gpuFreeHost emuFreeHost
+#elif UHMM_GPU_HIP
 #define gpuHostAlloc hipHostMalloc
 #define gpuFreeHost hipHostFree
 #else
@@ -81,7 +106,12 @@ inline constexpr auto gpuMemcpyDefault = cudaMemcpyDefault;
 // writes); it must not call the runtime. ROCm 5.2 has no hipLaunchHostFunc, so
 // HIP uses a stream callback, which runs in order as well.
 using gpuHostFn = void (*)(void* user);
-#if UHMM_GPU_HIP
+#if UHMM_GPU_EMULATED
+template <gpuHostFn F>
+gpuError_t gpuEnqueueHostFn(gpuStream_t stream, void* user) {
+  return emuLaunchHostFunc(stream, F, user);
+}
+#elif UHMM_GPU_HIP
 template <gpuHostFn F>
 void hip_stream_callback(hipStream_t, hipError_t, void* user) {
   F(user);

@@ -27,6 +27,35 @@ inline Status gpu_status(gpuError_t error, const char* call, const char* file, i
   return status;
 }
 
+// Makes `device` current for one entry point and gives the caller's current
+// device back at the end: an application's next allocation or launch on this
+// thread must not move to uhmm's device (issue 16, defect 4). Sets it only when
+// it differs.
+class DeviceScope {
+ public:
+  explicit DeviceScope(int device) noexcept {
+    if (gpuGetDevice(&previous_) != gpuSuccess) {
+      (void)gpuGetLastError();
+      previous_ = -1;
+    }
+    if (previous_ == device) return;
+    error_ = gpuSetDevice(device);
+    restore_ = error_ == gpuSuccess && previous_ >= 0;
+  }
+  ~DeviceScope() {
+    if (restore_) (void)gpuSetDevice(previous_);
+  }
+  DeviceScope(const DeviceScope&) = delete;
+  DeviceScope& operator=(const DeviceScope&) = delete;
+  // gpuSetDevice's error (gpuSuccess when the device was current already).
+  gpuError_t error() const noexcept { return error_; }
+
+ private:
+  int previous_ = -1;
+  gpuError_t error_ = gpuSuccess;
+  bool restore_ = false;
+};
+
 }  // namespace uhmm::gpu
 
 #define UHMM_GPU_STATUS(call) ::uhmm::gpu::gpu_status((call), #call, __FILE__, __LINE__)
@@ -36,3 +65,11 @@ inline Status gpu_status(gpuError_t error, const char* call, const char* file, i
         !uhmm_status_)                                       \
       return uhmm_status_;                                   \
   } while (0)
+// Makes `device` current until the end of the enclosing scope (DeviceScope),
+// or returns the failure of gpuSetDevice.
+#define UHMM_GPU_ON_DEVICE(device)                                                                   \
+  const ::uhmm::gpu::DeviceScope uhmm_device_scope_(device);                                       \
+  if (::uhmm::Status uhmm_status_ =                                                                \
+          ::uhmm::gpu::gpu_status(uhmm_device_scope_.error(), "gpuSetDevice", __FILE__, __LINE__); \
+      !uhmm_status_)                                                                               \
+  return uhmm_status_

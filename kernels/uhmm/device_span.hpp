@@ -45,9 +45,12 @@ class device_span {
   UHMM_HOST_DEVICE T& operator[](std::size_t i) const {
     const std::size_t byte = table_.first_offset + i * sizeof(T);
     const std::size_t page = byte >> 12;
-    const std::uint64_t base = page < table_.npages ? table_.pages[page] : 0;
+    const std::uint64_t base =
+        page < table_.npages
+            ? *reinterpret_cast<const std::uint64_t*>(UHMM_DEVICE_ADDRESS(reinterpret_cast<std::uintptr_t>(table_.pages + page)))
+            : 0;
     if (base == 0) fault(i * sizeof(T));
-    return *reinterpret_cast<T*>(static_cast<std::uintptr_t>(base + (byte & 4095)));
+    return *reinterpret_cast<T*>(UHMM_DEVICE_ADDRESS(static_cast<std::uintptr_t>(base + (byte & 4095))));
   }
 
  private:

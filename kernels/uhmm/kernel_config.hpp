@@ -16,3 +16,13 @@
 #else
 #define UHMM_IN_DEVICE_CODE 0
 #endif
+
+// UHMM_DEVICE_ADDRESS(a): where the executing code reaches device address `a`:
+// `a` itself on a GPU and on the cpu backend. Under the emulated runtime
+// (tests only, driver/gpu/emulated/) device memory is a reservation the host
+// cannot touch, and kernels reach it through the runtime's second mapping.
+#if UHMM_EMULATED_DEVICE_CODE
+#include "uhmm_emulated_device_code.hpp"  // not installed: the emulated runtime's tests only
+#else
+#define UHMM_DEVICE_ADDRESS(a) (a)
+#endif

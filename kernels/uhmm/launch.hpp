@@ -83,11 +83,42 @@ void launch(HostStream, std::size_t n, const F& f) {
   for (std::size_t i = 0; i < n; ++i) f(i);
 }
 
+#if UHMM_EMULATED_DEVICE_CODE
+
+// The emulated GPU runtime (tests only, driver/gpu/emulated/): its <<<>>>. The
+// functor is copied by value, as kernel parameters are, and runs as host code
+// on the stream's worker thread.
+template <class F>
+void emulated_kernel_body(const void* functor, std::size_t n) {
+  const F& f = *static_cast<const F*>(functor);
+  for (std::size_t i = 0; i < n; ++i) f(i);
+}
+
+// Enqueues the launch; the caller checks the runtime's last error.
+template <class F>
+void launch(uhmmEmulatedStream* stream, std::size_t n, const F& f) {
+  static_assert(std::is_trivially_copyable_v<F>, "a kernel functor is copied to the device by value");
+  if (n == 0) return;
+  (void)uhmm_emulated_launch(stream, n, &emulated_kernel_body<F>, &f, sizeof(F), alignof(F));
+}
+
+#endif
+
 // A launch_device stream under the host compiler: the functor runs as host
 // code on the backend's kernel threads (cpu backend), or in the caller on a
-// device whose memory the host reaches; anywhere else the queue refuses it.
+// device whose memory the host reaches; anywhere else the queue refuses it
+// (except on the emulated runtime's native stream, as on a GPU).
 template <class F>
 void launch(const LaunchStream& stream, std::size_t n, const F& f) {
+#if UHMM_EMULATED_DEVICE_CODE
+  if (stream.native != nullptr) {
+    (void)uhmm_emulated_get_last_error();  // an earlier, unrelated error is not this launch's
+    launch(static_cast<uhmmEmulatedStream*>(stream.native), n, f);
+    if (const int error = uhmm_emulated_get_last_error(); error != 0)
+      stream.host->report_native_error(uhmm_emulated_error_name(error), uhmm_emulated_error_string(error));
+    return;
+  }
+#endif
   stream.host->enqueue(n, [f](std::size_t first, std::size_t last) {
     for (std::size_t i = first; i < last; ++i) f(i);
   });

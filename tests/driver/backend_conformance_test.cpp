@@ -1,6 +1,7 @@
 // The Backend contract (include/uhmm/backend.hpp), written once and run on
 // every backend: cpu always; cuda and hip where their plugin loads and the
-// runtime reports a device (GTEST_SKIP saying why elsewhere). Data is checked
+// runtime reports a device (GTEST_SKIP saying why elsewhere); the GPU plugin on
+// the emulated runtime always (Emulated/*, with and without injected delays). Data is checked
 // only through the backend's own copies, as device memory need not be
 // host-visible.
 #include <gtest/gtest.h>
@@ -15,6 +16,7 @@
 
 #include "../../driver/backend_probe.hpp"
 #include "../../driver/cpu/cpu_backend.hpp"
+#include "emulated_runtime.hpp"
 
 namespace uhmm::detail {
 namespace {
@@ -22,10 +24,16 @@ namespace {
 constexpr std::size_t kWords = kPageSize / 8;
 constexpr std::uint64_t kPoolBytes = 8 * kChunkSize;
 
+// The GPU plugin on the emulated runtime (tests only): "emulated", or
+// "emulated_delayed" with a random delay before every queued operation.
+bool emulated(const std::string& name) { return name.rfind("emulated", 0) == 0; }
+
 std::unique_ptr<Backend> make_backend(const std::string& name, std::uint64_t pool_bytes, std::string* why) {
   if (name == "cpu") return std::make_unique<CpuBackend>(pool_bytes);
+  if (emulated(name)) emuTestSetDelay(name == "emulated_delayed" ? 300 : 0, 42);
   // The test binary does not live beside libuhmm.so: look where the build puts the plugins.
-  const BackendProbe probe = probe_backend(name, UHMM_TEST_PLUGIN_DIR);
+  const BackendProbe probe = emulated(name) ? probe_backend("emulated", UHMM_TEST_EMULATED_PLUGIN_DIR)
+                                            : probe_backend(name, UHMM_TEST_PLUGIN_DIR);
   if (!probe.available()) {
     *why = probe.why;
     return nullptr;
@@ -83,6 +91,8 @@ class BackendConformance : public ::testing::TestWithParam<std::string> {
   void SetUp() override {
     std::string why;
     backend_ = make_backend(GetParam(), kPoolBytes, &why);
+    // The emulated plugin is built with the tests: it must run, never skip.
+    if (!backend_ && emulated(GetParam())) FAIL() << "the emulated plugin did not load: " << why;
     if (!backend_) GTEST_SKIP() << GetParam() << " backend not available here: " << why;
     ASSERT_TRUE(backend_->allocate_chunk(&chunk_));
     ASSERT_TRUE(backend_->create_stream(&stream_));
@@ -293,7 +303,41 @@ TEST_P(BackendConformance, ANativeStreamExistsExactlyOnGpuBackends) {
   EXPECT_EQ(backend_->native_stream(stream_ + 1000), nullptr);
 }
 
+// Issue 16, defect 9: an application's own failed runtime call on this thread,
+// never cleared, must not fail uhmm's next copy-kernel launch.
+TEST(EmulatedPluginDefects, AStaleErrorOfTheApplicationIsNotBlamedOnTheCopyKernel) {
+  std::string why;
+  auto backend = make_backend("emulated", kPoolBytes, &why);
+  ASSERT_NE(backend, nullptr) << why;
+  ASSERT_NE(backend->info().capabilities & kCapCopyKernels, 0u);
+  DeviceAddress chunk = 0;
+  StreamId stream = 0;
+  ASSERT_TRUE(backend->allocate_chunk(&chunk));
+  ASSERT_TRUE(backend->create_stream(&stream));
+  constexpr std::size_t n = 16;  // scattered: the gather/scatter kernel's path
+  HostPages in(*backend, n, true), out(*backend, n, true);
+  std::vector<HostToDevicePage> down;
+  std::vector<DeviceToHostPage> up;
+  for (std::size_t k = 0; k < n; ++k) {
+    in.fill(k, k + 3);
+    down.push_back({in.page(k), chunk + 2 * k * kPageSize});
+    up.push_back({chunk + 2 * k * kPageSize, out.page(k)});
+  }
+  char not_device_memory[16];
+  ASSERT_EQ(emuFree(not_device_memory), emuErrorInvalidValue);  // the application's, left in the last error
+  BatchResult r1, r2;
+  const Status s = backend->copy_to_device(stream, down, &r1);
+  EXPECT_TRUE(s) << s.message;
+  ASSERT_TRUE(backend->copy_to_host(stream, up, &r2));
+  ASSERT_TRUE(backend->synchronize(stream));
+  for (std::size_t k = 0; k < n; ++k) EXPECT_TRUE(out.has(k, k + 3)) << k;
+  backend->destroy_stream(stream);
+  backend->free_chunk(chunk);
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, BackendConformance, ::testing::Values("cpu", "cuda", "hip"),
+                         [](const auto& param_info) { return param_info.param; });
+INSTANTIATE_TEST_SUITE_P(Emulated, BackendConformance, ::testing::Values("emulated", "emulated_delayed"),
                          [](const auto& param_info) { return param_info.param; });
 
 }  // namespace

@@ -1,0 +1,107 @@
+// The emulated GPU runtime: the calls of the CUDA / HIP runtime that the GPU
+// plugin makes (gpu_runtime.hpp), implemented on the host for tests, so that
+// the plugin's source runs in CI unchanged. What it models and what it cannot:
+// driver/gpu/README.md. Error codes keep CUDA's numbers.
+#pragma once
+
+#include <cstddef>
+
+#include "uhmm_emulated_device_code.hpp"
+
+#pragma GCC visibility push(default)
+extern "C" {
+
+enum emuError_t {
+  emuSuccess = 0,
+  emuErrorInvalidValue = 1,
+  emuErrorMemoryAllocation = 2,
+  emuErrorInitializationError = 3,
+  emuErrorRuntimeUnloading = 4,
+  emuErrorNoDevice = 100,
+  emuErrorInvalidDevice = 101,
+  emuErrorNoKernelImageForDevice = 209,
+  emuErrorInvalidResourceHandle = 400,
+  emuErrorNotReady = 600,
+  emuErrorIllegalAddress = 700,
+  emuErrorLaunchFailure = 719,
+  emuErrorNotPermitted = 800,
+};
+
+using emuStream_t = uhmmEmulatedStream*;
+using emuEvent_t = struct uhmmEmulatedEvent*;
+using emuHostFn_t = void (*)(void* user);
+
+struct emuDeviceProp {
+  char name[256];
+  std::size_t totalGlobalMem;
+  int pciDomainID;
+  int pciBusID;
+  int pciDeviceID;
+};
+
+enum : unsigned {
+  emuStreamDefault = 0,
+  emuStreamNonBlocking = 1,
+  emuEventDefault = 0,
+  emuEventDisableTiming = 2,
+  emuHostAllocDefault = 0,
+  emuHostAllocPortable = 1,
+  emuHostAllocMapped = 2,
+};
+enum emuMemcpyKind { emuMemcpyDefault = 4 };
+
+emuError_t emuGetDeviceCount(int* count);
+emuError_t emuGetDeviceProperties(emuDeviceProp* props, int device);
+emuError_t emuDeviceGetPCIBusId(char* bus_id, int length, int device);
+emuError_t emuSetDevice(int device);
+emuError_t emuGetDevice(int* device);
+emuError_t emuMemGetInfo(std::size_t* free_bytes, std::size_t* total_bytes);
+emuError_t emuMalloc(void** out, std::size_t bytes);
+emuError_t emuFree(void* p);
+emuError_t emuHostAlloc(void** out, std::size_t bytes, unsigned flags);
+emuError_t emuFreeHost(void* p);
+emuError_t emuHostGetDevicePointer(void** device, void* host, unsigned flags);
+emuError_t emuStreamCreateWithFlags(emuStream_t* out, unsigned flags);
+emuError_t emuStreamDestroy(emuStream_t stream);
+emuError_t emuStreamSynchronize(emuStream_t stream);
+emuError_t emuStreamQuery(emuStream_t stream);
+emuError_t emuStreamWaitEvent(emuStream_t stream, emuEvent_t event, unsigned flags);
+emuError_t emuEventCreateWithFlags(emuEvent_t* out, unsigned flags);
+emuError_t emuEventDestroy(emuEvent_t event);
+emuError_t emuEventRecord(emuEvent_t event, emuStream_t stream);
+emuError_t emuEventSynchronize(emuEvent_t event);
+emuError_t emuEventQuery(emuEvent_t event);
+emuError_t emuMemcpyAsync(void* dst, const void* src, std::size_t bytes, emuMemcpyKind kind,
+                          emuStream_t stream);
+emuError_t emuMemsetAsync(void* dst, int value, std::size_t bytes, emuStream_t stream);
+emuError_t emuLaunchHostFunc(emuStream_t stream, emuHostFn_t fn, void* user);
+emuError_t emuDeviceSynchronize(void);
+const char* emuGetErrorName(emuError_t error);
+const char* emuGetErrorString(emuError_t error);
+emuError_t emuGetLastError(void);
+emuError_t emuPeekAtLastError(void);
+// Whether the copy kernels have an image for the current device (always, unless a test says otherwise).
+emuError_t emuKernelImageLoadable(void);
+
+// ---- test hooks (no vendor counterpart) ----
+// Every queued operation waits a pseudo-random 0..max_us microseconds first,
+// so that streams interleave differently (also UHMM_EMULATED_DELAY_US and
+// UHMM_EMULATED_SEED in the environment).
+void emuTestSetDelay(unsigned max_us, unsigned seed);
+// The device's memory as other processes would leave it: allocations beyond
+// `bytes` in all fail with emuErrorMemoryAllocation.
+void emuTestSetDeviceLimit(int device, std::size_t bytes);
+// The next operation queued on `stream` fails when it runs, with `error`,
+// which is sticky (the device is lost) or reported once by the stream.
+void emuTestFailNextOperation(emuStream_t stream, emuError_t error, int sticky);
+// Clears the device's sticky error (as cudaDeviceReset, without the reset).
+void emuTestClearStickyError(int device);
+// Whether copy kernels "load" (models a plugin without an image for the device).
+void emuTestSetKernelImage(int loadable);
+// Counts of what ran: operations by kind (see emulated_runtime.cpp).
+struct emuTestCounts {
+  unsigned long long copies, memsets, kernels, host_functions, event_waits;
+};
+emuTestCounts emuTestGetCounts(void);
+}
+#pragma GCC visibility pop
