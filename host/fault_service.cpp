@@ -346,8 +346,8 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
         // and it is gone (zapped, or reclaimed after MADV_FREE) while an
         // operation holds it: zeros, which the copy engine of that very
         // migration may be waiting for. Its holder keeps the lock, a
-        // migration leaves the page on the host, and the unlock empties it
-        // (DISCARDED).
+        // migration leaves the page on the host, and the unlock marks it
+        // FREED (DISCARDED).
         table.entry(p).set(MirrorEntry::kDiscarded);
         discarded_held.push_back(p);
         wake.push_back(p);

@@ -76,7 +76,7 @@ int drop_host_copies(ContextImpl& ctx, ManagedRange& range, std::size_t first, s
 }
 
 // The pages [first, first + n) with `mine` that the application discarded
-// while this migration held them (still LOCKED): unlock() empties them. Rare:
+// while this migration held them (still LOCKED): unlock() finishes them (FREED). Rare:
 // one page at a time, no allocation.
 template <class Mine>
 void unlock_discarded(ContextImpl& ctx, ManagedRange& range, std::size_t first, std::size_t n, Mine&& mine) noexcept {
@@ -349,7 +349,7 @@ std::size_t migrate_vma_pages(ContextImpl& ctx, MigrateVma& a) {
       // The application discarded the page while it was copied: what the copy
       // read may predate the discard, so the page does not move (as the kernel
       // fails to migrate a page whose PTE changed under migrate_vma), and
-      // finalize's unlock empties it.
+      // finalize's unlock finishes it (FREED).
       const bool discarded = s.selected[i] && e.has(MirrorEntry::kDiscarded);
       const bool ok = s.selected[i] && (a.src[i] & MIGRATE_PFN_MIGRATE) && (a.dst[i] & MIGRATE_PFN_VALID) &&
                       (a.dst[i] & MIGRATE_PFN_DEVICE) && ctx.pagemap(migrate_pfn_to_device_page(a.dst[i]).owner) &&

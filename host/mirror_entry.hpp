@@ -9,7 +9,8 @@
 //   bit  6     POISONED could not be brought back; accesses get SIGBUS
 //   bit  7     DISCARDED the application dropped this page while it was
 //                        locked (its MADV_DONTNEED raced the holder); set on
-//                        LOCKED pages only, the holder's unlock empties it
+//                        LOCKED pages only, the holder's unlock finishes it
+//                        as a FREED host page (Empty where unmapped)
 //   bits 8-15  owner of the device page
 //   bit  16    FREED    the application discarded or freed this host page
 //                       (MADV_DONTNEED or MADV_FREE: one REMOVE event for
@@ -57,7 +58,7 @@ class MirrorEntry {
   constexpr void set(std::uint64_t flag) { bits_ |= flag; }
   constexpr void clear(std::uint64_t flag) { bits_ &= ~flag; }
   // A new home; keeps PINNED, LOCKED and DISCARDED (a discard that raced the
-  // holder empties the new home too, at the unlock); FREED named the old one.
+  // holder finishes the new home too, at the unlock); FREED named the old one.
   constexpr void move_to(MirrorEntry home) { bits_ = home.bits_ | (bits_ & (kPinned | kLocked | kDiscarded)); }
   constexpr std::uint64_t bits() const { return bits_; }
 

@@ -45,7 +45,7 @@ Status MirrorTable::validate() const {
       const bool on_device = e.residency() == Residency::Device || e.residency() == Residency::Duplicated;
       const bool has_owner = e.device_page().owner != kNoOwner;
       const bool unknown_bits = (e.bits() & 0x0000'0000'fffe'0000ull) != 0;  // bits 17-31
-      // DISCARDED: the holder's unlock empties it; FREED names a host page.
+      // DISCARDED: the holder's unlock finishes it; FREED names a host page.
       const bool stray_discard = (e.has(MirrorEntry::kDiscarded) && !e.locked()) ||
                                  (e.has(MirrorEntry::kFreed) && e.residency() != Residency::System);
       if (on_device != has_owner || unknown_bits || stray_discard || (!on_device && e.device_page().index != 0))
