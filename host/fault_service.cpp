@@ -112,7 +112,7 @@ std::size_t FaultService::read_messages(std::vector<Fault>& into) noexcept {
     for (std::size_t i = 0; i < n; ++i) {
       const FaultEvent& e = events[i];
       if (e.kind != FaultEvent::Kind::fault) {
-        if (mapping_) mapping_->apply(e, staging_);
+        if (mapping_) mapping_->apply(e);
         continue;
       }
       if (!queue(into, {e.address, e.write_protect, read_ns})) {

@@ -10,6 +10,7 @@
 #include "context_impl.hpp"
 #include "owner_ids.hpp"
 #include "uhmm/detail/log.hpp"
+#include "uhmm/detail/test_points.hpp"
 #include "uhmm/migrate.hpp"
 #include "userfaultfd.hpp"
 
@@ -27,7 +28,31 @@ std::pair<std::size_t, std::size_t> pages_within(const ManagedRange& range, std:
 
 }  // namespace
 
-void MappingEvents::apply(const FaultEvent& event, std::byte* staging) noexcept {
+MappingEvents::MappingEvents(ContextImpl& ctx, Userfaultfd& uffd) : ctx_(ctx), uffd_(uffd) {
+  staging_.reserve(4);  // deeper nesting takes a rare allocation
+  staging_.push_back(ctx_.staging().acquire());
+  if (staging_.front() == nullptr) throw OutOfMemory("no host memory for the mapping events' staging buffer");
+}
+
+MappingEvents::~MappingEvents() {
+  for (std::byte* buffer : staging_) ctx_.staging().release(buffer);
+}
+
+std::byte* MappingEvents::staging_at(std::size_t level) noexcept {
+  while (staging_.size() <= level) {
+    std::byte* buffer = ctx_.staging().acquire();
+    if (buffer == nullptr) return nullptr;
+    try {
+      staging_.push_back(buffer);
+    } catch (const std::bad_alloc&) {
+      ctx_.staging().release(buffer);
+      return nullptr;
+    }
+  }
+  return staging_[level];
+}
+
+void MappingEvents::apply(const FaultEvent& event) noexcept {
   switch (event.kind) {
     case FaultEvent::Kind::remove:
       discard(event.address, event.end);
@@ -36,7 +61,7 @@ void MappingEvents::apply(const FaultEvent& event, std::byte* staging) noexcept 
       unmap(event.address, event.end);
       break;
     case FaultEvent::Kind::remap:
-      remap(event.address, event.to, event.end - event.address, staging);
+      remap(event.address, event.to, event.end - event.address);
       break;
     case FaultEvent::Kind::fault:
       break;
@@ -155,20 +180,24 @@ void MappingEvents::copy_out(ManagedRange& range, std::size_t first, std::size_t
         e.set(MirrorEntry::kLocked);
       }
     } catch (const std::bad_alloc&) {
-      std::lock_guard lock(table.block_mutex(block));
-      for (std::size_t p : pages) table.entry(p).clear(MirrorEntry::kLocked);
+      ctx_.unlock(range, pages);
       pages.clear();
     }
+    if (!pages.empty()) test_points::at(test_points::remap_copy_locked);
     // Copy each page to staging, then into its new place.
     std::size_t lost = 0;
     for (std::size_t k = 0; k < pages.size(); ++k) {
-      std::byte* slot = staging + (pages[k] - table.block_begin(block)) * kPageSize;
       const DevicePageIndex index = where[k].index;
-      std::byte* const dst[] = {slot};
-      BatchResult r = ctx_.pagemap(where[k].owner)->copy_to_ram(std::span(&index, 1), dst);
-      if (r.pages_done != 1) r = ctx_.pagemap(where[k].owner)->copy_to_ram(std::span(&index, 1), dst);
+      std::byte* const dst[] = {staging};
+      BatchResult r;
+      if (staging != nullptr) {
+        r = ctx_.pagemap(where[k].owner)->copy_to_ram(std::span(&index, 1), dst);
+        if (r.pages_done != 1) r = ctx_.pagemap(where[k].owner)->copy_to_ram(std::span(&index, 1), dst);
+      } else {
+        r.status = {Errc::out_of_memory, "no host memory for a staging buffer"};
+      }
       std::byte* target = range.page_address(pages[k]) + shift;
-      const int err = r.pages_done == 1 ? uffd_.copy(target, slot, kPageSize, nullptr) : EIO;
+      const int err = r.pages_done == 1 ? uffd_.copy(target, staging, kPageSize, nullptr) : EIO;
       if (err != 0 && err != EEXIST) {
         ++lost;
         log().critical("mremap moved managed page {} to {}, but its data could not be copied from the device ({}); "
@@ -178,14 +207,21 @@ void MappingEvents::copy_out(ManagedRange& range, std::size_t first, std::size_t
       }
     }
     AtomicCounters::add(ctx_.counters.pages_lost, lost);
-    std::lock_guard lock(table.block_mutex(block));
-    // With any DISCARDED mark a REMOVE read by this copy's EAGAIN pump left:
-    // the caller drops these pages next.
-    for (std::size_t p : pages) table.entry(p).clear(MirrorEntry::kLocked | MirrorEntry::kDiscarded);
+    {
+      std::lock_guard lock(table.block_mutex(block));
+      // A DISCARDED mark a REMOVE read by this copy's EAGAIN pump left goes:
+      // the caller drops these pages next, and the unlock must not zap the
+      // old place.
+      for (std::size_t p : pages) table.entry(p).clear(MirrorEntry::kDiscarded);
+    }
+    // Announced: an eviction, a pin or a snapshot may be waiting for these pages.
+    ctx_.unlock(range, pages);
   }
 }
 
-void MappingEvents::remap(std::uintptr_t from, std::uintptr_t to, std::size_t len, std::byte* staging) noexcept {
+void MappingEvents::remap(std::uintptr_t from, std::uintptr_t to, std::size_t len) noexcept {
+  // A copy below may pump (and apply) another REMAP: each level stages apart.
+  std::byte* const staging = staging_at(remap_depth_++);
   for (const auto& range : ctx_.ranges.overlapping(from, from + len)) {
     const auto [first, end] = pages_within(*range, from, from + len);
     if (first >= end || range->all_unmapped(first, end)) continue;
@@ -209,6 +245,7 @@ void MappingEvents::remap(std::uintptr_t from, std::uintptr_t to, std::size_t le
   // faulted there meanwhile.
   if (const int err = uffd_.unregister_range(reinterpret_cast<void*>(to), len); err != 0)
     log().error("unregistering the moved mapping at {} failed: {}", reinterpret_cast<void*>(to), std::strerror(err));
+  --remap_depth_;
 }
 
 }  // namespace uhmm::detail

@@ -36,12 +36,16 @@ class MappingEvents {
  public:
   // Userfaultfd mode only (the userfaultfd mechanism reports these events;
   // the signal mechanism has none): `uffd` is that mechanism's descriptor.
-  MappingEvents(ContextImpl& ctx, Userfaultfd& uffd) noexcept : ctx_(ctx), uffd_(uffd) {}
+  // Throws OutOfMemory when no staging buffer can be had.
+  MappingEvents(ContextImpl& ctx, Userfaultfd& uffd);
+  ~MappingEvents();
+  MappingEvents(const MappingEvents&) = delete;
+  MappingEvents& operator=(const MappingEvents&) = delete;
 
   // Applies one remove, unmap or remap event (faults are ignored). The
   // fault-service thread only, right after reading it; never throws and never
-  // waits for a page lock. `staging` is the service's block-sized buffer.
-  void apply(const FaultEvent& event, std::byte* staging) noexcept;
+  // waits for a page lock.
+  void apply(const FaultEvent& event) noexcept;
   // A fault where no live range is: memory the application grew a range into
   // in place with mremap stays registered, and plain anonymous memory reads
   // zeros there (a range being freed wakes its own faulting threads).
@@ -50,7 +54,7 @@ class MappingEvents {
  private:
   void discard(std::uintptr_t lo, std::uintptr_t hi) noexcept;
   void unmap(std::uintptr_t lo, std::uintptr_t hi) noexcept;
-  void remap(std::uintptr_t from, std::uintptr_t to, std::size_t len, std::byte* staging) noexcept;
+  void remap(std::uintptr_t from, std::uintptr_t to, std::size_t len) noexcept;
   // Empties the unlocked pages [first, end) of range (device pages released,
   // PINNED kept); returns how many device pages were dropped. Interval
   // notifiers hear of it first as `kind`.
@@ -61,12 +65,21 @@ class MappingEvents {
   bool drop_pass(ManagedRange& range, std::size_t first, std::size_t end, bool invalidated,
                  std::vector<std::vector<DevicePageIndex>>& to_free, std::size_t& dropped) noexcept;
   // Copies the device pages of [first, end) to the same pages displaced by
-  // `shift` bytes (the range's new place after mremap).
+  // `shift` bytes (the range's new place after mremap), through `staging`
+  // (a page at least; nullptr: none could be had, and the pages are lost).
   void copy_out(ManagedRange& range, std::size_t first, std::size_t end, std::intptr_t shift,
                 std::byte* staging) noexcept;
+  // The staging buffer of a REMAP applied at nesting `level`.
+  std::byte* staging_at(std::size_t level) noexcept;
 
   ContextImpl& ctx_;
   Userfaultfd& uffd_;
+  // A REMAP's copy stages each page in a buffer of its own: neither the
+  // fault service's (a bring-back whose install pumps this event is still
+  // installing from it) nor the one of a REMAP whose copy pumped this one.
+  // One per nesting level; level 0's taken up front.
+  std::vector<std::byte*> staging_;
+  std::size_t remap_depth_ = 0;
 };
 
 }  // namespace uhmm::detail

@@ -112,6 +112,7 @@ ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<c
 
   if (auto* hook = test_points::bring_back_copied.load(std::memory_order_relaxed))
     hook(range.page_address(pages.front()));
+  test_points::at(test_points::bring_back_staged);
   // Map what arrived, one install per contiguous run.
   const bool follows_unmaps = mechanism->follows_mapping_changes();
   for_each_run(base, end, [&](std::size_t p) { return ok[p - base] != 0; },

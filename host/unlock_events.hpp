@@ -9,6 +9,8 @@
 #include <functional>
 #include <mutex>
 
+#include "uhmm/detail/test_points.hpp"
+
 namespace uhmm::detail {
 
 class UnlockEvents {
@@ -28,12 +30,14 @@ class UnlockEvents {
   // Waits until an announce() after `seen` (the generation read before the
   // caller found a page locked), so no announcement is missed.
   void wait_after(std::uint64_t seen) {
+    test_points::at(test_points::unlock_wait);
     std::unique_lock lock(mutex_);
     changed_.wait(lock, [&] { return generation_ != seen; });
   }
   // The same, giving up after `limit`; true when an announcement came. For a
   // waiter whose holder might go without announcing (a range freed under it).
   bool wait_after_for(std::uint64_t seen, std::chrono::milliseconds limit) {
+    test_points::at(test_points::unlock_wait);
     std::unique_lock lock(mutex_);
     return changed_.wait_for(lock, limit, [&] { return generation_ != seen; });
   }

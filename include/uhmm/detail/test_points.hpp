@@ -45,6 +45,19 @@ inline std::atomic<std::size_t> fault_batch_min{0};
 // them there).
 inline std::atomic<void (*)(void*)> bring_back_copied{nullptr};
 
+// Called by ContextImpl::bring_back between copying device pages into its
+// staging buffer and installing them from it (an event the install's EAGAIN
+// pump applies then must leave that buffer alone).
+inline std::atomic<void (*)()> bring_back_staged{nullptr};
+
+// Called by the REMAP handler (MappingEvents::copy_out) while it holds the
+// device pages it copies to the range's new place, locked.
+inline std::atomic<void (*)()> remap_copy_locked{nullptr};
+
+// Called by a thread about to sleep until locked pages are unlocked
+// (UnlockEvents::wait_after, wait_after_for).
+inline std::atomic<void (*)()> unlock_wait{nullptr};
+
 inline void at(const std::atomic<void (*)()>& point) noexcept {
   if (auto* hook = point.load(std::memory_order_relaxed)) hook();
 }

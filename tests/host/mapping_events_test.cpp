@@ -1,0 +1,185 @@
+// Races between the application's own mapping changes (userfaultfd REMOVE,
+// UNMAP, REMAP events; host/mapping_events.hpp) and uhmm operations, forced
+// with test points (uhmm/detail/test_points.hpp) rather than hoped for. A
+// watchdog turns a hang into a named failure. Mapping events exist in
+// userfaultfd mode only: with UHMM_FAULT_MODE=signal these tests skip.
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <sys/mman.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <mutex>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "context_impl.hpp"
+#include "signal_test_support.hpp"
+#include "test_support.hpp"
+#include "uhmm/detail/test_points.hpp"
+#include "uhmm/migrate.hpp"
+
+namespace uhmm::test {
+namespace {
+
+constexpr std::size_t kPages = 64;
+constexpr std::size_t kBytes = kPages * kPageSize;
+constexpr auto kLimit = std::chrono::seconds(60);
+constexpr const char* kNoEvents =
+    "signal fault mode: the application's madvise/munmap/mremap of managed memory is not followed (no userfaultfd "
+    "mapping events)";
+
+bool events_followed(const Context& ctx) { return std::string_view(ctx.fault_mode()) != "signal"; }
+
+// A one-way signal between a hook (a plain function, so the state is global)
+// and a test thread.
+class Latch {
+ public:
+  void open() {
+    {
+      std::lock_guard lock(m_);
+      open_ = true;
+    }
+    cv_.notify_all();
+  }
+  void wait() {
+    std::unique_lock lock(m_);
+    cv_.wait(lock, [&] { return open_; });
+  }
+  void reset() {
+    std::lock_guard lock(m_);
+    open_ = false;
+  }
+
+ private:
+  std::mutex m_;
+  std::condition_variable cv_;
+  bool open_ = false;
+};
+
+// Sets a test point for a scope.
+class Hook {
+ public:
+  Hook(std::atomic<void (*)()>& point, void (*hook)()) : point_(point) { point_.store(hook); }
+  Hook(const Hook&) = delete;
+  Hook& operator=(const Hook&) = delete;
+  ~Hook() { point_.store(nullptr); }
+
+ private:
+  std::atomic<void (*)()>& point_;
+};
+
+// A place to mremap a range to: reserved, then replaced by the move.
+void* reserve(std::size_t bytes) {
+  void* p = ::mmap(nullptr, bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  return p == MAP_FAILED ? nullptr : p;
+}
+
+// --- A REMAP read in the middle of a bring-back (issue 13, item 1) ---------
+
+Latch g_mover_go;
+std::atomic<int> g_uffd{-1};
+
+// The fault service's bring-back has copied device pages into its staging
+// buffer: another thread mremaps a device-resident range now, and the
+// install that follows meets its REMAP (EAGAIN) and applies it first.
+void remap_while_staged() {
+  detail::test_points::bring_back_staged.store(nullptr);  // once
+  g_mover_go.open();
+  pollfd fd{g_uffd.load(), POLLIN, 0};
+  while (::poll(&fd, 1, -1) < 0 && errno == EINTR) {
+  }
+}
+
+TEST(MappingEventRaces, RemapAppliedDuringABringBackLeavesItsStagedPagesAlone) {
+  Watchdog watchdog("RemapAppliedDuringABringBackLeavesItsStagedPagesAlone", kLimit);
+  Context ctx(cpu_options());
+  if (!events_followed(ctx)) GTEST_SKIP() << kNoEvents;
+  // Two ranges block-aligned alike: page i of each has the same staging slot.
+  void* a = ctx.allocate(kBytes);
+  void* b = ctx.allocate(kBytes);
+  fill(a, kBytes, 1);
+  fill(b, kBytes, 2);
+  ASSERT_EQ(ctx.migrate_to_device(a, kBytes).migrated, kPages);
+  ASSERT_EQ(ctx.migrate_to_device(b, kBytes).migrated, kPages);
+  void* target = reserve(kBytes);
+  ASSERT_NE(target, nullptr);
+  g_mover_go.reset();
+  g_uffd.store(ctx.impl().mechanism->poll_fd());
+  void* moved = nullptr;
+  std::thread mover([&] {
+    g_mover_go.wait();
+    moved = ::mremap(b, kBytes, kBytes, MREMAP_MAYMOVE | MREMAP_FIXED, target);
+  });
+  {
+    Hook hook(detail::test_points::bring_back_staged, remap_while_staged);
+    expect_pattern(a, kBytes, 1);  // faults the block back; the hook fires in its bring-back
+  }
+  mover.join();
+  ASSERT_EQ(moved, target) << std::strerror(errno);
+  expect_pattern(a, kBytes, 1);
+  expect_pattern(target, kBytes, 2);
+  EXPECT_EQ(ctx.counters().pages_lost, 0u);
+  EXPECT_TRUE(ctx.validate()) << ctx.validate().message;
+  ASSERT_EQ(::munmap(target, kBytes), 0);
+}
+
+// --- The REMAP copy's unlock is announced (issue 13, item 5) ---------------
+
+Latch g_evictor_go;
+Latch g_evictor_waiting;
+
+// The REMAP handler holds the moved device pages: an eviction of them starts
+// now, finds them locked and sleeps until an unlock is announced.
+void evict_while_copied_out() {
+  detail::test_points::remap_copy_locked.store(nullptr);  // once
+  g_evictor_go.open();
+  g_evictor_waiting.wait();
+}
+void note_waiting() { g_evictor_waiting.open(); }
+
+TEST(MappingEventRaces, RemapCopyAnnouncesItsUnlockToAWaitingEviction) {
+  Watchdog watchdog("RemapCopyAnnouncesItsUnlockToAWaitingEviction", kLimit);
+  Context ctx(cpu_options());
+  if (!events_followed(ctx)) GTEST_SKIP() << kNoEvents;
+  void* a = ctx.allocate(kBytes);
+  fill(a, kBytes, 3);
+  ASSERT_EQ(ctx.migrate_to_device(a, kBytes).migrated, kPages);
+  DevicePageIndex lo = ~DevicePageIndex{0}, hi = 0;
+  for (const PageState& s : ctx.residency(a, kBytes)) {
+    lo = std::min(lo, s.device.index);
+    hi = std::max(hi, s.device.index);
+  }
+  void* target = reserve(kBytes);
+  ASSERT_NE(target, nullptr);
+  g_evictor_go.reset();
+  g_evictor_waiting.reset();
+  const OwnerId owner = ctx.device_owner(0);
+  std::thread evictor([&] {
+    g_evictor_go.wait();
+    try {
+      // Waits for locked pages; it may find them moved and fail, which is fine.
+      migrate_device_range(ctx, owner, lo, hi - lo + 1);
+    } catch (const Error&) {
+    }
+  });
+  void* moved = nullptr;
+  {
+    Hook copying(detail::test_points::remap_copy_locked, evict_while_copied_out);
+    Hook waiting(detail::test_points::unlock_wait, note_waiting);
+    moved = ::mremap(a, kBytes, kBytes, MREMAP_MAYMOVE | MREMAP_FIXED, target);
+    evictor.join();  // nothing else unlocks anything: only the copy's own announcement wakes it
+  }
+  ASSERT_EQ(moved, target) << std::strerror(errno);
+  expect_pattern(target, kBytes, 3);
+  EXPECT_EQ(ctx.counters().pages_lost, 0u);
+  EXPECT_TRUE(ctx.validate()) << ctx.validate().message;
+  ASSERT_EQ(::munmap(target, kBytes), 0);
+}
+
+}  // namespace
+}  // namespace uhmm::test
