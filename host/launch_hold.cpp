@@ -19,7 +19,11 @@ namespace {
 
 // Tries that fall short although nobody holds what is missing (copies that
 // failed, room other threads took first) before the launch gives up.
+// Both bounds where nothing failed: a page another operation held during the
+// try but released before the check looks fruitless, and on a busy machine
+// such holders take a while (a count alone gave up after 16 ms).
 constexpr int kFruitlessTries = 8;
+constexpr std::chrono::milliseconds kFruitlessTime{500};
 constexpr std::chrono::milliseconds kFruitlessWait{2};
 // A holder that goes without announcing an unlock (a range freed under it)
 // costs a waiting launch this much, not a hang.
@@ -238,7 +242,6 @@ LaunchHold::Shortfall LaunchHold::try_hold() {
     const MigrationResult m = ctx_.migrate_to_device(range.page_address(r.pages.first()), r.pages.count() * kPageSize,
                                                      dev_.owner(), policy_.pin_thrashing ? &cooling : nullptr, &r.hold);
     if (!m.status && out.failure) out.failure = m.status;
-    if (m.skipped > 0) out.contended = true;
     hold_in_place(r, now_ms);
     classify(r, out);
   }
@@ -260,6 +263,7 @@ bool LaunchHold::others_hold_pages() const {
 
 void LaunchHold::acquire() {
   check_capacity();
+  std::chrono::steady_clock::time_point first_fruitless;
   for (int fruitless = 0;;) {
     const Shortfall s = try_hold();
     if (s.complete) {
@@ -275,14 +279,15 @@ void LaunchHold::acquire() {
     // Whoever holds pages of the spans, or room in the pool, unlocks them:
     // this launch waits for that (reading the generation before it looks).
     const std::uint64_t generation = ctx_.unlocks.generation();
-    // A page skipped because another operation held it is progress elsewhere,
-    // not a fruitless try: on a busy machine those holders take a while.
-    if (s.contended || others_hold_pages() ||
-        (no_room && dev_.pages_in_use() > evictable_pages(ctx_, dev_.owner()))) {
+    if (others_hold_pages() || (no_room && dev_.pages_in_use() > evictable_pages(ctx_, dev_.owner()))) {
       ctx_.unlocks.wait_after_for(generation, kUnlockWaitLimit);
       continue;
     }
-    if (++fruitless < kFruitlessTries) {
+    const auto now = std::chrono::steady_clock::now();
+    if (fruitless++ == 0) first_fruitless = now;
+    // Without a failure, what is missing was taken by others meanwhile: worth
+    // more patience than a failing copy or allocation.
+    if (fruitless < kFruitlessTries || (s.failure && now - first_fruitless < kFruitlessTime)) {
       ctx_.unlocks.wait_after_for(generation, kFruitlessWait);  // others move on meanwhile
       continue;
     }

@@ -69,7 +69,6 @@ class LaunchHold {
     Status failure;      // of the migration (out_of_memory, device_error)
     Status unreachable;  // pages the device can never reach
     std::string missing;  // the first page not held, for the error message
-    bool contended = false;  // the migration skipped pages another operation held
   };
 
   void build_regions(std::span<const Span> spans);

@@ -218,7 +218,7 @@ void MappingEvents::copy_out(ManagedRange& range, std::size_t first, std::size_t
   }
   AtomicCounters::add(ctx_.counters.pages_lost, lost);
   // A DISCARDED mark a REMOVE read by a copy's EAGAIN pump left goes: the
-  // caller drops these pages next, and the unlock must not zap the old place.
+  // caller drops these pages next (the old place is unmapped).
   for (std::size_t p : pages) {
     std::lock_guard lock(table.block_mutex(MirrorTable::block_of(p)));
     table.entry(p).clear(MirrorEntry::kDiscarded);

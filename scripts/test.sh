@@ -99,8 +99,32 @@ run_config() {
       ;;
   esac
   echo "==== test.sh: $config ($dir) ===="
-  "${wrap[@]}" "$root/scripts/build.sh" "$dir" "${args[@]}" &&
-    "${wrap[@]}" ctest --test-dir "$dir" --output-on-failure -j2
+  "${wrap[@]}" "$root/scripts/build.sh" "$dir" "${args[@]}" || return 1
+  if ! "${wrap[@]}" ctest --test-dir "$dir" --output-on-failure -j2; then
+    keep_failures "$config" "$dir"
+    return 1
+  fi
+}
+
+# A failed configuration's failing tests and the end of what each printed, kept
+# for the summary at the end (CI shows only the tail of a long log; the signal
+# pass reruns the plain build's ctest and would overwrite its logs).
+failure_logs=$(mktemp -d)
+trap 'rm -rf "$failure_logs"' EXIT
+keep_failures() {
+  local config=$1 dir=$2 tmp=$2/Testing/Temporary
+  [ -f "$tmp/LastTestsFailed.log" ] || return 0
+  {
+    echo "---- $config: failed tests ----"
+    cat "$tmp/LastTestsFailed.log"
+    cut -d: -f2- "$tmp/LastTestsFailed.log" | while read -r name; do
+      echo "---- $config: the last lines $name printed ----"
+      # LastTest.log: one section per test, from "N/M Testing: NAME" to its end time.
+      awk -v name="$name" '$0 ~ "^[0-9]+/[0-9]+ Testing: " && $3 == name { on = 1 }
+                           on { print }
+                           on && index($0, "\"" name "\" end time") { exit }' "$tmp/LastTest.log" | tail -n 60
+    done
+  } >"$failure_logs/$config.log" 2>&1
 }
 
 failed=()
@@ -116,6 +140,7 @@ for config in "${configs[@]}"; do
 done
 
 if [ "${#failed[@]}" -gt 0 ]; then
+  cat "$failure_logs"/*.log >&2 2>/dev/null || true
   echo "test.sh: failed: ${failed[*]} (of ${configs[*]})" >&2
   exit 1
 fi

@@ -43,16 +43,11 @@ class LaunchDevice : public ::testing::TestWithParam<bool> {
 
   template <class T>
   std::span<T> make(std::size_t n) {
-    auto* p = static_cast<T*>(ctx_.allocate(n * sizeof(T)));
-    ranges_.push_back(p);
-    return {p, n};
-  }
-  ~LaunchDevice() override {
-    for (void* p : ranges_) ctx_.free(p);
+    return arrays_.make<T>(n);
   }
 
   Context ctx_;
-  std::vector<void*> ranges_;
+  TestArrays arrays_{ctx_};
 };
 
 TEST_P(LaunchDevice, VectorAddGivesTheSumOnTheHostAfterward) {

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -43,6 +44,28 @@ inline constexpr bool kTsanDefersSignalHandlers =
 #else
     false;
 #endif
+
+// Managed arrays a test allocates, freed when it ends (declare it after the
+// context it uses, so that it goes first).
+class TestArrays {
+ public:
+  explicit TestArrays(Context& ctx) : ctx_(ctx) {}
+  TestArrays(const TestArrays&) = delete;
+  TestArrays& operator=(const TestArrays&) = delete;
+  ~TestArrays() {
+    for (void* p : ranges_) ctx_.free(p);
+  }
+  template <class T>
+  std::span<T> make(std::size_t n) {
+    auto* p = static_cast<T*>(ctx_.allocate(n * sizeof(T)));
+    ranges_.push_back(p);
+    return {p, n};
+  }
+
+ private:
+  Context& ctx_;
+  std::vector<void*> ranges_;
+};
 
 // A value unique to (seed, word index): a misplaced or stale page shows.
 inline std::uint64_t pattern(std::uint64_t seed, std::size_t word) {

@@ -69,16 +69,11 @@ class EmulatedLaunchDevice : public ::testing::Test {
   EmulatedLaunchDevice() : ctx_(emulated_options()) {}
   template <class T>
   std::span<T> make(std::size_t n) {
-    auto* p = static_cast<T*>(ctx_.allocate(n * sizeof(T)));
-    ranges_.push_back(p);
-    return {p, n};
-  }
-  ~EmulatedLaunchDevice() override {
-    for (void* p : ranges_) ctx_.free(p);
+    return arrays_.make<T>(n);
   }
 
   Context ctx_;
-  std::vector<void*> ranges_;
+  TestArrays arrays_{ctx_};
 };
 
 TEST_F(EmulatedLaunchDevice, TheContextRunsOnTheEmulatedPlugin) {

@@ -232,9 +232,10 @@ TEST(MappingEventRaces, FreedPagesReclaimedWhileAMigrationCopiesThemReadZerosAnd
 
 // --- A store to a write-protected page the mirror has as Empty -------------
 
-// MADV_FREE keeps a page's write-protection; a holder that finishes such a
-// page as Empty (a discard racing it) leaves exactly this state, made here
-// directly. The store faulted WP for ever: the service only woke it.
+// MADV_FREE keeps a page's write-protection; a page the mirror has as Empty
+// while it is still mapped and protected (found gone by the page tables in
+// the moment before a late install) is this state, made here directly. The
+// store faulted WP for ever: the service only woke it.
 TEST(MappingEventRaces, AStoreToAWriteProtectedPageRecordedEmptyGoesThroughAndStays) {
   Watchdog watchdog("AStoreToAWriteProtectedPageRecordedEmptyGoesThroughAndStays", kLimit);
   Context ctx(cpu_options());

@@ -34,7 +34,10 @@ add_test(NAME install_find_package
   COMMAND ${CMAKE_COMMAND} -DSTEP=find_package ${uhmm_install_args} -P ${uhmm_install_script})
 add_test(NAME install_pkg_config
   COMMAND ${CMAKE_COMMAND} -DSTEP=pkg_config ${uhmm_install_args} -P ${uhmm_install_script})
-set_tests_properties(install_prefix PROPERTIES FIXTURES_SETUP uhmm_installed TIMEOUT 120)
+# Installing writes into the build tree too (uhmm.pc is configured there at
+# install time): one install of it at a time (package_deb's cpack is another).
+set_tests_properties(install_prefix PROPERTIES FIXTURES_SETUP uhmm_installed TIMEOUT 120
+  RESOURCE_LOCK uhmm_build_tree_install)
 set_tests_properties(install_find_package install_pkg_config PROPERTIES FIXTURES_REQUIRED uhmm_installed TIMEOUT 300)
 if(NOT UHMM_PKG_CONFIG_EXECUTABLE)
   # Shown as "Not Run (Disabled)" rather than silently missing; scripts/setup.sh installs it.

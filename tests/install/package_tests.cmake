@@ -47,7 +47,8 @@ add_test(NAME package_deb
           -DVERSION=${PROJECT_VERSION} -DSOVERSION=${uhmm_soversion} -DPREFIX=${CMAKE_INSTALL_PREFIX}
           -DLIBDIR=${CMAKE_INSTALL_LIBDIR} -DINCLUDEDIR=${CMAKE_INSTALL_INCLUDEDIR} -DBINDIR=${CMAKE_INSTALL_BINDIR}
           -P ${uhmm_package_script})
-set_tests_properties(package_deb PROPERTIES FIXTURES_SETUP uhmm_packaged TIMEOUT 300)
+set_tests_properties(package_deb PROPERTIES FIXTURES_SETUP uhmm_packaged TIMEOUT 300
+  RESOURCE_LOCK uhmm_build_tree_install)  # see install_prefix
 
 # The install tests' consumers, pointed at the extracted packages instead of a `cmake --install` prefix.
 set(uhmm_deb_consumer_args ${uhmm_install_args})
