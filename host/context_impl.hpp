@@ -99,7 +99,8 @@ class ContextImpl {
   // Clears LOCKED on pages (ascending) and announces it, then wakes threads
   // waiting on them: a faulting access returns only once the mirror says
   // where its page is. A page the application discarded meanwhile (DISCARDED)
-  // becomes Empty here, whatever its holder did with it (finish_discarded).
+  // becomes a FREED host page here, whatever its holder did with it
+  // (finish_discarded): the page tables say later whether it is gone.
   void unlock(ManagedRange& range, std::span<const std::size_t> pages) noexcept;
 
   // A range the application unmapped entirely (mapping_events.cpp): dropped
@@ -153,11 +154,11 @@ class ContextImpl {
   // (the application unmapped it and the event is on its way); throws if that
   // never happens.
   void wait_for_address_reuse(const std::byte* base, std::size_t bytes);
-  // unlock() of the DISCARDED pages among `pages` (still LOCKED): with
-  // `drop`, their host pages are zapped first (the holder may have mapped
-  // one after the kernel's zap); then they become Empty, PINNED kept, their
-  // device pages freed, and LOCKED is cleared.
-  void finish_discarded(ManagedRange& range, std::span<const std::size_t> pages, bool drop) noexcept;
+  // unlock() of the DISCARDED pages among `pages` (still LOCKED): their
+  // device pages freed, they become host pages marked FREED (Empty where the
+  // application unmapped them), PINNED kept, and LOCKED is cleared. Never
+  // zapped again: a store the application made since its madvise is kept.
+  void finish_discarded(ManagedRange& range, std::span<const std::size_t> pages) noexcept;
 
   friend class FaultService;
   friend class ::uhmm::Context;

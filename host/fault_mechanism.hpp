@@ -134,9 +134,11 @@ class FaultMechanism {
     (void)page;
     return true;
   }
-  // With opens_empty_pages(): sets present[i] for each page of the run that
-  // holds host data (was written, or read, since it was last dropped).
-  // Returns 0 or an errno (then nothing is known: treat every page as data).
+  // Sets present[i] for each page of the run that holds host data: with
+  // opens_empty_pages(), one written or read since it was last dropped; with
+  // follows_mapping_changes(), one mapped or swapped out (a page the
+  // application freed may be gone). Returns 0 or an errno (then nothing is
+  // known: treat every page as data).
   virtual int host_data(ManagedRange& range, std::size_t first, std::size_t count, std::uint8_t* present) noexcept {
     (void)range;
     (void)first;

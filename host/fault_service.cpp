@@ -340,12 +340,15 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
     for (std::size_t k = 0; k < count; ++k) {
       const std::size_t p = range.page_of(reinterpret_cast<const void*>(faults[k].address));
       const MirrorEntry e = table.entry(p);
-      if (e.locked() && e.has(MirrorEntry::kDiscarded) && e.residency() == Residency::System &&
+      if (e.locked() && e.has(MirrorEntry::kDiscarded | MirrorEntry::kFreed) && e.residency() == Residency::System &&
           !faults[k].write_protect) {
-        // The application dropped this host page while a migration holds it
-        // (mapping_events.cpp): zeros, which the copy engine of that very
-        // migration may be waiting for. Its holder keeps the lock (and
-        // empties the page at its unlock).
+        // The application dropped or freed this host page (mapping_events.cpp),
+        // and it is gone (zapped, or reclaimed after MADV_FREE) while an
+        // operation holds it: zeros, which the copy engine of that very
+        // migration may be waiting for. Its holder keeps the lock, a
+        // migration leaves the page on the host, and the unlock marks it
+        // FREED (DISCARDED).
+        table.entry(p).set(MirrorEntry::kDiscarded);
         discarded_held.push_back(p);
         wake.push_back(p);
       } else if (e.locked()) {
@@ -363,6 +366,13 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
         // Read-mostly: a store collapses the page to its host copy; a read
         // (the signal mechanism closed the page) reopens it read-only.
         (faults[k].write_protect ? collapse : reopen_read_only).push_back(p);
+      } else if (faults[k].write_protect && e.residency() == Residency::Empty && !open_empty) {
+        // A write-protected host page behind an Empty entry: one the
+        // application freed (MADV_FREE keeps the page, and its protection)
+        // while it was held. It holds data: a host page, FREED (if gone by
+        // now, the retry faults MISSING and gets zeros), opened.
+        table.entry(p).move_to(MirrorEntry(MirrorEntry::system().bits() | MirrorEntry::kFreed));
+        unprotect.push_back(p);
       } else if (faults[k].write_protect) {
         // The migration that protected the page is over: either the page stayed
         // (unprotect) or it moved (wake: the retry faults as MISSING).
@@ -464,13 +474,18 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
   // Zeros: one install per run; a run with a mapped page goes page by page.
   std::size_t spurious = 0;
   BlockPages unmapped;  // installs that failed
+  BlockPages fresh;     // new zero pages
   for (std::size_t k = 0; k < zero.size();) {
     std::size_t run = 1;
     while (k + run < zero.size() && zero[k + run] == zero[k] + run) ++run;
-    if (mechanism.install_zeros(range, zero[k], run) != 0) {
+    if (mechanism.install_zeros(range, zero[k], run) == 0) {
+      for (std::size_t q = zero[k]; q < zero[k] + run; ++q) fresh.set(q - lo);
+    } else {
       for (std::size_t q = zero[k]; q < zero[k] + run; ++q) {
         const int err = mechanism.install_zeros(range, q, 1);
-        if (err == EEXIST) {
+        if (err == 0) {
+          fresh.set(q - lo);
+        } else if (err == EEXIST) {
           ++spurious;
         } else if (err != 0) {
           // It stays Empty (the mirror never claims a page that is not
@@ -485,9 +500,13 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
   }
   if (!zero.empty()) {
     std::lock_guard lock(table.block_mutex(block));
-    for (std::size_t p : zero)
-      if (table.entry(p).residency() == Residency::Empty && !unmapped[p - lo])
-        table.entry(p).move_to(MirrorEntry::system());
+    for (std::size_t p : zero) {
+      MirrorEntry& e = table.entry(p);
+      if (e.residency() == Residency::Empty && !unmapped[p - lo])
+        e.move_to(MirrorEntry::system());
+      else if (fresh[p - lo])
+        e.clear(MirrorEntry::kFreed);  // a freed page found gone: its new zero page is no freed one
+    }
   }
   AtomicCounters::add(ctx_.counters.thrashing_not_prefetched, not_prefetched);
   AtomicCounters::add(ctx_.counters.advice_not_prefetched, kept_by_advice);

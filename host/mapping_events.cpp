@@ -85,7 +85,7 @@ std::size_t MappingEvents::drop_device_pages(ManagedRange& range, std::size_t fi
   NotifierRegistry::Invalidation invalidation;
   for (bool invalidated = false;; invalidated = true) {
     if (invalidated) invalidation = ctx_.notifiers.invalidate(range, first, end, kind, kNoOwner);
-    if (!drop_pass(range, first, end, invalidated, to_free, dropped)) break;
+    if (!drop_pass(range, first, end, kind, invalidated, to_free, dropped)) break;
   }
   for (const OwnerId owner : owner_ids(to_free.size() - 1)) {
     if (to_free[owner].empty()) continue;
@@ -96,8 +96,9 @@ std::size_t MappingEvents::drop_device_pages(ManagedRange& range, std::size_t fi
   return dropped;
 }
 
-bool MappingEvents::drop_pass(ManagedRange& range, std::size_t first, std::size_t end, bool invalidated,
-                              std::vector<std::vector<DevicePageIndex>>& to_free, std::size_t& dropped) noexcept {
+bool MappingEvents::drop_pass(ManagedRange& range, std::size_t first, std::size_t end, InvalidateKind kind,
+                              bool invalidated, std::vector<std::vector<DevicePageIndex>>& to_free,
+                              std::size_t& dropped) noexcept {
   auto& table = range.table();
   try {
     for (std::size_t block = MirrorTable::block_of(first); first < end && block <= MirrorTable::block_of(end - 1);
@@ -122,10 +123,17 @@ bool MappingEvents::drop_pass(ManagedRange& range, std::size_t first, std::size_
           to_free[e.device_page().owner].push_back(e.device_page().index);
           ++dropped;
         }
-        // Host pages become Empty too: a migration then zero-fills them on the
-        // device instead of reading a page that is gone (a copy engine reading
-        // it would fault on a page its own migration holds).
-        e = MirrorEntry(e.bits() & MirrorEntry::kPinned);  // POISONED goes with the page
+        // A host page stays, FREED: MADV_FREE keeps it (stores after it land
+        // unseen), MADV_DONTNEED zaps it; the event does not say which. Which
+        // it was is learnt before the next walk that tells (written_pages.hpp);
+        // meanwhile a fault on it, a copy engine's too, gets zeros. A
+        // read-mostly page's device copy goes: the host one is the page.
+        // A device page is gone either way (the kernel has no host page
+        // here), and so is every page of an unmapped part.
+        if (e.residency() == Residency::Device || kind == InvalidateKind::unmap)
+          e = MirrorEntry(e.bits() & MirrorEntry::kPinned);  // POISONED goes with the page
+        else
+          e = MirrorEntry((MirrorEntry::system().bits() | MirrorEntry::kFreed) | (e.bits() & MirrorEntry::kPinned));
       }
     }
   } catch (const std::bad_alloc&) {
@@ -161,62 +169,62 @@ void MappingEvents::unmap(std::uintptr_t lo, std::uintptr_t hi) noexcept {
 void MappingEvents::copy_out(ManagedRange& range, std::size_t first, std::size_t end, std::intptr_t shift,
                              std::byte* staging) noexcept {
   auto& table = range.table();
-  for (std::size_t block = MirrorTable::block_of(first); first < end && block <= MirrorTable::block_of(end - 1);
-       ++block) {
-    const std::size_t lo = std::max(first, table.block_begin(block));
-    const std::size_t hi = std::min(end, table.block_end(block));
-    std::vector<std::size_t> pages;
-    std::vector<DevicePage> where;
-    try {
+  // Every device page of the part is locked before the first copy: the UNMAP
+  // of the old place that follows a REMAP is read (and applied) by a copy's
+  // EAGAIN pump, and must not free any of them under it (it freed those of
+  // every block after the first).
+  std::vector<std::size_t> pages;
+  std::vector<DevicePage> where;
+  try {
+    for (std::size_t block = MirrorTable::block_of(first); first < end && block <= MirrorTable::block_of(end - 1);
+         ++block) {
       std::lock_guard lock(table.block_mutex(block));
-      for (std::size_t p = lo; p < hi; ++p) {
+      for (std::size_t p = std::max(first, table.block_begin(block)); p < std::min(end, table.block_end(block)); ++p) {
         MirrorEntry& e = table.entry(p);
         if (e.locked() || (e.residency() != Residency::Device && e.residency() != Residency::Duplicated)) continue;
         pages.push_back(p);
         where.push_back(e.device_page());
-        // Locked while copied: the UNMAP of the old place that follows a
-        // REMAP is read (and applied) by this very copy's EAGAIN pump, and
-        // must not free these device pages under it.
         e.set(MirrorEntry::kLocked);
       }
-    } catch (const std::bad_alloc&) {
-      ctx_.unlock(range, pages);
-      pages.clear();
     }
-    if (!pages.empty()) test_points::at(test_points::remap_copy_locked);
-    // Copy each page to staging, then into its new place.
-    std::size_t lost = 0;
-    for (std::size_t k = 0; k < pages.size(); ++k) {
-      const DevicePageIndex index = where[k].index;
-      std::byte* const dst[] = {staging};
-      BatchResult r;
-      if (staging != nullptr) {
-        r = ctx_.pagemap(where[k].owner)->copy_to_ram(std::span(&index, 1), dst);
-        if (r.pages_done != 1) r = ctx_.pagemap(where[k].owner)->copy_to_ram(std::span(&index, 1), dst);
-      } else {
-        r.status = {Errc::out_of_memory, "no host memory for a staging buffer"};
-      }
-      std::byte* target = range.page_address(pages[k]) + shift;
-      const int err = r.pages_done == 1 ? uffd_.copy(target, staging, kPageSize, nullptr) : EIO;
-      if (err != 0 && err != EEXIST) {
-        ++lost;
-        log().critical("mremap moved managed page {} to {}, but its data could not be copied from the device ({}); "
-                       "the page reads as zeros",
-                       static_cast<void*>(range.page_address(pages[k])), static_cast<void*>(target),
-                       err == EIO ? r.status.message : std::strerror(err));
-      }
-    }
-    AtomicCounters::add(ctx_.counters.pages_lost, lost);
-    {
-      std::lock_guard lock(table.block_mutex(block));
-      // A DISCARDED mark a REMOVE read by this copy's EAGAIN pump left goes:
-      // the caller drops these pages next, and the unlock must not zap the
-      // old place.
-      for (std::size_t p : pages) table.entry(p).clear(MirrorEntry::kDiscarded);
-    }
-    // Announced: an eviction, a pin or a snapshot may be waiting for these pages.
-    ctx_.unlock(range, pages);
+  } catch (const std::bad_alloc&) {
+    log().critical("mremap moved pages [{}, {}) of managed range {}: out of memory listing their device pages, some "
+                   "of which read as zeros at the new place",
+                   first, end, range.id());
+    pages.resize(where.size());  // the page pushed last, if its device page was not, is not locked
   }
+  if (!pages.empty()) test_points::at(test_points::remap_copy_locked);
+  // Copy each page to staging, then into its new place.
+  std::size_t lost = 0;
+  for (std::size_t k = 0; k < where.size(); ++k) {
+    const DevicePageIndex index = where[k].index;
+    std::byte* const dst[] = {staging};
+    BatchResult r;
+    if (staging != nullptr) {
+      r = ctx_.pagemap(where[k].owner)->copy_to_ram(std::span(&index, 1), dst);
+      if (r.pages_done != 1) r = ctx_.pagemap(where[k].owner)->copy_to_ram(std::span(&index, 1), dst);
+    } else {
+      r.status = {Errc::out_of_memory, "no host memory for a staging buffer"};
+    }
+    std::byte* target = range.page_address(pages[k]) + shift;
+    const int err = r.pages_done == 1 ? uffd_.copy(target, staging, kPageSize, nullptr) : EIO;
+    if (err != 0 && err != EEXIST) {
+      ++lost;
+      log().critical("mremap moved managed page {} to {}, but its data could not be copied from the device ({}); "
+                     "the page reads as zeros",
+                     static_cast<void*>(range.page_address(pages[k])), static_cast<void*>(target),
+                     err == EIO ? r.status.message : std::strerror(err));
+    }
+  }
+  AtomicCounters::add(ctx_.counters.pages_lost, lost);
+  // A DISCARDED mark a REMOVE read by a copy's EAGAIN pump left goes: the
+  // caller drops these pages next (the old place is unmapped).
+  for (std::size_t p : pages) {
+    std::lock_guard lock(table.block_mutex(MirrorTable::block_of(p)));
+    table.entry(p).clear(MirrorEntry::kDiscarded);
+  }
+  // Announced: an eviction, a pin or a snapshot may be waiting for these pages.
+  ctx_.unlock(range, pages);
 }
 
 void MappingEvents::remap(std::uintptr_t from, std::uintptr_t to, std::size_t len) noexcept {

@@ -1,13 +1,15 @@
 // The application's own changes to a managed range's mapping — madvise
-// (MADV_DONTNEED, MADV_FREE, MADV_REMOVE), munmap, mremap — reported by
+// (MADV_DONTNEED, MADV_FREE), munmap, mremap — reported by
 // userfaultfd's non-cooperative events (REMOVE, UNMAP, REMAP), and how the
 // mirror follows them. DESIGN.md ("The application changes the mapping") has
 // the rules and why; in short:
 //
-//   REMOVE  the span's unlocked pages become Empty: device-resident ones give
-//           their pool pages back (the kernel zaps device-private entries
-//           too), host ones are zapped by the kernel right after. Locked pages
-//           are marked DISCARDED, and emptied by their holder's unlock;
+//   REMOVE  MADV_DONTNEED or MADV_FREE (the event does not say which): the
+//           span's unlocked device-resident pages become Empty, giving their
+//           pool pages back; host pages (read-mostly ones too, whose device
+//           copy goes) stay System, FREED: MADV_FREE keeps them, and which are
+//           gone is learnt before the next walk (written_pages.hpp). Locked
+//           pages are marked DISCARDED, and emptied by their holder's unlock;
 //           uhmm's own MADV_DONTNEED (migrate_vma_finalize, ...) zaps only
 //           pages it holds locked, waits until the event is applied, and
 //           clears the marks it caused.
@@ -56,13 +58,13 @@ class MappingEvents {
   void unmap(std::uintptr_t lo, std::uintptr_t hi) noexcept;
   void remap(std::uintptr_t from, std::uintptr_t to, std::size_t len) noexcept;
   // Empties the unlocked pages [first, end) of range (device pages released,
-  // PINNED kept); returns how many device pages were dropped. Interval
-  // notifiers hear of it first as `kind`.
+  // PINNED kept; a discard keeps host pages, FREED); returns how many device
+  // pages were dropped. Interval notifiers hear of it first as `kind`.
   std::size_t drop_device_pages(ManagedRange& range, std::size_t first, std::size_t end,
                                 InvalidateKind kind) noexcept;
   // One pass of it; without `invalidated` it returns true at the first page
-  // it would change, before changing it.
-  bool drop_pass(ManagedRange& range, std::size_t first, std::size_t end, bool invalidated,
+  // it would change, before changing it. A discard keeps host pages, FREED.
+  bool drop_pass(ManagedRange& range, std::size_t first, std::size_t end, InvalidateKind kind, bool invalidated,
                  std::vector<std::vector<DevicePageIndex>>& to_free, std::size_t& dropped) noexcept;
   // Copies the device pages of [first, end) to the same pages displaced by
   // `shift` bytes (the range's new place after mremap), through `staging`

@@ -100,8 +100,9 @@ ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<c
     for (std::size_t k = 0; k < done; ++k) ok[which[k] - base] = 1;
   }
 
-  // A page the application discarded meanwhile is not mapped (its holder's
-  // unlock empties it); one it discards from now on may be (unlock zaps it).
+  // A page the application discarded meanwhile is not mapped (the unlock
+  // frees its device copy); one it discards from now on may be, and the
+  // unlock leaves it FREED (the page tables say later whether it is gone).
   test_points::at(test_points::held_install, range.page_address(pages.front()), false);
   if (mechanism->follows_mapping_changes() && !signal_faults::on_service_thread()) ranges.gate().wait_applied();
   {
@@ -205,7 +206,7 @@ void ContextImpl::unlock(ManagedRange& range, std::span<const std::size_t> pages
       e.clear(MirrorEntry::kLocked);
   }
   lock.unlock();
-  if (discarded) finish_discarded(range, pages, off_service);
+  if (discarded) finish_discarded(range, pages);
   unlocks.announce();
   for (std::size_t i = 0; i < pages.size();) {
     std::size_t run = 1;
@@ -215,35 +216,12 @@ void ContextImpl::unlock(ManagedRange& range, std::span<const std::size_t> pages
   }
 }
 
-void ContextImpl::finish_discarded(ManagedRange& range, std::span<const std::size_t> pages, bool drop) noexcept {
+void ContextImpl::finish_discarded(ManagedRange& range, std::span<const std::size_t> pages) noexcept {
   auto& table = range.table();
-  const auto is_discarded = [&](std::size_t k) {
-    std::lock_guard lock(table.block_mutex(MirrorTable::block_of(pages[k])));
-    return table.entry(pages[k]).has(MirrorEntry::kDiscarded);
-  };
   std::size_t lo = range.npages(), hi = 0;
-  for (std::size_t k = 0; k < pages.size(); ++k)
-    if (is_discarded(k)) lo = std::min(lo, pages[k]), hi = pages[k] + 1;
-  // The holder may have mapped a page after the kernel zapped it (its install
-  // raced the application's madvise): zapped again, so that the page tables
-  // agree with Empty. Not where the application unmapped it (UNMAP marks too):
-  // something else may live there now. Our own REMOVE events mark these pages
-  // again (they are still LOCKED), and are applied before they are looked at.
-  const auto zap_again = [&](std::size_t k) { return is_discarded(k) && !range.any_unmapped(pages[k], pages[k] + 1); };
-  if (drop) {
-    for (std::size_t k = 0; k < pages.size();) {
-      std::size_t run = 0;
-      while (k + run < pages.size() && pages[k + run] == pages[k] + run && zap_again(k + run)) ++run;
-      if (run == 0) {
-        ++k;
-        continue;
-      }
-      if (const int err = mechanism->drop(range, pages[k], run); err != 0)
-        log().error("dropping {} discarded pages at {} failed: {}", run,
-                    static_cast<void*>(range.page_address(pages[k])), std::strerror(err));
-      k += run;
-    }
-    ranges.gate().wait_applied();
+  for (std::size_t p : pages) {
+    std::lock_guard lock(table.block_mutex(MirrorTable::block_of(p)));
+    if (table.entry(p).has(MirrorEntry::kDiscarded)) lo = std::min(lo, p), hi = p + 1;
   }
   // Devices drop their view first, as for any discard (mapping_events.cpp).
   notifiers.invalidate(range, lo, hi, InvalidateKind::discard, kNoOwner).end();
@@ -255,7 +233,14 @@ void ContextImpl::finish_discarded(ManagedRange& range, std::span<const std::siz
       MirrorEntry& e = table.entry(p);
       if (!e.has(MirrorEntry::kDiscarded)) continue;
       if (e.residency() == Residency::Device || e.residency() == Residency::Duplicated) device = e.device_page();
-      e = MirrorEntry(e.bits() & MirrorEntry::kPinned);  // Empty and unlocked; POISONED goes with the page
+      // Whatever the holder mapped, the application may have stored to it
+      // since its madvise (MADV_FREE keeps the page; after MADV_DONTNEED a
+      // fault maps a fresh one), so the host page is the page: FREED, which
+      // the next walk that asks learns from the page tables (gone: Empty).
+      // An unmapped page is Empty: something else may live there now.
+      const bool unmapped = range.any_unmapped(p, p + 1);
+      const std::uint64_t home = unmapped ? 0 : MirrorEntry::system().bits() | MirrorEntry::kFreed;
+      e = MirrorEntry(home | (e.bits() & MirrorEntry::kPinned));  // unlocked; POISONED goes with the page
     }
     if (device.owner == kNoOwner) continue;
     rmaps_[device.owner - 1]->clear(device.index);

@@ -76,7 +76,7 @@ int drop_host_copies(ContextImpl& ctx, ManagedRange& range, std::size_t first, s
 }
 
 // The pages [first, first + n) with `mine` that the application discarded
-// while this migration held them (still LOCKED): unlock() empties them. Rare:
+// while this migration held them (still LOCKED): unlock() finishes them (FREED). Rare:
 // one page at a time, no allocation.
 template <class Mine>
 void unlock_discarded(ContextImpl& ctx, ManagedRange& range, std::size_t first, std::size_t n, Mine&& mine) noexcept {
@@ -267,9 +267,15 @@ void migrate_vma_setup(ContextImpl& ctx, MigrateVma& a, const SetupVisitor* visi
     }
   }
 
+  // Read-mostly host pages keep their host copy (read_mostly.hpp); not one
+  // the application freed, which the kernel may yet reclaim unseen.
+  const auto freed = [&](std::size_t p) {
+    std::lock_guard lock(table.block_mutex(MirrorTable::block_of(p)));
+    return table.entry(p).has(MirrorEntry::kFreed);
+  };
   for (std::size_t i = 0; i < n; ++i)
     session->duplicate[i] = session->duplicate[i] && session->selected[i] &&
-                            session->source[i] == static_cast<std::uint8_t>(Residency::System);
+                            session->source[i] == static_cast<std::uint8_t>(Residency::System) && !freed(first + i);
 
   // Whole selected blocks of host or never-touched pages move as one unit.
   if (a.flags & MIGRATE_VMA_SELECT_COMPOUND) {
@@ -343,7 +349,7 @@ std::size_t migrate_vma_pages(ContextImpl& ctx, MigrateVma& a) {
       // The application discarded the page while it was copied: what the copy
       // read may predate the discard, so the page does not move (as the kernel
       // fails to migrate a page whose PTE changed under migrate_vma), and
-      // finalize's unlock empties it.
+      // finalize's unlock finishes it (FREED).
       const bool discarded = s.selected[i] && e.has(MirrorEntry::kDiscarded);
       const bool ok = s.selected[i] && (a.src[i] & MIGRATE_PFN_MIGRATE) && (a.dst[i] & MIGRATE_PFN_VALID) &&
                       (a.dst[i] & MIGRATE_PFN_DEVICE) && ctx.pagemap(migrate_pfn_to_device_page(a.dst[i]).owner) &&
@@ -379,9 +385,9 @@ Status migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
   // on the device.
   bool zapped = false;
   // Never-touched pages are zapped too where the application's madvise is
-  // followed: after its MADV_FREE (or in the moment before its MADV_DONTNEED
-  // zaps) an Empty page can still be mapped, and must not shadow its new
-  // device home. In signal mode an Empty page is open: it is closed (its
+  // followed: an Empty page can still be mapped (a freed page its holder
+  // finished as Empty, or one in the moment before a MADV_DONTNEED zaps), and
+  // must not shadow its new device home. In signal mode an Empty page is open: it is closed (its
   // hole punched) like a host page.
   const bool follows = ctx.mechanism->follows_mapping_changes();
   const bool open_empty = ctx.mechanism->opens_empty_pages();

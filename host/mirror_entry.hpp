@@ -9,8 +9,12 @@
 //   bit  6     POISONED could not be brought back; accesses get SIGBUS
 //   bit  7     DISCARDED the application dropped this page while it was
 //                        locked (its MADV_DONTNEED raced the holder); set on
-//                        LOCKED pages only, the holder's unlock empties it
+//                        LOCKED pages only, the holder's unlock finishes it
+//                        as a FREED host page (Empty where unmapped)
 //   bits 8-15  owner of the device page
+//   bit  16    FREED    the application discarded or freed this host page
+//                       (MADV_DONTNEED or MADV_FREE: one REMOVE event for
+//                       both); it may be gone, or go any time until written
 //   bits 32-63 device page index
 #pragma once
 
@@ -28,6 +32,7 @@ class MirrorEntry {
   static constexpr std::uint64_t kWrite = 1u << 5;
   static constexpr std::uint64_t kPoisoned = 1u << 6;
   static constexpr std::uint64_t kDiscarded = 1u << 7;
+  static constexpr std::uint64_t kFreed = 1u << 16;
 
   constexpr MirrorEntry() = default;
   constexpr explicit MirrorEntry(std::uint64_t bits) : bits_(bits) {}
@@ -53,7 +58,7 @@ class MirrorEntry {
   constexpr void set(std::uint64_t flag) { bits_ |= flag; }
   constexpr void clear(std::uint64_t flag) { bits_ &= ~flag; }
   // A new home; keeps PINNED, LOCKED and DISCARDED (a discard that raced the
-  // holder empties the new home too, at the unlock).
+  // holder finishes the new home too, at the unlock); FREED named the old one.
   constexpr void move_to(MirrorEntry home) { bits_ = home.bits_ | (bits_ & (kPinned | kLocked | kDiscarded)); }
   constexpr std::uint64_t bits() const { return bits_; }
 

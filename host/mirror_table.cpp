@@ -44,8 +44,10 @@ Status MirrorTable::validate() const {
       const MirrorEntry e = entries_[i];
       const bool on_device = e.residency() == Residency::Device || e.residency() == Residency::Duplicated;
       const bool has_owner = e.device_page().owner != kNoOwner;
-      const bool unknown_bits = (e.bits() & 0x0000'0000'ffff'0000ull) != 0;  // bits 16-31
-      const bool stray_discard = e.has(MirrorEntry::kDiscarded) && !e.locked();  // the holder's unlock empties it
+      const bool unknown_bits = (e.bits() & 0x0000'0000'fffe'0000ull) != 0;  // bits 17-31
+      // DISCARDED: the holder's unlock finishes it; FREED names a host page.
+      const bool stray_discard = (e.has(MirrorEntry::kDiscarded) && !e.locked()) ||
+                                 (e.has(MirrorEntry::kFreed) && e.residency() != Residency::System);
       if (on_device != has_owner || unknown_bits || stray_discard || (!on_device && e.device_page().index != 0))
         out = {Errc::system_error, fmt::format("mirror entry {} is corrupt: {:#x}", i, e.bits())};
     }

@@ -60,7 +60,7 @@ void check_args(const ContextImpl& ctx, const SnapshotRange& r) {
 // What a device sees of a page whose entry is e.
 std::uint64_t word_of(MirrorEntry e, OwnerId requester) {
   if (e.has(MirrorEntry::kPoisoned)) return SNAPSHOT_PFN_ERROR;
-  if (e.has(MirrorEntry::kDiscarded)) return 0;  // Empty once its holder unlocks it
+  if (e.has(MirrorEntry::kDiscarded)) return 0;  // the application discarded it: not valid
   const DevicePage page = e.device_page();
   const std::uint64_t page_bits = (std::uint64_t{page.owner} << SNAPSHOT_PFN_OWNER_SHIFT) |
                                   (std::uint64_t{page.index} << SNAPSHOT_PFN_INDEX_SHIFT);

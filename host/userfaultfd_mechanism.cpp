@@ -1,6 +1,8 @@
 #include "userfaultfd_mechanism.hpp"
 
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -138,6 +140,31 @@ int UserfaultfdMechanism::write_protect(ManagedRange& range, std::size_t first, 
 
 int UserfaultfdMechanism::drop(ManagedRange& range, std::size_t first, std::size_t count) noexcept {
   return zap(range.page_address(first), count * kPageSize);
+}
+
+int UserfaultfdMechanism::host_data(ManagedRange& range, std::size_t first, std::size_t count,
+                                    std::uint8_t* present) noexcept {
+  // One 64-bit word per page: bit 63 present, bit 62 swapped. Opened per call:
+  // a descriptor kept open would read the parent's pages in a forked child.
+  constexpr std::uint64_t kPresent = std::uint64_t{1} << 63, kSwapped = std::uint64_t{1} << 62;
+  const int fd = ::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return errno;
+  int err = 0;
+  std::uint64_t words[64];
+  const auto page_number = reinterpret_cast<std::uintptr_t>(range.page_address(first)) / kPageSize;
+  for (std::size_t done = 0; done < count && err == 0;) {
+    const std::size_t n = std::min(count - done, std::size(words));
+    const auto offset = static_cast<off_t>((page_number + done) * sizeof words[0]);
+    const ssize_t got = ::pread(fd, words, n * sizeof words[0], offset);
+    if (got != static_cast<ssize_t>(n * sizeof words[0])) {
+      err = got < 0 ? errno : EIO;
+      break;
+    }
+    for (std::size_t i = 0; i < n; ++i) present[done + i] = (words[i] & (kPresent | kSwapped)) != 0;
+    done += n;
+  }
+  ::close(fd);
+  return err;
 }
 
 int UserfaultfdMechanism::poison(ManagedRange& range, std::size_t first, std::size_t count) noexcept {

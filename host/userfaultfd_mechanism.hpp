@@ -26,6 +26,8 @@ class UserfaultfdMechanism final : public FaultMechanism {
   int poison(ManagedRange& range, std::size_t first, std::size_t count) noexcept override;
   int wake(std::uintptr_t addr, std::size_t len) noexcept override;
   bool follows_mapping_changes() const noexcept override { return uffd_.has_mapping_events(); }
+  // Mapped or swapped out (/proc/self/pagemap).
+  int host_data(ManagedRange& range, std::size_t first, std::size_t count, std::uint8_t* present) noexcept override;
 
   // The descriptor, for what only userfaultfd mode does: following the
   // application's mapping changes (mapping_events.hpp).

@@ -2,7 +2,8 @@
 // LOCKED while it maps it on the host: a bring-back for a CPU fault,
 // migrate_to_host, an eviction (migrate_device_range) or a snapshot's
 // populate. The REMOVE event marks the held page and its holder's unlock
-// empties it, so the mirror agrees with the page tables: the page reads zeros,
+// finishes it as a FREED host page, so the mirror agrees with the page tables
+// once it learns from them that the page is gone: the page reads zeros,
 // and the next migration neither hangs on it (a host page the kernel zapped
 // under a holder that then recorded it as on the host: its copy engine faulted
 // and parked on its own lock) nor moves stale data; no pool page leaks.
@@ -12,12 +13,15 @@
 // page the same way, but its holder leaves alone what is mapped there next.
 // Mapping events exist in userfaultfd mode only: the tests skip under
 // UHMM_FAULT_MODE=signal.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <string>
 #include <string_view>
 #include <thread>
 
@@ -39,6 +43,25 @@ constexpr std::uint64_t kSeed = 7;
 
 std::byte* page(void* base, std::size_t i) { return static_cast<std::byte*>(base) + i * kPageSize; }
 
+// Whether the page tables hold a page at `page` (present or swapped out).
+bool host_page_mapped(const void* page) {
+  const int fd = ::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+  std::uint64_t word = 0;
+  const auto offset = static_cast<off_t>(reinterpret_cast<std::uintptr_t>(page) / kPageSize * sizeof word);
+  const bool read = fd >= 0 && ::pread(fd, &word, sizeof word, offset) == static_cast<ssize_t>(sizeof word);
+  if (fd >= 0) ::close(fd);
+  EXPECT_TRUE(read) << "reading /proc/self/pagemap failed";
+  return (word >> 62) != 0;  // bit 63 present, bit 62 swapped
+}
+
+// The mirror says what the page tables hold for `page`: System where a page
+// is mapped, Empty where none is.
+void expect_mirror_agrees(Context& ctx, const std::byte* page) {
+  const bool mapped = host_page_mapped(page);
+  EXPECT_EQ(ctx.residency(page, kPageSize)[0].residency, mapped ? Residency::System : Residency::Empty)
+      << (mapped ? "a host page is mapped there" : "no host page is mapped there");
+}
+
 // Whether page i of base reads as fill(base, .., seed) left it, or zeros
 // (`filled` false).
 bool page_reads(const std::byte* base, std::size_t i, bool filled) {
@@ -55,17 +78,34 @@ struct Discarder {
   std::byte* base = nullptr;
   bool after_install = false;
   bool unmap = false;  // munmap the victim and map other memory there instead
+  int advice = MADV_DONTNEED;
+  // After the madvise, another thread stores kStored to the victim while the
+  // holder still holds it (a store that faults waits for the service).
+  bool store_after = false;
+  std::thread storer;
+  std::atomic<bool> stored{false};
   std::atomic<bool> fired{false};
   std::atomic<int> rc{-1};
 };
 Discarder discarder;
 
 constexpr std::uint64_t kOtherMemory = 0x5eed;
+constexpr std::uint64_t kStored = 0x570fed;
 
 void discard_victim() {
   void* victim = page(discarder.base, kVictim);
   if (!discarder.unmap) {
-    discarder.rc = ::madvise(victim, kPageSize, MADV_DONTNEED);
+    discarder.rc = ::madvise(victim, kPageSize, discarder.advice);
+    if (discarder.store_after) {
+      // Where the store needs no fault (the page is mapped) it lands before
+      // the holder goes on; one that faults waits for the holder's unlock.
+      discarder.storer = std::thread([victim] {
+        *static_cast<volatile std::uint64_t*>(victim) = kStored;
+        discarder.stored = true;
+      });
+      const auto give_up = std::chrono::steady_clock::now() + std::chrono::milliseconds(200);
+      while (!discarder.stored && std::chrono::steady_clock::now() < give_up) std::this_thread::yield();
+    }
     return;
   }
   discarder.rc = ::munmap(victim, kPageSize);
@@ -119,22 +159,32 @@ class HeldDiscard : public ::testing::TestWithParam<bool> {
     discarder.after_install = GetParam();
     discarder.fired = false;
     discarder.unmap = false;
+    discarder.advice = MADV_DONTNEED;
+    discarder.store_after = false;
+    discarder.stored = false;
     discarder.rc = -1;
     detail::test_points::held_install.store(&at_held_install);
   }
-  void TearDown() override { detail::test_points::held_install.store(nullptr); }
+  void TearDown() override {
+    detail::test_points::held_install.store(nullptr);
+    if (discarder.storer.joinable()) discarder.storer.join();
+  }
 
   void on_device() { ASSERT_EQ(ctx.migrate_to_device(p, kBytes).migrated, kPages); }
 
-  // The discard happened under the holder; now the victim is Empty (zeros),
-  // every other page keeps what it held (the pattern, or zeros where
-  // `filled` is false), and a migration of the range neither hangs nor
-  // carries stale data. The pool holds exactly the device pages.
+  // The discard happened under the holder; now the victim reads zeros and the
+  // mirror agrees with the page tables (a host page where one is mapped: the
+  // zeros a fault or a populate installed, which the application may have
+  // written since; Empty where none is), every other page keeps what it held
+  // (the pattern, or zeros where `filled` is false), and a migration of the
+  // range neither hangs nor carries stale data. The pool holds exactly the
+  // device pages.
   void expect_victim_empty_and_migratable(bool filled = true) {
     detail::test_points::held_install.store(nullptr);
     ASSERT_TRUE(discarder.fired.load()) << "the holder never reached its test point";
     ASSERT_EQ(discarder.rc, 0) << "the application's madvise failed";
-    EXPECT_EQ(ctx.residency(page(p, kVictim), kPageSize)[0].residency, Residency::Empty);
+    expect_mirror_agrees(ctx, page(p, kVictim));
+    EXPECT_TRUE(page_reads(p, kVictim, false));
     EXPECT_TRUE(ctx.validate()) << ctx.validate().message;
     {
       Watchdog watchdog("migrate_to_device of a page discarded under its holder", std::chrono::seconds(30));
@@ -185,9 +235,66 @@ TEST_P(HeldDiscard, SnapshotPopulate) {
   r.pfns = pfns;
   r.default_flags = SNAPSHOT_REQ_POPULATE;
   ASSERT_TRUE(snapshot_range(ctx, r));
-  EXPECT_EQ(pfns[kVictim], 0u);  // not valid: emptied at the unlock
+  EXPECT_EQ(pfns[kVictim], 0u);  // not valid: discarded under its holder
   EXPECT_NE(pfns[0] & SNAPSHOT_PFN_VALID, 0u);
   expect_victim_empty_and_migratable(/*filled=*/false);
+}
+
+// The application frees (MADV_FREE: the kernel keeps the page) or drops the
+// victim under its holder and stores to it at once: the store is the page's
+// content from then on, whatever the holder mapped and whenever the kernel
+// zapped; the unlock must not zap it again.
+class HeldDiscardThenStore : public HeldDiscard {
+ protected:
+  void arm(int advice) {
+    discarder.advice = advice;
+    discarder.store_after = true;
+  }
+  void expect_store_kept() {
+    detail::test_points::held_install.store(nullptr);
+    ASSERT_TRUE(discarder.fired.load()) << "the holder never reached its test point";
+    ASSERT_EQ(discarder.rc, 0) << "the application's madvise failed";
+    discarder.storer.join();
+    EXPECT_EQ(*reinterpret_cast<volatile std::uint64_t*>(page(p, kVictim)), kStored);
+    expect_mirror_agrees(ctx, page(p, kVictim));
+    {
+      Watchdog watchdog("migrate_to_device of a page stored to under its holder", std::chrono::seconds(30));
+      EXPECT_EQ(ctx.migrate_to_device(p, kBytes).migrated, kPages);
+    }
+    EXPECT_EQ(*reinterpret_cast<volatile std::uint64_t*>(page(p, kVictim)), kStored);
+    for (std::size_t i = 0; i < kPages; ++i) EXPECT_TRUE(i == kVictim || page_reads(p, i, true)) << "page " << i;
+    const Status valid = ctx.impl().validate(/*quiescent=*/true);
+    EXPECT_TRUE(valid) << valid.message;
+  }
+};
+
+TEST_P(HeldDiscardThenStore, FreeUnderMigrateToHost) {
+  on_device();
+  arm(MADV_FREE);
+  EXPECT_EQ(ctx.migrate_to_host(p, kBytes).failed, 0u);
+  expect_store_kept();
+}
+
+TEST_P(HeldDiscardThenStore, DontneedUnderMigrateToHost) {
+  on_device();
+  arm(MADV_DONTNEED);
+  EXPECT_EQ(ctx.migrate_to_host(p, kBytes).failed, 0u);
+  expect_store_kept();
+}
+
+TEST_P(HeldDiscardThenStore, FreeUnderEviction) {
+  on_device();
+  arm(MADV_FREE);
+  migrate_device_range(ctx, 1, 0, ctx.impl().rmap(1).capacity());
+  expect_store_kept();
+}
+
+TEST_P(HeldDiscardThenStore, FreeUnderFaultServiceBringBack) {
+  on_device();
+  arm(MADV_FREE);
+  std::thread reader([&] { (void)*reinterpret_cast<volatile std::uint64_t*>(p); });
+  reader.join();
+  expect_store_kept();
 }
 
 // An UNMAP marks the held page too, and its holder's unlock empties it; it
@@ -210,8 +317,8 @@ TEST_P(HeldDiscard, UnmapThenOtherMemoryThereUnderMigrateToHost) {
 
 // A migration to a device holds the host pages it copies: one discarded
 // between setup and the copy is read as zeros by the copy engine, not moved,
-// and emptied by finalize (its destination page freed).
-TEST(HeldDiscardMigration, HostPageDiscardedWhileSelectedIsEmptiedByFinalize) {
+// and left on the host by finalize (its destination page freed).
+TEST(HeldDiscardMigration, HostPageDiscardedWhileSelectedStaysOnTheHostAsZeros) {
   Context ctx(cpu_options());
   if (std::string_view(ctx.fault_mode()) == "signal") GTEST_SKIP() << "signal fault mode: no mapping events";
   auto* p = static_cast<std::byte*>(ctx.allocate(kBytes));
@@ -233,17 +340,18 @@ TEST(HeldDiscardMigration, HostPageDiscardedWhileSelectedIsEmptiedByFinalize) {
     EXPECT_EQ(migrate_vma_pages(ctx, m), kPages - 1);
     migrate_vma_finalize(ctx, m);
   }
-  EXPECT_EQ(ctx.residency(page(p, kVictim), kPageSize)[0].residency, Residency::Empty);
+  expect_mirror_agrees(ctx, page(p, kVictim));  // the copy engine's fault mapped zeros there
   EXPECT_EQ(ctx.counters().device_pages_in_use, kPages - 1);
   for (std::size_t i = 0; i < kPages; ++i) EXPECT_TRUE(page_reads(p, i, i != kVictim)) << "page " << i;
   const Status valid = ctx.impl().validate(/*quiescent=*/true);
   EXPECT_TRUE(valid) << valid.message;
 }
 
-INSTANTIATE_TEST_SUITE_P(, HeldDiscard, ::testing::Values(false, true),
-                         [](const ::testing::TestParamInfo<bool>& param) {
-                           return param.param ? "AfterInstall" : "BeforeInstall";
-                         });
+std::string install_order(const ::testing::TestParamInfo<bool>& param) {
+  return param.param ? "AfterInstall" : "BeforeInstall";
+}
+INSTANTIATE_TEST_SUITE_P(, HeldDiscard, ::testing::Values(false, true), install_order);
+INSTANTIATE_TEST_SUITE_P(, HeldDiscardThenStore, ::testing::Values(false, true), install_order);
 
 }  // namespace
 }  // namespace uhmm::test

@@ -7,6 +7,7 @@
 #include <poll.h>
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -22,6 +23,10 @@
 #include "test_support.hpp"
 #include "uhmm/detail/test_points.hpp"
 #include "uhmm/migrate.hpp"
+
+#ifndef MADV_PAGEOUT
+#define MADV_PAGEOUT 21  // Linux 5.4
+#endif
 
 namespace uhmm::test {
 namespace {
@@ -179,6 +184,81 @@ TEST(MappingEventRaces, RemapCopyAnnouncesItsUnlockToAWaitingEviction) {
   EXPECT_EQ(ctx.counters().pages_lost, 0u);
   EXPECT_TRUE(ctx.validate()) << ctx.validate().message;
   ASSERT_EQ(::munmap(target, kBytes), 0);
+}
+
+// --- A freed page the kernel reclaims while a migration copies it ---------
+
+std::atomic<std::byte*> g_freed{nullptr};
+std::atomic<bool> g_reclaimed{false};
+
+// The migration holds the freed pages (its device pages are being taken from
+// the pool): the kernel reclaims them now, as it may any time after MADV_FREE.
+void reclaim_freed() {
+  std::byte* p = g_freed.exchange(nullptr);
+  if (p == nullptr) return;
+  unsigned char resident[kPages];
+  g_reclaimed.store(::madvise(p, kBytes, MADV_PAGEOUT) == 0 && ::mincore(p, kBytes, resident) == 0 &&
+                    std::none_of(resident, resident + kPages, [](unsigned char c) { return (c & 1) != 0; }));
+}
+
+TEST(MappingEventRaces, FreedPagesReclaimedWhileAMigrationCopiesThemReadZerosAndNothingHangs) {
+  Watchdog watchdog("FreedPagesReclaimedWhileAMigrationCopiesThemReadZerosAndNothingHangs", kLimit);
+  Context ctx(cpu_options());
+  if (!events_followed(ctx)) GTEST_SKIP() << kNoEvents;
+  auto* p = static_cast<std::byte*>(ctx.allocate(kBytes));
+  fill(p, kBytes, 4);
+  ASSERT_EQ(::madvise(p, kBytes, MADV_FREE), 0);
+  g_reclaimed.store(false);
+  g_freed.store(p);
+  MigrationResult r;
+  {
+    Hook hook(detail::test_points::pool_locked, reclaim_freed);
+    r = ctx.migrate_to_device(p, kBytes);  // its copy engine faults on pages its own migration holds
+  }
+  if (!g_reclaimed.load()) GTEST_SKIP() << "MADV_PAGEOUT did not reclaim the freed pages here";
+  // Each page got zeros for the copy and stayed on the host, where it reads zeros.
+  EXPECT_EQ(r.migrated, 0u);
+  EXPECT_EQ(count(ctx.residency(p, kBytes), Residency::Device), 0u);
+  const std::vector<std::byte> zeros(kBytes);
+  EXPECT_EQ(std::memcmp(p, zeros.data(), kBytes), 0);
+  EXPECT_TRUE(ctx.validate()) << ctx.validate().message;
+  // And the range works on.
+  fill(p, kBytes, 5);
+  EXPECT_EQ(ctx.migrate_to_device(p, kBytes).migrated, kPages);
+  EXPECT_EQ(ctx.migrate_to_host(p, kBytes).migrated, kPages);
+  expect_pattern(p, kBytes, 5);
+  ctx.free(p);
+}
+
+// --- A store to a write-protected page the mirror has as Empty -------------
+
+// MADV_FREE keeps a page's write-protection; a page the mirror has as Empty
+// while it is still mapped and protected (found gone by the page tables in
+// the moment before a late install) is this state, made here directly. The
+// store faulted WP for ever: the service only woke it.
+TEST(MappingEventRaces, AStoreToAWriteProtectedPageRecordedEmptyGoesThroughAndStays) {
+  Watchdog watchdog("AStoreToAWriteProtectedPageRecordedEmptyGoesThroughAndStays", kLimit);
+  Context ctx(cpu_options());
+  if (!events_followed(ctx)) GTEST_SKIP() << kNoEvents;
+  auto* p = static_cast<std::uint64_t*>(ctx.allocate(kBytes));
+  fill(p, kBytes, 6);
+  {
+    detail::RangeSpan span = ctx.impl().ranges.find(p);
+    ASSERT_TRUE(span);
+    auto& range = span.range();
+    ASSERT_EQ(ctx.impl().mechanism->write_protect(range, 0, 1, true), 0);
+    std::lock_guard lock(range.table().block_mutex(0));
+    range.table().entry(0) = detail::MirrorEntry{};
+  }
+  p[3] = 0x5707e;  // faults WP
+  EXPECT_EQ(p[3], 0x5707eu);
+  EXPECT_EQ(ctx.residency(p, kPageSize)[0].residency, Residency::System);
+  EXPECT_EQ(ctx.migrate_to_device(p, kBytes).migrated, kPages);
+  EXPECT_EQ(ctx.migrate_to_host(p, kBytes).migrated, kPages);
+  EXPECT_EQ(p[3], 0x5707eu);
+  EXPECT_EQ(p[4], pattern(6, 4));
+  EXPECT_TRUE(ctx.validate()) << ctx.validate().message;
+  ctx.free(p);
 }
 
 }  // namespace

@@ -7,8 +7,9 @@
 // pin/unpin, evictions of pool windows (migrate_device_range), frees and
 // re-allocations, advice (preferred location, accessed-by), prefetches,
 // discards (every word of the span becomes zero in the model), ranges
-// re-allocated into a hole the application unmapped in another range, and
-// (optionally) injected pool and copy failures.
+// re-allocated into a hole the application unmapped in another range, the
+// application's mremap and MADV_FREE (userfaultfd mode), and (optionally)
+// injected pool and copy failures.
 //
 // How predictions stay exact under concurrency:
 //   * Values. Thread t owns the 8-byte words w with w % threads == t of every
@@ -125,6 +126,13 @@ enum class Op : std::uint8_t {
   // to the hole while other threads use the range inside it), and when the
   // slot is re-allocated.
   RefillHole,
+  // The application's own mapping changes (userfaultfd mode only; each takes
+  // its range exclusively): an mremap of part or all of the range (the moved
+  // words must all be at the new place, ordinary memory; the slot then gets a
+  // new range), and MADV_FREE of a span followed by stores to every word of it
+  // (they must stay, wherever the pages go next).
+  Mremap,
+  FreeThenWrite,
   kCount
 };
 inline constexpr std::size_t kOpKinds = static_cast<std::size_t>(Op::kCount);
