@@ -120,7 +120,7 @@ keep_failures() {
     cut -d: -f2- "$tmp/LastTestsFailed.log" | while read -r name; do
       echo "---- $config: the last lines $name printed ----"
       # LastTest.log: one section per test, from "N/M Testing: NAME" to its end time.
-      awk -v name="$name" '$0 ~ "^[0-9]+/[0-9]+ Testing: " && $3 == name { on = 1 }
+      awk -v name="$name" 'index($0, "Testing: " name) && $0 == substr($0, 1, index($0, "Testing: ") + 8) name { on = 1 }
                            on { print }
                            on && index($0, "\"" name "\" end time") { exit }' "$tmp/LastTest.log" | tail -n 60
     done

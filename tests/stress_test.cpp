@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <iostream>
 
 #include "stress/model_stress.hpp"
@@ -41,6 +42,7 @@ StressConfig base(std::uint64_t seed, unsigned threads, std::uint64_t ops) {
   c.ranges = 4;
   c.range_pages = 1024;  // 4 MiB ranges: two whole blocks each
   c.pool_bytes = 64 * MiB;
+  c.mremap = std::getenv("UHMM_STRESS_MREMAP") != nullptr;  // off in CI: see StressConfig::mremap
   return c;
 }
 

@@ -78,10 +78,12 @@ struct Discarder {
   std::byte* base = nullptr;
   bool after_install = false;
   bool unmap = false;  // munmap the victim and map other memory there instead
-  int advice = MADV_DONTNEED;
+  // Atomics: a test arms them after the test point is installed, and the
+  // fault service's thread reads them (no happens-before through a fault).
+  std::atomic<int> advice{MADV_DONTNEED};
   // After the madvise, another thread stores kStored to the victim while the
   // holder still holds it (a store that faults waits for the service).
-  bool store_after = false;
+  std::atomic<bool> store_after{false};
   std::thread storer;
   std::atomic<bool> stored{false};
   std::atomic<bool> fired{false};

@@ -338,7 +338,7 @@ Harness::Harness(const StressConfig& cfg)
   // record moved 239 pages one run, 240 the next; cause not found yet): it
   // runs with several threads only.
   const bool events = std::string_view(ctx_.fault_mode()) != "signal";
-  w(Op::Mremap, events && cfg_.threads > 1 && !cfg_.oversubscribed() && !cfg_.inject_failures ? 1 : 0);
+  w(Op::Mremap, events && cfg_.mremap && cfg_.threads > 1 && !cfg_.oversubscribed() && !cfg_.inject_failures ? 1 : 0);
   w(Op::FreeThenWrite, events ? 2 : 0);
   for (unsigned x : weights_) weight_total_ += x;
 }
@@ -1308,9 +1308,9 @@ bool StressConfig::oversubscribed() const noexcept { return std::size_t{ranges} 
 std::string StressConfig::describe() const {
   return fmt::format(
       "seed={} threads={} ops_per_thread={} duration_s={} ranges={} range_pages={} pool_bytes={} devices={} "
-      "fault_ahead={} inject_failures={} evict={} eager_thrashing={}{}",
+      "fault_ahead={} inject_failures={} evict={} eager_thrashing={} mremap={}{}",
       seed, threads, ops_per_thread, duration_s, ranges, range_pages, pool_bytes, devices, fault_ahead,
-      inject_failures, evict, eager_thrashing, oversubscribed() ? " (oversubscribed)" : "");
+      inject_failures, evict, eager_thrashing, mremap, oversubscribed() ? " (oversubscribed)" : "");
 }
 
 const char* to_string(Op op) noexcept {
