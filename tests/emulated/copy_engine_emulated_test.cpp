@@ -265,5 +265,31 @@ TEST_F(EmulatedCopyEngine, TheCallerFillsTheNextBufferWhileTheStreamHasNotRunThe
   EXPECT_EQ(out.first_wrong(77), n);
 }
 
+// A DMA of a staged batch fails on the stream (a non-sticky error): the
+// synchronize reports it, and so does the batch's result, with no page
+// counted. Its result was once written by a host function queued behind the
+// failed copy, which ran anyway and said every page arrived.
+TEST_F(EmulatedCopyEngine, AFailedDmaFailsItsBatchResult) {
+  constexpr std::size_t n = 3 * kStagedPart;
+  HostPages in(backend_, n, false);
+  std::vector<HostToDevicePage> down;
+  for (std::size_t i = 0; i < n; ++i) {
+    in.fill(i, 5);
+    down.push_back({in.page(i), device_page(i)});
+  }
+  auto* native = static_cast<emuStream_t>(backend_.native_stream(stream_));
+  emuTestFailNextOperation(native, emuErrorLaunchFailure, 0);
+  BatchResult to_device{Status::ok(), 99};
+  ASSERT_TRUE(backend_.copy_to_device(stream_, down, &to_device));
+  EXPECT_FALSE(backend_.synchronize(stream_));
+  EXPECT_EQ(to_device.status.code, Errc::device_error) << to_device.status.message;
+  EXPECT_EQ(to_device.pages_done, 0u);
+  // The error was reported once: the stream works again.
+  BatchResult again;
+  ASSERT_TRUE(backend_.copy_to_device(stream_, down, &again));
+  ASSERT_TRUE(backend_.synchronize(stream_));
+  EXPECT_EQ(again.pages_done, n);
+}
+
 }  // namespace
 }  // namespace uhmm::test
