@@ -21,24 +21,12 @@ std::uint64_t as_address(const void* p) noexcept {
 
 Status invalid(std::string message) noexcept { return {Errc::invalid_argument, std::move(message)}; }
 
-// Host memcpys run by the stream (staging fill / drain), in stream order.
-struct HostCopies {
-  std::vector<std::pair<void*, const void*>> pages;  // dst <- src, kPageSize each
-};
-void run_host_copies(void* user) {
-  std::unique_ptr<HostCopies> job(static_cast<HostCopies*>(user));
-  for (const auto& [dst, src] : job->pages) std::memcpy(dst, src, kPageSize);
-}
-
-// Writes a batch's result when the stream reaches it.
-struct ResultWrite {
-  BatchResult* result;
-  std::size_t pages_done;
-};
-void run_result_write(void* user) {
-  std::unique_ptr<ResultWrite> job(static_cast<ResultWrite*>(user));
-  job->result->status = Status::ok();
-  job->result->pages_done = job->pages_done;
+// Host page copies (staging fill / drain), dst <- src, kPageSize each. Run on
+// the calling thread, never in a stream host function: a copy may take a page
+// fault (userfaultfd) whose service needs the runtime, and host functions may
+// neither wait for it nor block the runtime thread they share (issue 16, defect 2).
+void copy_host_pages(const std::vector<std::pair<void*, const void*>>& pages) noexcept {
+  for (const auto& [dst, src] : pages) std::memcpy(dst, src, kPageSize);
 }
 
 // True for the error a runtime gives while the process is exiting: teardown
@@ -49,8 +37,23 @@ bool unloading(gpuError_t error) noexcept { return error == gpuErrorRuntimeUnloa
 
 struct GpuBackend::Stream {
   gpuStream_t handle = nullptr;
-  std::byte* staging = nullptr;  // pinned, options_.staging_pages pages
-  std::mutex enqueue_mutex;      // one batch at a time: batches share the staging buffer
+  std::byte* staging = nullptr;  // pinned: kStagingBuffers buffers of options_.staging_pages pages
+  // Recorded after the last DMA that read or wrote each buffer: the buffer is
+  // filled (or drained) again only after it completed.
+  std::array<gpuEvent_t, kStagingBuffers> staging_done{};
+  std::array<bool, kStagingBuffers> staging_busy{};
+  std::size_t next_buffer = 0;
+  std::mutex enqueue_mutex;  // one batch at a time: batches share the staging buffers
+  std::mutex results_mutex;
+  std::vector<std::pair<BatchResult*, std::size_t>> results;  // queued batches: written by drain()
+
+  // Releases what create_stream made (the caller has waited for its work).
+  void release() noexcept {
+    if (handle != nullptr) (void)gpuStreamDestroy(handle);
+    for (gpuEvent_t event : staging_done)
+      if (event != nullptr) (void)gpuEventDestroy(event);
+    if (staging != nullptr) (void)gpuFreeHost(staging);
+  }
 };
 
 GpuBackend::GpuBackend(const GpuBackendOptions& options) : options_(options) {
@@ -88,9 +91,8 @@ GpuBackend::~GpuBackend() {
   const DeviceScope device(options_.device);
   if (unloading(device.error())) return;  // the runtime already released everything
   for (auto& [id, stream] : streams_) {
-    (void)gpuStreamSynchronize(stream->handle);
-    (void)gpuStreamDestroy(stream->handle);
-    (void)gpuFreeHost(stream->staging);
+    (void)drain(*stream);
+    stream->release();
   }
   for (auto& [id, event] : events_) (void)gpuEventDestroy(event);
   for (void* slab : slabs_) (void)gpuFree(slab);
@@ -210,21 +212,24 @@ Status GpuBackend::create_stream(StreamId* out) noexcept {
   } catch (...) {
     return {Errc::out_of_memory, "create_stream: host memory exhausted"};
   }
-  UHMM_GPU_TRY(gpuStreamCreateWithFlags(&stream->handle, gpuStreamNonBlocking));
+  Status made = UHMM_GPU_STATUS(gpuStreamCreateWithFlags(&stream->handle, gpuStreamNonBlocking));
   void* staging = nullptr;
-  if (Status s = UHMM_GPU_STATUS(gpuHostAlloc(&staging, options_.staging_pages * kPageSize, gpuHostAllocPortableMapped));
-      !s) {
-    (void)gpuStreamDestroy(stream->handle);
-    return s;
-  }
+  if (made)
+    made = UHMM_GPU_STATUS(
+        gpuHostAlloc(&staging, kStagingBuffers * options_.staging_pages * kPageSize, gpuHostAllocPortableMapped));
   stream->staging = static_cast<std::byte*>(staging);
+  for (gpuEvent_t& event : stream->staging_done)
+    if (made) made = UHMM_GPU_STATUS(gpuEventCreateWithFlags(&event, gpuEventDisableTiming));
+  if (!made) {
+    stream->release();
+    return made;
+  }
   try {
     std::lock_guard lock(streams_mutex_);
     *out = next_stream_++;
     streams_.emplace(*out, stream);
   } catch (...) {
-    (void)gpuStreamDestroy(stream->handle);
-    (void)gpuFreeHost(staging);
+    stream->release();
     return {Errc::out_of_memory, "create_stream: host memory exhausted"};
   }
   return Status::ok();
@@ -241,9 +246,8 @@ void GpuBackend::destroy_stream(StreamId id) noexcept {
   }
   const DeviceScope device(options_.device);
   if (unloading(device.error())) return;
-  (void)gpuStreamSynchronize(stream->handle);
-  (void)gpuStreamDestroy(stream->handle);
-  (void)gpuFreeHost(stream->staging);
+  (void)drain(*stream);
+  stream->release();
 }
 
 std::shared_ptr<GpuBackend::Stream> GpuBackend::find_stream(StreamId id, Status* error) const noexcept {
@@ -259,10 +263,30 @@ Status GpuBackend::synchronize(StreamId id) noexcept {
   auto stream = find_stream(id, &error);
   if (!stream) return error;
   UHMM_GPU_ON_DEVICE(options_.device);
-  // An asynchronous failure (a faulting copy kernel) is the runtime's sticky
-  // error, reported here; enqueue failures were returned by the batch call.
-  UHMM_GPU_TRY(gpuStreamSynchronize(stream->handle));
-  return Status::ok();
+  return drain(*stream);
+}
+
+// Waits for the stream, then writes the results of the batches queued before
+// the call: done, or the stream's failure with no page counted (which pages a
+// failed stream finished is unknown). An asynchronous failure (a faulting copy
+// kernel) is the runtime's error reported here; enqueue failures were
+// returned by the batch call.
+Status GpuBackend::drain(Stream& stream) noexcept {
+  std::vector<std::pair<BatchResult*, std::size_t>> results;
+  {
+    std::lock_guard lock(stream.results_mutex);
+    results.swap(stream.results);
+  }
+  const Status status = UHMM_GPU_STATUS(gpuStreamSynchronize(stream.handle));
+  for (auto& [result, done] : results) {
+    try {
+      result->status = status;
+    } catch (...) {
+      result->status = {status.code, {}};  // no memory for the message
+    }
+    result->pages_done = status ? done : 0;
+  }
+  return status;
 }
 
 Status GpuBackend::create_event(EventId* out) noexcept {
@@ -389,77 +413,138 @@ Status GpuBackend::move_pages(Stream& stream, const Move* moves, std::size_t n, 
   return Status::ok();
 }
 
-// Runs a batch. With staging, host pages go through the stream's pinned
-// buffer a buffer-full at a time: fill (host function), then copy out (source
-// staged); or copy in, then drain (destination staged). Stream order keeps a
-// buffer-full from being refilled before it is consumed.
+// Runs a batch: straight to move_pages, or through staging where a host page
+// is not pinned.
 Status GpuBackend::run_batch(Stream& stream, const std::vector<Move>& moves, Staging staging,
                              BatchResult* result, bool kernel_may_read) noexcept {
   UHMM_GPU_ON_DEVICE(options_.device);
   std::lock_guard lock(stream.enqueue_mutex);
   std::size_t done = 0;
   Status status;
-  if (staging == Staging::none) {
-    status = move_pages(stream, moves.data(), moves.size(), kernel_may_read, &done);
-    return finish_batch(stream, std::move(status), done, result);
-  }
   try {
-    std::vector<Move> staged;
-    for (std::size_t first = 0; first < moves.size() && status; first += options_.staging_pages) {
-      const std::size_t count = std::min(options_.staging_pages, moves.size() - first);
-      auto job = std::make_unique<HostCopies>();
-      job->pages.reserve(count);
-      staged.assign(moves.begin() + static_cast<std::ptrdiff_t>(first),
-                    moves.begin() + static_cast<std::ptrdiff_t>(first + count));
-      for (std::size_t k = 0; k < count; ++k) {
-        std::byte* slot = stream.staging + k * kPageSize;
-        if (staging == Staging::source) {
-          job->pages.emplace_back(slot, as_pointer(staged[k].src));
-          staged[k].src = as_address(slot);
-        } else {
-          job->pages.emplace_back(as_pointer(staged[k].dst), slot);
-          staged[k].dst = as_address(slot);
-        }
-      }
-      std::size_t enqueued = 0;
-      if (staging == Staging::source) {
-        status = UHMM_GPU_STATUS(gpuEnqueueHostFn<run_host_copies>(stream.handle, job.get()));
-        if (!status) break;
-        job.release();  // the host function owns it now
-        status = move_pages(stream, staged.data(), count, true, &enqueued);
-        done = first + enqueued;
-      } else {
-        status = move_pages(stream, staged.data(), count, true, &enqueued);
-        if (!status) {
-          // The pages copied into staging never reach the host.
-          break;
-        }
-        status = UHMM_GPU_STATUS(gpuEnqueueHostFn<run_host_copies>(stream.handle, job.get()));
-        if (!status) break;
-        job.release();
-        done = first + count;
-      }
-    }
+    if (staging == Staging::none)
+      status = move_pages(stream, moves.data(), moves.size(), kernel_may_read, &done);
+    else if (staging == Staging::source)
+      status = stage_to_device(stream, moves, &done);
+    else
+      status = stage_to_host(stream, moves, &done);
   } catch (...) {
     status = {Errc::out_of_memory, "copy: host memory exhausted"};
   }
   return finish_batch(stream, std::move(status), done, result);
 }
 
-// Queues the write of `result` after the batch, or, on failure, waits for the
-// pages queued so far and writes it now.
+// Takes the stream's next staging buffer once the DMA that last used it has
+// completed (its event): refilling it earlier would change what that DMA
+// reads, draining it earlier would read what it has not written yet.
+Status GpuBackend::claim_buffer(Stream& stream, std::size_t* buffer) noexcept {
+  *buffer = stream.next_buffer;
+  stream.next_buffer = (stream.next_buffer + 1) % kStagingBuffers;
+  if (stream.staging_busy[*buffer]) {
+    UHMM_GPU_TRY(gpuEventSynchronize(stream.staging_done[*buffer]));
+    stream.staging_busy[*buffer] = false;
+  }
+  return Status::ok();
+}
+
+// Points the unpinned host side of `moves` (at most staging_pages) at the
+// slots of `buffer` (page k at slot k, so runs stay runs) and lists the host
+// copies that fill the slots (source) or drain them (destination). Pinned
+// pages stay: the DMA reaches them in place.
+void GpuBackend::stage(Stream& stream, Staging side, std::size_t buffer, std::vector<Move>& moves,
+                       HostCopies* copies) const {
+  copies->clear();
+  for (std::size_t k = 0; k < moves.size(); ++k) {
+    std::uint64_t& host = side == Staging::source ? moves[k].src : moves[k].dst;
+    if (is_pinned(as_pointer(host))) continue;
+    std::byte* slot = stream.staging + (buffer * options_.staging_pages + k) * kPageSize;
+    if (side == Staging::source)
+      copies->emplace_back(slot, as_pointer(host));
+    else
+      copies->emplace_back(as_pointer(host), slot);
+    host = as_address(slot);
+  }
+}
+
+// Host to device: the caller fills buffer-full k + 1 while the DMA of
+// buffer-full k runs. The source pages may be reused on return.
+Status GpuBackend::stage_to_device(Stream& stream, const std::vector<Move>& moves, std::size_t* done) {
+  std::vector<Move> part;
+  HostCopies fill;
+  for (std::size_t first = 0; first < moves.size(); first += options_.staging_pages) {
+    const std::size_t count = std::min(options_.staging_pages, moves.size() - first);
+    std::size_t buffer = 0;
+    if (Status s = claim_buffer(stream, &buffer); !s) return s;
+    part.assign(moves.begin() + static_cast<std::ptrdiff_t>(first),
+                moves.begin() + static_cast<std::ptrdiff_t>(first + count));
+    stage(stream, Staging::source, buffer, part, &fill);
+    copy_host_pages(fill);
+    std::size_t enqueued = 0;
+    const Status s = move_pages(stream, part.data(), count, true, &enqueued);
+    *done = first + enqueued;
+    if (!s) return s;
+    UHMM_GPU_TRY(gpuEventRecord(stream.staging_done[buffer], stream.handle));
+    stream.staging_busy[buffer] = true;
+  }
+  return Status::ok();
+}
+
+// Device to host: the DMA of buffer-full k + 1 runs while the caller drains
+// buffer-full k into the final pages; returns when every page arrived.
+// *done counts the pages drained (with the pinned pages of their part).
+Status GpuBackend::stage_to_host(Stream& stream, const std::vector<Move>& moves, std::size_t* done) {
+  struct Part {
+    std::size_t end;  // moves[0, end) have arrived once this part is drained
+    std::size_t buffer;
+    HostCopies drain;
+  };
+  std::vector<Part> in_flight;  // oldest first, at most kStagingBuffers
+  const auto drain_oldest = [&]() -> Status {
+    Part& part = in_flight.front();
+    UHMM_GPU_TRY(gpuEventSynchronize(stream.staging_done[part.buffer]));
+    stream.staging_busy[part.buffer] = false;
+    copy_host_pages(part.drain);
+    *done = part.end;
+    in_flight.erase(in_flight.begin());
+    return Status::ok();
+  };
+  std::vector<Move> part;
+  for (std::size_t first = 0; first < moves.size(); first += options_.staging_pages) {
+    const std::size_t count = std::min(options_.staging_pages, moves.size() - first);
+    if (in_flight.size() == kStagingBuffers)
+      if (Status s = drain_oldest(); !s) return s;
+    std::size_t buffer = 0;
+    if (Status s = claim_buffer(stream, &buffer); !s) return s;
+    part.assign(moves.begin() + static_cast<std::ptrdiff_t>(first),
+                moves.begin() + static_cast<std::ptrdiff_t>(first + count));
+    Part queued{first + count, buffer, {}};
+    stage(stream, Staging::destination, buffer, part, &queued.drain);
+    std::size_t enqueued = 0;
+    // A part that fails part way never reaches the host.
+    if (Status s = move_pages(stream, part.data(), count, true, &enqueued); !s) return s;
+    UHMM_GPU_TRY(gpuEventRecord(stream.staging_done[buffer], stream.handle));
+    stream.staging_busy[buffer] = true;
+    in_flight.push_back(std::move(queued));
+  }
+  while (!in_flight.empty())
+    if (Status s = drain_oldest(); !s) return s;
+  return Status::ok();
+}
+
+// Queues `result` for the next drain of the stream, or, on failure, waits for
+// the pages queued so far and writes it now.
 Status GpuBackend::finish_batch(Stream& stream, Status status, std::size_t done, BatchResult* result) noexcept {
   if (status && result != nullptr) {
-    auto job = std::unique_ptr<ResultWrite>(new (std::nothrow) ResultWrite{result, done});
-    if (!job) {
+    try {
+      std::lock_guard lock(stream.results_mutex);
+      stream.results.emplace_back(result, done);
+    } catch (...) {
       status = {Errc::out_of_memory, "copy: host memory exhausted"};
-    } else {
-      status = UHMM_GPU_STATUS(gpuEnqueueHostFn<run_result_write>(stream.handle, job.get()));
-      if (status) job.release();
     }
   }
   if (status) return status;
-  (void)gpuStreamSynchronize(stream.handle);
+  (void)drain(stream);  // the earlier batches' results, and nothing of this one stays queued
+  stream.staging_busy.fill(false);
   if (result != nullptr) {
     result->status = status;
     result->pages_done = done;

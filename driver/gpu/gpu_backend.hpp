@@ -7,11 +7,16 @@
 // keeps its chunks). Copies: each batch is coalesced into contiguous runs, then
 // moved by one of two paths chosen once per backend: DMA (one async memcpy per
 // run) or, when the plugin carries kernels for the device, the gather/scatter
-// kernel of kernels/uhmm/page_gather.hpp for scattered batches. Host pages that
-// are not pinned (allocate_host) pass through the stream's pinned staging
-// buffer, filled and drained by host functions in stream order.
+// kernel of kernels/uhmm/page_gather.hpp for scattered batches. Pinned host
+// pages (allocate_host) are reached by the DMA in place; the others pass
+// through the stream's pinned staging buffers, filled and drained by the
+// calling thread, pipelined: while the DMA of one buffer-full runs, the caller
+// fills (or drains) the next, each buffer's reuse ordered by an event after its
+// DMA. No stream host functions: a batch's result is written by the
+// synchronize that finds it done.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <map>
@@ -19,6 +24,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "gpu_runtime.hpp"
@@ -26,11 +32,15 @@
 
 namespace uhmm::gpu {
 
+// Pinned staging buffers per stream: one is filled or drained by the caller
+// while the stream's DMA uses the other.
+inline constexpr std::size_t kStagingBuffers = 2;
+
 struct GpuBackendOptions {
   int device = 0;
   std::uint64_t pool_bytes = 0;                           // chunks never exceed this
   std::uint64_t slab_bytes = std::uint64_t{256} << 20;    // device allocation size (whole chunks)
-  std::size_t staging_pages = 512;                        // pinned staging per stream (2 MiB)
+  std::size_t staging_pages = 256;                        // pages per staging buffer (2 per stream: 2 MiB)
   std::size_t kernel_min_runs = 8;                        // fewer runs than this: DMA per run
 };
 
@@ -54,7 +64,10 @@ class GpuBackend final : public Backend {
   void destroy_stream(StreamId stream) noexcept override;
   // A failure while enqueueing page k waits for pages [0, k) and writes
   // result = {failure, k} before returning the failure. Argument errors
-  // (unknown stream, null or unaligned address) queue nothing.
+  // (unknown stream, null or unaligned address) queue nothing. Otherwise
+  // `result` is written by the next synchronize (or destroy_stream) of the
+  // stream. Unpinned host pages are staged by the calling thread: the source
+  // may be reused on return; copy_to_host returns once they have arrived.
   Status copy_to_device(StreamId stream, std::span<const HostToDevicePage> pages,
                         BatchResult* result) noexcept override;
   Status copy_to_host(StreamId stream, std::span<const DeviceToHostPage> pages,
@@ -90,8 +103,10 @@ class GpuBackend final : public Backend {
     std::uint64_t dst;
     std::uint64_t src;
   };
-  // Which side of a batch is unpinned host memory, moved through staging.
+  // Which side of a batch is host memory, moved through staging where unpinned.
   enum class Staging { none, source, destination };
+  // Host page copies into or out of staging, dst <- src, one page each.
+  using HostCopies = std::vector<std::pair<void*, const void*>>;
 
   explicit GpuBackend(const GpuBackendOptions& options);
   std::shared_ptr<Stream> find_stream(StreamId id, Status* error) const noexcept;
@@ -102,6 +117,12 @@ class GpuBackend final : public Backend {
   Status move_pages(Stream& stream, const Move* moves, std::size_t n, bool kernel_may_read,
                     std::size_t* enqueued) noexcept;
   Status finish_batch(Stream& stream, Status status, std::size_t done, BatchResult* result) noexcept;
+  Status stage_to_device(Stream& stream, const std::vector<Move>& moves, std::size_t* done);
+  Status stage_to_host(Stream& stream, const std::vector<Move>& moves, std::size_t* done);
+  void stage(Stream& stream, Staging side, std::size_t buffer, std::vector<Move>& moves,
+             HostCopies* copies) const;
+  Status claim_buffer(Stream& stream, std::size_t* buffer) noexcept;
+  Status drain(Stream& stream) noexcept;
 
   GpuBackendOptions options_;
   std::string name_;

@@ -102,29 +102,9 @@ inline constexpr auto gpuMemcpyDefault = cudaMemcpyDefault;
 #define gpuFreeHost cudaFreeHost
 #endif
 
-// A host function run by the stream in order (staging fill/drain, result
-// writes); it must not call the runtime. ROCm 5.2 has no hipLaunchHostFunc, so
-// HIP uses a stream callback, which runs in order as well.
-using gpuHostFn = void (*)(void* user);
-#if UHMM_GPU_EMULATED
-template <gpuHostFn F>
-gpuError_t gpuEnqueueHostFn(gpuStream_t stream, void* user) {
-  return emuLaunchHostFunc(stream, F, user);
-}
-#elif UHMM_GPU_HIP
-template <gpuHostFn F>
-void hip_stream_callback(hipStream_t, hipError_t, void* user) {
-  F(user);
-}
-template <gpuHostFn F>
-gpuError_t gpuEnqueueHostFn(gpuStream_t stream, void* user) {
-  return hipStreamAddCallback(stream, hip_stream_callback<F>, user, 0);
-}
-#else
-template <gpuHostFn F>
-gpuError_t gpuEnqueueHostFn(gpuStream_t stream, void* user) {
-  return cudaLaunchHostFunc(stream, F, user);
-}
-#endif
+// No stream host functions (cudaLaunchHostFunc / hipStreamAddCallback): they
+// share one runtime thread and must not wait on anything that needs the
+// runtime, which a staged page copy that faults does (issue 16, defect 2).
+// Staging is filled and drained by the calling thread (gpu_backend.cpp).
 
 }  // namespace uhmm::gpu

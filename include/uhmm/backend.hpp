@@ -85,7 +85,9 @@ class UHMM_EXPORT Backend {
   virtual void destroy_stream(StreamId stream) noexcept = 0;
 
   // Batched page copies and zero-fill, enqueued on a stream. `result` (optional)
-  // is written when the batch has run; a failing page stops the batch there.
+  // is written when the batch has run, at the latest by the stream's next
+  // synchronize (where the GPU backends write it): read it after that. A
+  // failing page stops the batch there.
   virtual Status copy_to_device(StreamId stream, std::span<const HostToDevicePage> pages,
                                 BatchResult* result) noexcept = 0;
   virtual Status copy_to_host(StreamId stream, std::span<const DeviceToHostPage> pages,

@@ -15,6 +15,8 @@ uhmm_add_test(emulated_runtime_test ${CMAKE_CURRENT_LIST_DIR}/emulated_runtime_t
 uhmm_emulated_device_code(emulated_runtime_test)
 uhmm_add_test(emulated_launch_device_test ${CMAKE_CURRENT_LIST_DIR}/launch_device_emulated_test.cpp)
 uhmm_emulated_device_code(emulated_launch_device_test)
+uhmm_add_test(emulated_copy_engine_test ${CMAKE_CURRENT_LIST_DIR}/copy_engine_emulated_test.cpp)
+uhmm_emulated_device_code(emulated_copy_engine_test)
 
 # The vector_add_device sample, built for the emulated runtime and run on it.
 add_executable(uhmm-vector-add-emulated ${PROJECT_SOURCE_DIR}/samples/vector_add_device.cpp)
