@@ -152,3 +152,38 @@ TEST_F(EmulatedGpuPool, ACopysPageCheckDoesNotWaitForAnAllocationInFlight) {
 
 }  // namespace
 }  // namespace uhmm::detail
+
+namespace uhmm::test {
+namespace {
+
+struct AddOneEverywhere {
+  device_span<std::uint64_t> x;
+  UHMM_HOST_DEVICE void operator()(std::size_t i) const { x[i] += 1; }
+};
+
+// Defect 7: a launch whose page tables outgrew its stream's buffer freed the
+// old one there, and gpuFree may synchronize the whole device (the emulated
+// runtime's does): the launch waited for every other stream's work.
+TEST(EmulatedGpuLaunchPath, GrowingTheTableBufferFreesNothingInTheLaunch) {
+  ContextOptions o;
+  o.backend = "emulated";
+  o.plugin_dir = UHMM_TEST_EMULATED_PLUGIN_DIR;
+  o.device_pool_bytes = 64 * MiB;
+  o.fault_mode = test_fault_mode();
+  Context ctx(o);
+  TestArrays arrays(ctx);
+  const auto add_one = [](const LaunchStream& stream, device_span<std::uint64_t> span) {
+    launch(stream, span.size(), AddOneEverywhere{span});
+  };
+  auto small = arrays.make<std::uint64_t>(kPageSize / 8);
+  ctx.launch_device(add_one, small);  // the launch stream and its table buffer
+  auto large = arrays.make<std::uint64_t>(256 * kPageSize / 8);
+  const emuTestCounts before = emuTestGetCounts();
+  ctx.launch_device(add_one, large);  // its tables outgrow the buffer
+  EXPECT_EQ(emuTestGetCounts().frees, before.frees);
+  EXPECT_EQ(large[7], 1u);
+  EXPECT_EQ(small[7], 1u);
+}
+
+}  // namespace
+}  // namespace uhmm::test
