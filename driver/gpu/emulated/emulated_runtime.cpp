@@ -1003,6 +1003,10 @@ unsigned emuTestContextsCreated(int device) {
   return d != nullptr ? d->contexts_created.load() : 0;
 }
 
+void emuTestForgetContexts(void) {
+  for (int d = 0; d < runtime().device_count(); ++d) runtime().device(d)->context.store(false);
+}
+
 void emuTestSetDeviceUnusable(int device, int unusable) {
   if (Device* d = runtime().device(device)) d->unusable.store(unusable != 0);
 }

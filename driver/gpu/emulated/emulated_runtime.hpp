@@ -116,6 +116,9 @@ void emuTestSetMallocHook(void (*hook)(void* user), void* user);
 // needs one on it (gpuSetDevice included, as CUDA 12 does); queries of
 // properties and bus ids need none. Counts the contexts created per device.
 unsigned emuTestContextsCreated(int device);
+// Forgets every device's context (as in a fresh process), so that the next
+// call needing one creates and counts it again.
+void emuTestForgetContexts(void);
 // A device no context can be created on (exclusive-process mode, held by
 // another process): calls that need one fail with emuErrorDevicesUnavailable.
 void emuTestSetDeviceUnusable(int device, int unusable);
