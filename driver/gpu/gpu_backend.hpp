@@ -2,7 +2,8 @@
 // gpu_runtime.hpp and compiled once per vendor into its plugin.
 //
 // Device memory: a pool of 2 MiB chunks carved from large device allocations
-// (slabs), grown on demand up to the pool limit; freed chunks go back to the
+// (slabs, allocated exactly), grown on demand up to the pool limit without
+// holding the chunk mutex across gpuMalloc; freed chunks go back to the
 // free list and slabs are returned when the backend is destroyed (as nouveau
 // keeps its chunks). Copies: each batch is coalesced into contiguous runs, then
 // moved by one of two paths chosen once per backend: DMA (one async memcpy per
