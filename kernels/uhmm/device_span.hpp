@@ -17,11 +17,12 @@ struct DevicePageTable {
   std::size_t npages = 0;
   std::size_t first_offset = 0;  // byte offset of element 0 inside pages[0]
   std::size_t bytes = 0;         // bytes the span covers
-  // launch_device's fault word and scratch page (device memory): an access to
-  // a page the table lacks records 1 + its byte offset there and reaches the
-  // scratch page instead of trapping (a trap is a sticky error that loses the
-  // device's every page); the host reads the word after the drain. Null
-  // (host launches): the access faults at once.
+  // The launch's fault word and scratch page (device memory): in GPU kernel
+  // code an access to a page the table lacks records 1 + its byte offset
+  // there and reaches the scratch page instead of trapping (a trap is a
+  // sticky error that loses the device's every page); the host reads the
+  // word after the drain. Null, or host-compiled kernels (the cpu backend):
+  // the access faults at once.
   std::uint64_t* fault = nullptr;
   void* scratch = nullptr;
 };
@@ -62,9 +63,14 @@ class device_span {
 
  private:
   UHMM_HOST_DEVICE T& miss(std::size_t byte_offset) const {
-    if (table_.fault == nullptr) fault(byte_offset);
-    record_fault(table_.fault, byte_offset + 1);
-    return *reinterpret_cast<T*>(UHMM_DEVICE_ADDRESS(reinterpret_cast<std::uintptr_t>(table_.scratch)));
+#if UHMM_GPU_KERNEL_CODE
+    if (table_.fault != nullptr) {
+      record_fault(table_.fault, byte_offset + 1);
+      return *reinterpret_cast<T*>(UHMM_DEVICE_ADDRESS(reinterpret_cast<std::uintptr_t>(table_.scratch)));
+    }
+#endif
+    fault(byte_offset);
+    return *reinterpret_cast<T*>(UHMM_DEVICE_ADDRESS(reinterpret_cast<std::uintptr_t>(table_.scratch)));  // not reached
   }
   // The first miss wins; the word is 0 until then.
   UHMM_HOST_DEVICE static void record_fault(std::uint64_t* word, std::uint64_t value) {
