@@ -64,25 +64,48 @@ std::vector<std::unique_ptr<Device>> open_cpu_devices(const ContextOptions& opti
   return devices;
 }
 
-// One device per GPU the runtime reports, at most UHMM_DEVICES of them.
+// A backend on GPU `d`, or nullptr with `why` when the device is unusable
+// (no context: exclusive-process and held by another job, ...). Its memory is
+// measured here, on a device being opened: that creates its context.
+std::unique_ptr<Backend> open_gpu(const BackendProbe& probe, const ContextOptions& options, std::size_t d,
+                                  std::uint64_t* bytes, std::uint64_t* free_bytes, std::string* why) {
+  char reason[512] = {};
+  std::uint64_t total_bytes = 0;
+  if (!probe.plugin->device_memory(static_cast<int>(d), free_bytes, &total_bytes, reason, sizeof reason)) {
+    *why = reason;
+    return nullptr;
+  }
+  *bytes = pool_bytes(options, *free_bytes);
+  std::unique_ptr<Backend> backend(probe.plugin->create_backend(static_cast<int>(d), *bytes, reason, sizeof reason));
+  if (!backend) *why = reason;
+  return backend;
+}
+
+// One device per usable GPU the runtime reports, at most UHMM_DEVICES of them;
+// contexts only on those (issue 16, defect 3). An unusable GPU is skipped;
+// none usable is an error.
 std::vector<std::unique_ptr<Device>> open_gpu_devices(const BackendProbe& probe, const ContextOptions& options,
                                                       const PagemapLookup& lookup) {
-  const std::size_t count = std::min<std::size_t>(probe.devices.size(), options.devices);
   std::vector<std::unique_ptr<Device>> devices;
-  devices.reserve(count);
-  for (std::size_t d = 0; d < count; ++d) {
+  std::string skipped;
+  for (std::size_t d = 0; d < probe.devices.size() && devices.size() < options.devices; ++d) {
     const PluginDeviceProperties& props = probe.devices[d];
-    const std::uint64_t bytes = pool_bytes(options, props.free_bytes);
-    char why[512] = {};
-    std::unique_ptr<Backend> backend(probe.plugin->create_backend(static_cast<int>(d), bytes, why, sizeof why));
-    if (!backend)
-      throw Error(Errc::device_error, fmt::format("{} device {} ({}): {}", probe.name, d, props.name, why));
-    const auto owner = static_cast<OwnerId>(d + 1);
+    std::uint64_t bytes = 0, free_bytes = 0;
+    std::string why;
+    std::unique_ptr<Backend> backend = open_gpu(probe, options, d, &bytes, &free_bytes, &why);
+    if (!backend) {
+      log().warn("{} device {} '{}' (pci {}) is skipped: {}", probe.name, d, props.name, props.pci_bus_id, why);
+      skipped += fmt::format("; device {} ({}): {}", d, props.name, why);
+      continue;
+    }
+    const auto owner = static_cast<OwnerId>(devices.size() + 1);
     const std::size_t capacity_pages = bytes / kPageSize;
     devices.push_back(std::make_unique<DeviceImpl>(std::move(backend), capacity_pages, owner, lookup));
     log().info("device {}: {} device {} '{}' (pci {}), pool up to {} pages ({} bytes, {} free)", owner, probe.name,
-               d, props.name, props.pci_bus_id, capacity_pages, bytes, props.free_bytes);
+               d, props.name, props.pci_bus_id, capacity_pages, bytes, free_bytes);
   }
+  if (devices.empty())
+    throw Error(Errc::device_error, fmt::format("{}: no usable device{}", probe.name, skipped));
   return devices;
 }
 

@@ -13,7 +13,7 @@
 
 namespace uhmm::detail {
 
-inline constexpr std::uint32_t kPluginAbiVersion = 2;  // 2: device buffers and native streams
+inline constexpr std::uint32_t kPluginAbiVersion = 3;  // 2: device buffers and native streams; 3: device_memory
 inline constexpr const char* kPluginEntryPoint = "uhmm_backend_plugin";
 
 // What the runtime says about one device, for discovery and pool sizing.
@@ -21,8 +21,9 @@ struct PluginDeviceProperties {
   char name[256] = {};
   char pci_bus_id[32] = {};        // "0000:41:00.0", as libdrm spells it
   std::uint64_t total_bytes = 0;
-  std::uint64_t free_bytes = 0;
-  std::uint32_t capabilities = 0;  // BackendCapability bits a backend on it would have
+  std::uint64_t free_bytes = 0;    // GPUs: 0 (unknown) until opened: measuring it needs a context
+  std::uint32_t capabilities = 0;  // BackendCapability bits a backend on it would have (GPUs: those known
+                                   // without a context; the backend's info() has them all)
 };
 
 struct BackendPlugin {
@@ -31,8 +32,15 @@ struct BackendPlugin {
   // Devices the runtime reports (>= 0), or -1 with the runtime's reason in
   // `why` (e.g. "cudaGetDeviceCount: no CUDA-capable device is detected").
   int (*device_count)(char* why, std::size_t why_size) noexcept;
-  // false with `why` when the runtime cannot query device `index`.
+  // false with `why` when the runtime cannot query device `index`. Creates no
+  // context on the device (a context costs device memory, and a device held
+  // exclusively by another process refuses one).
   bool (*device_properties)(int index, PluginDeviceProperties* out, char* why, std::size_t why_size) noexcept;
+  // The free and total memory of device `index`, which creates its context:
+  // called only for devices about to be opened. false with `why` when the
+  // device is unusable (e.g. exclusive-process and held by another process).
+  bool (*device_memory)(int index, std::uint64_t* free_bytes, std::uint64_t* total_bytes, char* why,
+                        std::size_t why_size) noexcept;
   // A backend on device `index` whose chunk pool grows up to pool_bytes; the
   // caller owns it (delete through Backend's virtual destructor). nullptr with
   // `why` on failure.

@@ -129,32 +129,53 @@ std::vector<LaunchHold::Span> resolve_spans(ContextImpl& ctx, std::span<const La
   return out;
 }
 
+// The launch's device buffer starts with its fault word (padded) and the
+// scratch page a miss reaches (DevicePageTable::fault), uploaded as zeros.
+constexpr std::size_t kFaultWordBytes = 256;
+constexpr std::size_t kFaultAreaWords = (kFaultWordBytes + kPageSize) / sizeof(std::uint64_t);
+
+// A GPU kernel never starts over a page that is not resident and locked: a
+// table entry left 0 (a read-mostly page whose host copy could not go) fails
+// the launch before anything runs.
+void check_resident(std::span<const std::uint64_t> entries, const char* call) {
+  if (std::find(entries.begin(), entries.end(), 0) != entries.end())
+    throw Error(Errc::device_fault,
+                fmt::format("{}: a page of the spans could not be made resident on the device; nothing was run", call));
+}
+
 // Every span's table in one host buffer (span k's from first_entry[k]),
-// uploaded into the stream's buffer in one copy; the kernels queued after it
-// on the stream read them there. `host_tables` must live until the stream drains.
+// after the fault area, uploaded into the stream's buffer in one copy; the
+// kernels queued after it on the stream read them there. `host_tables` must
+// live until the stream drains. *fault_word: the fault word's device address.
 std::vector<DevicePageTable> upload_tables(Backend& backend, LaunchStreamPool::Lease& lease, const LaunchHold& hold,
                                            std::span<const LaunchSpan> spans,
                                            std::span<const LaunchHold::Span> resolved,
-                                           std::vector<std::uint64_t>& host_tables) {
+                                           std::vector<std::uint64_t>& host_tables, DeviceAddress* fault_word,
+                                           const char* call) {
+  host_tables.assign(kFaultAreaWords, 0);
   std::vector<std::size_t> first_entry(spans.size());
   for (std::size_t k = 0; k < spans.size(); ++k) {
     first_entry[k] = host_tables.size();
     host_tables.resize(host_tables.size() + resolved[k].pages.count(), 0);
   }
   for (std::size_t k = 0; k < spans.size(); ++k) hold.table(k, host_tables.data() + first_entry[k]);
+  check_resident(std::span(host_tables).subspan(kFaultAreaWords), call);
   std::vector<DevicePageTable> tables(spans.size());
-  if (host_tables.empty()) return tables;
+  if (spans.empty()) return tables;
   const std::size_t bytes = host_tables.size() * sizeof(std::uint64_t);
   DeviceAddress buffer = 0;
   lease.reserve_tables(bytes, &buffer).raise_if_error();
   backend.copy_to_device_buffer(lease.stream(), buffer, host_tables.data(), bytes).raise_if_error();
+  *fault_word = buffer;
   for (std::size_t k = 0; k < spans.size(); ++k) {
     const auto* device_entries = reinterpret_cast<const std::uint64_t*>(
         static_cast<std::uintptr_t>(buffer + first_entry[k] * sizeof(std::uint64_t)));
     const auto* first_page = resolved[k].pages.range().page_address(resolved[k].pages.first());
     tables[k] = DevicePageTable{device_entries, resolved[k].pages.count(),
                                 static_cast<std::size_t>(static_cast<const std::byte*>(spans[k].data) - first_page),
-                                spans[k].bytes};
+                                spans[k].bytes,
+                                reinterpret_cast<std::uint64_t*>(static_cast<std::uintptr_t>(buffer)),
+                                reinterpret_cast<void*>(static_cast<std::uintptr_t>(buffer + kFaultWordBytes))};
   }
   return tables;
 }
@@ -180,6 +201,8 @@ void run_device_launch(ContextImpl& ctx, OwnerId device, std::span<const LaunchS
   HostQueue queue(backend, lease.stream(), info.capabilities, call, info.backend);
   std::vector<std::uint64_t> host_tables;  // uploaded from here: valid until the stream drains
   std::vector<DevicePageTable> tables;     // the body's kernels may read them until the stream drains
+  DeviceAddress fault_word = 0;
+  std::uint64_t fault = 0;  // read back after the body's kernels: 1 + the byte offset of a miss
 
   const auto drain = [&]() -> Status {
     Status s = backend.synchronize(lease.stream());
@@ -188,10 +211,12 @@ void run_device_launch(ContextImpl& ctx, OwnerId device, std::span<const LaunchS
   };
 
   try {
-    tables = upload_tables(backend, lease, hold, spans, resolved, host_tables);
+    tables = upload_tables(backend, lease, hold, spans, resolved, host_tables, &fault_word, call);
     AtomicCounters::add(ctx.counters.thrashing_pages_pinned, hold.pinned());
     // The application's code: its own mask (a handler there may touch what the body may).
     DeferSignals::run_application_code([&] { body(LaunchStream{backend.native_stream(lease.stream()), &queue}, tables); });
+    if (fault_word != 0)
+      backend.copy_from_device_buffer(lease.stream(), &fault, fault_word, sizeof fault).raise_if_error();
   } catch (...) {
     // The stream must not run on unlocked pages or read a freed host table.
     if (const Status s = drain(); !s) log().warn("{}: draining the launch stream after a failure: {}", call, s.message);
@@ -200,6 +225,10 @@ void run_device_launch(ContextImpl& ctx, OwnerId device, std::span<const LaunchS
   }
   Status status = drain();
   if (status) status = queue.failure();
+  if (status && fault != 0)
+    status = {Errc::device_fault, fmt::format("{}: kernel touched a page that is not resident on the device, at byte "
+                                              "offset {} of a span",
+                                              call, fault - 1)};
   hold.release();
   status.raise_if_error();
 }

@@ -11,6 +11,7 @@ LaunchStreamPool::LaunchStreamPool(Backend& backend, std::size_t max_idle) noexc
 
 LaunchStreamPool::~LaunchStreamPool() {
   for (const Slot& slot : idle_) destroy(slot);
+  free_retired();
 }
 
 LaunchStreamPool::Lease LaunchStreamPool::acquire() {
@@ -47,9 +48,33 @@ void LaunchStreamPool::release(Slot slot, bool broken) noexcept {
   destroy(slot);
 }
 
+// Destroying a slot waits for its stream anyway: the retired buffers go too.
 void LaunchStreamPool::destroy(const Slot& slot) noexcept {
   if (slot.tables != 0) backend_.free_device_buffer(slot.tables);
   backend_.destroy_stream(slot.stream);
+  free_retired();
+}
+
+void LaunchStreamPool::retire(DeviceAddress tables) noexcept {
+  {
+    std::lock_guard lock(mutex_);
+    try {
+      retired_.push_back(tables);
+      return;
+    } catch (...) {
+      // No room to keep it: freed now.
+    }
+  }
+  backend_.free_device_buffer(tables);
+}
+
+void LaunchStreamPool::free_retired() noexcept {
+  std::vector<DeviceAddress> retired;
+  {
+    std::lock_guard lock(mutex_);
+    retired.swap(retired_);
+  }
+  for (DeviceAddress tables : retired) backend_.free_device_buffer(tables);
 }
 
 Status LaunchStreamPool::Lease::reserve_tables(std::size_t bytes, DeviceAddress* out) noexcept {
@@ -58,7 +83,7 @@ Status LaunchStreamPool::Lease::reserve_tables(std::size_t bytes, DeviceAddress*
     const std::size_t want = std::max(bytes, 2 * slot_.table_bytes);
     DeviceAddress buffer = 0;
     if (Status s = pool_->backend_.allocate_device_buffer(want, &buffer); !s) return s;
-    if (slot_.tables != 0) pool_->backend_.free_device_buffer(slot_.tables);
+    if (slot_.tables != 0) pool_->retire(slot_.tables);
     slot_.tables = buffer;
     slot_.table_bytes = want;
   }

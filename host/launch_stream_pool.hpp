@@ -38,7 +38,9 @@ class LaunchStreamPool {
     }
     StreamId stream() const noexcept { return slot_.stream; }
     // The slot's table buffer, grown to at least `bytes` (> 0). Pre: no queued
-    // work reads the buffer (the stream is drained between launches).
+    // work reads the buffer (the stream is drained between launches). The
+    // buffer it outgrows is retired, not freed: a free may synchronize the
+    // whole device (cudaFree), which a launch must not wait for.
     Status reserve_tables(std::size_t bytes, DeviceAddress* out) noexcept;
     void mark_broken() noexcept { broken_ = true; }
 
@@ -65,11 +67,14 @@ class LaunchStreamPool {
  private:
   void release(Slot slot, bool broken) noexcept;
   void destroy(const Slot& slot) noexcept;
+  void retire(DeviceAddress tables) noexcept;
+  void free_retired() noexcept;
 
   Backend& backend_;
   const std::size_t max_idle_;
   mutable std::mutex mutex_;
   std::vector<Slot> idle_;
+  std::vector<DeviceAddress> retired_;  // outgrown table buffers: freed with a slot, or the pool
   std::size_t created_ = 0;
 };
 

@@ -108,42 +108,73 @@ DeviceInfo GpuBackend::info() const {
 
 Status GpuBackend::allocate_chunk(DeviceAddress* out) noexcept {
   if (out == nullptr) return invalid("allocate_chunk: null output");
-  std::lock_guard lock(chunks_mutex_);
-  if (free_chunks_.empty()) {
+  if (take_free_chunk(out)) return Status::ok();
+  // One grower at a time, and chunks_mutex_ not held across gpuMalloc (which
+  // may take long): every copy's page check (owns_chunk_page) takes it.
+  std::lock_guard grow(grow_mutex_);
+  if (take_free_chunk(out)) return Status::ok();  // another thread grew the pool meanwhile
+  std::uint64_t want = 0;
+  {
+    std::lock_guard lock(chunks_mutex_);  // reserved_bytes_ changes only under grow_mutex_
     if (reserved_bytes_ + kChunkSize > options_.pool_bytes)
       return {Errc::out_of_memory, fmt::format("{} device {}: the pool limit of {} bytes is reached", kBackendName,
                                                options_.device, options_.pool_bytes)};
-    UHMM_GPU_ON_DEVICE(options_.device);
-    // A slab of whole chunks; one chunk more when the runtime's alignment is
-    // below kChunkSize. Near a full device, fall back to a single chunk.
-    std::uint64_t want = std::min(options_.slab_bytes, options_.pool_bytes - reserved_bytes_);
-    void* slab = nullptr;
-    gpuError_t error = gpuSuccess;
-    for (;;) {
-      error = gpuMalloc(&slab, want + kChunkSize);
-      if (error == gpuSuccess || want == kChunkSize || error != gpuErrorMemoryAllocation) break;
-      (void)gpuGetLastError();
-      want = kChunkSize;
-    }
-    if (Status s = UHMM_GPU_STATUS(error); !s) {
-      if (s.code == Errc::out_of_memory)
-        s.message = fmt::format("{} device {}: device memory exhausted: {}", kBackendName, options_.device, s.message);
-      return s;
-    }
-    try {
-      slabs_.push_back(slab);
-      const std::uint64_t base = (as_address(slab) + kChunkSize - 1) / kChunkSize * kChunkSize;
-      slab_bytes_.emplace(base, want);
-      // Lowest chunk on top of the stack.
-      for (std::uint64_t c = want / kChunkSize; c-- > 0;) free_chunks_.push_back(base + c * kChunkSize);
-    } catch (...) {
-      (void)gpuFree(slab);
-      return {Errc::out_of_memory, "allocate_chunk: host memory exhausted"};
-    }
-    reserved_bytes_ += want;
+    want = std::min(options_.slab_bytes, options_.pool_bytes - reserved_bytes_);
   }
+  Slab slab;
+  if (Status s = allocate_slab(want, &slab); !s) return s;
+  try {
+    std::lock_guard lock(chunks_mutex_);
+    slabs_.reserve(slabs_.size() + 1);
+    free_chunks_.reserve(free_chunks_.size() + slab.bytes / kChunkSize);
+    slab_bytes_.emplace(slab.base, slab.bytes);
+    slabs_.push_back(slab.allocation);
+    // Lowest chunk on top of the stack.
+    for (std::uint64_t c = slab.bytes / kChunkSize; c-- > 0;) free_chunks_.push_back(slab.base + c * kChunkSize);
+    reserved_bytes_ += slab.bytes;
+    *out = free_chunks_.back();
+    free_chunks_.pop_back();
+  } catch (...) {
+    (void)gpuFree(slab.allocation);
+    return {Errc::out_of_memory, "allocate_chunk: host memory exhausted"};
+  }
+  return Status::ok();
+}
+
+bool GpuBackend::take_free_chunk(DeviceAddress* out) noexcept {
+  std::lock_guard lock(chunks_mutex_);
+  if (free_chunks_.empty()) return false;
   *out = free_chunks_.back();
   free_chunks_.pop_back();
+  return true;
+}
+
+// A slab of `want` bytes (whole chunks), allocated exactly: both vendors align
+// allocations of 2 MiB and more to 2 MiB. Only where the address comes back
+// unaligned is it allocated again one chunk larger. Near a full device, falls
+// back to a single chunk.
+Status GpuBackend::allocate_slab(std::uint64_t want, Slab* out) noexcept {
+  UHMM_GPU_ON_DEVICE(options_.device);
+  void* p = nullptr;
+  gpuError_t error = gpuSuccess;
+  for (;;) {
+    error = gpuMalloc(&p, want);
+    if (error == gpuSuccess || want == kChunkSize || error != gpuErrorMemoryAllocation) break;
+    (void)gpuGetLastError();
+    want = kChunkSize;
+  }
+  if (error == gpuSuccess && as_address(p) % kChunkSize != 0) {
+    // Rare (no vendor does it); freeing synchronizes the device, but this is not the launch path.
+    UHMM_GPU_TRY(gpuFree(p));
+    p = nullptr;
+    error = gpuMalloc(&p, want + kChunkSize);
+  }
+  if (Status s = UHMM_GPU_STATUS(error); !s) {
+    if (s.code == Errc::out_of_memory)
+      s.message = fmt::format("{} device {}: device memory exhausted: {}", kBackendName, options_.device, s.message);
+    return s;
+  }
+  *out = Slab{p, (as_address(p) + kChunkSize - 1) / kChunkSize * kChunkSize, want};
   return Status::ok();
 }
 

@@ -2,7 +2,8 @@
 // gpu_runtime.hpp and compiled once per vendor into its plugin.
 //
 // Device memory: a pool of 2 MiB chunks carved from large device allocations
-// (slabs), grown on demand up to the pool limit; freed chunks go back to the
+// (slabs, allocated exactly), grown on demand up to the pool limit without
+// holding the chunk mutex across gpuMalloc; freed chunks go back to the
 // free list and slabs are returned when the backend is destroyed (as nouveau
 // keeps its chunks). Copies: each batch is coalesced into contiguous runs, then
 // moved by one of two paths chosen once per backend: DMA (one async memcpy per
@@ -110,6 +111,14 @@ class GpuBackend final : public Backend {
 
   explicit GpuBackend(const GpuBackendOptions& options);
   std::shared_ptr<Stream> find_stream(StreamId id, Status* error) const noexcept;
+  // One device allocation of the pool: chunks [base, base + bytes).
+  struct Slab {
+    void* allocation = nullptr;
+    DeviceAddress base = 0;
+    std::uint64_t bytes = 0;
+  };
+  bool take_free_chunk(DeviceAddress* out) noexcept;
+  Status allocate_slab(std::uint64_t want, Slab* out) noexcept;
   bool is_pinned(const void* p) const noexcept;
   bool owns_chunk_page(DeviceAddress page) const noexcept;
   Status run_batch(Stream& stream, const std::vector<Move>& moves, Staging staging, BatchResult* result,
@@ -129,6 +138,7 @@ class GpuBackend final : public Backend {
   std::uint32_t capabilities_ = 0;
   bool copy_kernels_ = false;
 
+  std::mutex grow_mutex_;  // one allocate_slab at a time; taken before chunks_mutex_
   mutable std::mutex chunks_mutex_;
   std::vector<void*> slabs_;
   std::vector<DeviceAddress> free_chunks_;

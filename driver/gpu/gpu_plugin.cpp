@@ -33,13 +33,12 @@ int device_count(char* why, std::size_t why_size) noexcept {
   return count;
 }
 
+// Properties and bus id need no context: probing creates none on any device
+// (issue 16, defect 3). Free memory and copy-kernel images are learnt when a
+// device is opened (device_memory, create_backend).
 bool device_properties(int index, detail::PluginDeviceProperties* out, char* why, std::size_t why_size) noexcept {
   gpuDeviceProp props{};
   Status s = UHMM_GPU_STATUS(gpuGetDeviceProperties(&props, index));
-  const DeviceScope device(index);  // the caller's current device comes back after
-  if (s) s = UHMM_GPU_STATUS(device.error());
-  std::size_t free_bytes = 0, total_bytes = 0;
-  if (s) s = UHMM_GPU_STATUS(gpuMemGetInfo(&free_bytes, &total_bytes));
   if (s) s = UHMM_GPU_STATUS(gpuDeviceGetPCIBusId(out->pci_bus_id, sizeof out->pci_bus_id, index));
   if (!s) {
     write_why(s.message, why, why_size);
@@ -48,10 +47,24 @@ bool device_properties(int index, detail::PluginDeviceProperties* out, char* why
   std::snprintf(out->name, sizeof out->name, "%s", props.name);
   // The runtime spells the bus id in capitals; libdrm in lower case.
   for (char* c = out->pci_bus_id; *c != '\0'; ++c) *c = static_cast<char>(std::tolower(static_cast<unsigned char>(*c)));
-  out->total_bytes = total_bytes;
-  out->free_bytes = free_bytes;
-  out->capabilities = kCapPeerCopy | (copy_kernels_loadable() == gpuSuccess ? kCapCopyKernels : 0u);
-  (void)gpuGetLastError();
+  out->total_bytes = props.totalGlobalMem;
+  out->free_bytes = 0;
+  out->capabilities = kCapPeerCopy;
+  return true;
+}
+
+bool device_memory(int index, std::uint64_t* free_bytes, std::uint64_t* total_bytes, char* why,
+                   std::size_t why_size) noexcept {
+  const DeviceScope device(index);  // the caller's current device comes back after
+  Status s = UHMM_GPU_STATUS(device.error());
+  std::size_t free_now = 0, total = 0;
+  if (s) s = UHMM_GPU_STATUS(gpuMemGetInfo(&free_now, &total));
+  if (!s) {
+    write_why(s.message, why, why_size);
+    return false;
+  }
+  *free_bytes = free_now;
+  *total_bytes = total;
   return true;
 }
 
@@ -66,7 +79,7 @@ Backend* create_backend(int index, std::uint64_t pool_bytes, char* why, std::siz
 }
 
 constexpr detail::BackendPlugin kPlugin{detail::kPluginAbiVersion, kBackendName, device_count, device_properties,
-                                        create_backend};
+                                        device_memory, create_backend};
 
 }  // namespace
 }  // namespace uhmm::gpu

@@ -43,7 +43,8 @@ class DeviceScope {
     restore_ = error_ == gpuSuccess && previous_ >= 0;
   }
   ~DeviceScope() {
-    if (restore_) (void)gpuSetDevice(previous_);
+    // A failure (the previous device became unusable) must not linger as the thread's last error.
+    if (restore_ && gpuSetDevice(previous_) != gpuSuccess) (void)gpuGetLastError();
   }
   DeviceScope(const DeviceScope&) = delete;
   DeviceScope& operator=(const DeviceScope&) = delete;

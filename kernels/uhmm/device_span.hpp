@@ -17,6 +17,14 @@ struct DevicePageTable {
   std::size_t npages = 0;
   std::size_t first_offset = 0;  // byte offset of element 0 inside pages[0]
   std::size_t bytes = 0;         // bytes the span covers
+  // The launch's fault word and scratch page (device memory): in GPU kernel
+  // code an access to a page the table lacks records 1 + its byte offset
+  // there and reaches the scratch page instead of trapping (a trap is a
+  // sticky error that loses the device's every page); the host reads the
+  // word after the drain. Null, or host-compiled kernels (the cpu backend):
+  // the access faults at once.
+  std::uint64_t* fault = nullptr;
+  void* scratch = nullptr;
 };
 
 #if !UHMM_IN_DEVICE_CODE
@@ -49,11 +57,32 @@ class device_span {
         page < table_.npages
             ? *reinterpret_cast<const std::uint64_t*>(UHMM_DEVICE_ADDRESS(reinterpret_cast<std::uintptr_t>(table_.pages + page)))
             : 0;
-    if (base == 0) fault(i * sizeof(T));
+    if (base == 0) return miss(i * sizeof(T));
     return *reinterpret_cast<T*>(UHMM_DEVICE_ADDRESS(static_cast<std::uintptr_t>(base + (byte & 4095))));
   }
 
  private:
+  UHMM_HOST_DEVICE T& miss(std::size_t byte_offset) const {
+#if UHMM_GPU_KERNEL_CODE
+    if (table_.fault != nullptr) {
+      record_fault(table_.fault, byte_offset + 1);
+      return *reinterpret_cast<T*>(UHMM_DEVICE_ADDRESS(reinterpret_cast<std::uintptr_t>(table_.scratch)));
+    }
+#endif
+    fault(byte_offset);
+    return *reinterpret_cast<T*>(UHMM_DEVICE_ADDRESS(reinterpret_cast<std::uintptr_t>(table_.scratch)));  // not reached
+  }
+  // The first miss wins; the word is 0 until then.
+  UHMM_HOST_DEVICE static void record_fault(std::uint64_t* word, std::uint64_t value) {
+#if UHMM_IN_DEVICE_CODE
+    atomicCAS(reinterpret_cast<unsigned long long*>(word), 0ull, static_cast<unsigned long long>(value));
+#else
+    std::uint64_t expected = 0;
+    __atomic_compare_exchange_n(
+        reinterpret_cast<std::uint64_t*>(UHMM_DEVICE_ADDRESS(reinterpret_cast<std::uintptr_t>(word))), &expected,
+        value, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+#endif
+  }
   UHMM_HOST_DEVICE static void fault([[maybe_unused]] std::size_t byte_offset) {
 #if UHMM_IN_DEVICE_CODE && defined(__HIP_DEVICE_COMPILE__)
     __builtin_trap();  // HIP has no __trap; the kernel aborts the same way

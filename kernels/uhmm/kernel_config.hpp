@@ -26,3 +26,12 @@
 #else
 #define UHMM_DEVICE_ADDRESS(a) (a)
 #endif
+
+// 1 where kernels run as a GPU runs them (nvcc / hipcc device code, or device
+// code for the emulated runtime): a fault there is a trap, the runtime's
+// sticky error. 0 for host-compiled kernels (the cpu backend), which throw.
+#if UHMM_IN_DEVICE_CODE || UHMM_EMULATED_DEVICE_CODE
+#define UHMM_GPU_KERNEL_CODE 1
+#else
+#define UHMM_GPU_KERNEL_CODE 0
+#endif

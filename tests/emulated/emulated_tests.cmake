@@ -40,3 +40,7 @@ endif()
 # Two emulated devices (the test sets UHMM_EMULATED_DEVICES before the runtime starts).
 uhmm_add_driver_test(emulated_two_devices_test ${CMAKE_CURRENT_LIST_DIR}/two_devices_emulated_test.cpp)
 uhmm_emulated_device_code(emulated_two_devices_test)
+
+# The plugin's pool, launch-path stalls and probing (issue 16, defects 3, 7, 8).
+uhmm_add_driver_test(emulated_gpu_plugin_test ${CMAKE_CURRENT_LIST_DIR}/gpu_plugin_emulated_test.cpp)
+uhmm_emulated_device_code(emulated_gpu_plugin_test)

@@ -55,6 +55,13 @@ struct RecordTable {
   }
 };
 
+// Writes one word two pages past the end of its span: a page the launch's
+// table does not have (an application's indexing bug).
+struct WritePastTheSpan {
+  device_span<std::uint64_t> x;
+  UHMM_HOST_DEVICE void operator()(std::size_t) const { x[x.size() + 2 * kPageSize / 8] = 1; }
+};
+
 ContextOptions emulated_options() {
   ContextOptions o;
   o.backend = "emulated";
@@ -211,6 +218,35 @@ TEST_F(EmulatedLaunchDevice, ScatteredPagesMigrateThroughTheCopyKernelAndStaging
   for (std::size_t i = 0; i < x.size(); ++i)
     ASSERT_EQ(x[i], i + 2 + (i % kWords == 0 && (i / kWords) % 2 == 0 ? 10 : 0)) << i;
   EXPECT_TRUE(ctx_.validate()) << ctx_.validate().message;
+}
+
+// Issue 16, defect 1: a kernel's miss used to trap, and a trap is the
+// runtime's sticky error (cudaErrorLaunchFailure): every later call failed,
+// so every page resident on the device was lost with it. A miss is now
+// recorded in the launch's fault word, read after the drain: the launch fails
+// with device_fault and the device goes on.
+TEST_F(EmulatedLaunchDevice, AMissInDeviceCodeFailsTheLaunchAndTheDeviceKeepsItsPages) {
+  auto kept = make<std::uint64_t>(4 * kPageSize / 8);
+  const auto set = [](const LaunchStream& stream, device_span<std::uint64_t> span) {
+    launch(stream, span.size(), SetIndexPlus{span, 5});
+  };
+  ctx_.launch_device(set, kept);  // kept's pages now live on the device only
+  auto other = make<std::uint64_t>(kPageSize / 8);
+  try {
+    ctx_.launch_device(
+        [](const LaunchStream& stream, device_span<std::uint64_t> span) { launch(stream, 1, WritePastTheSpan{span}); },
+        other);
+    ADD_FAILURE() << "no exception";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), Errc::device_fault) << e.what();
+  }
+  const MigrationResult back = ctx_.migrate_to_host(kept.data(), kept.size_bytes());
+  ASSERT_TRUE(back.status) << back.status.message;
+  EXPECT_EQ(back.failed, 0u);
+  for (std::size_t i = 0; i < kept.size(); ++i) ASSERT_EQ(kept[i], i + 5) << i;
+  ctx_.launch_device(set, other);  // the device still runs kernels
+  EXPECT_EQ(other[3], 8u);
+  for (const auto& s : ctx_.residency(other.data(), other.size_bytes())) EXPECT_FALSE(s.locked);
 }
 
 TEST(EmulatedPlugin, AutoNeverSelectsItEvenWhereItsDirectoryIsSearched) {

@@ -9,6 +9,7 @@
 
 #include "../../driver/backend_probe.hpp"
 #include "emulated_runtime.hpp"
+#include "uhmm/uhmm.hpp"
 
 namespace uhmm::detail {
 namespace {
@@ -64,3 +65,51 @@ TEST(EmulatedPluginDefects, TheApplicationsCurrentDeviceSurvivesEveryCall) {
 
 }  // namespace
 }  // namespace uhmm::detail
+
+namespace uhmm::test {
+namespace {
+
+ContextOptions two_device_options(unsigned devices) {
+  ContextOptions o;
+  o.backend = "emulated";
+  o.plugin_dir = UHMM_TEST_EMULATED_PLUGIN_DIR;
+  o.device_pool_bytes = std::uint64_t{16} << 20;
+  o.devices = devices;
+  return o;
+}
+
+// Issue 16, defect 3: probing made every device current and asked for its
+// free memory, which creates a context (about 0.5 GiB on a GPU) on each, even
+// with UHMM_DEVICES=1. Contexts now exist only on the devices opened.
+TEST(EmulatedPluginDefects, ProbingCreatesNoContextAndOnlyOpenedDevicesGetOne) {
+  emuTestForgetContexts();  // as in a fresh process
+  const unsigned before0 = emuTestContextsCreated(0), before1 = emuTestContextsCreated(1);
+  const detail::BackendProbe probe = detail::probe_backend("emulated", UHMM_TEST_EMULATED_PLUGIN_DIR);
+  ASSERT_TRUE(probe.available()) << probe.why;
+  EXPECT_EQ(probe.devices.size(), 2u);
+  EXPECT_EQ(emuTestContextsCreated(0), before0) << "probing";
+  EXPECT_EQ(emuTestContextsCreated(1), before1) << "probing";
+  {
+    Context ctx(two_device_options(1));
+    EXPECT_EQ(ctx.device_count(), 1u);
+  }
+  EXPECT_EQ(emuTestContextsCreated(0), before0 + 1);
+  EXPECT_EQ(emuTestContextsCreated(1), before1) << "UHMM_DEVICES=1 opened only device 0";
+}
+
+// Issue 16, defect 3: one device no context can be made on (exclusive-process
+// mode, held by another job) made the whole backend unavailable; it is skipped.
+TEST(EmulatedPluginDefects, AnUnusableDeviceIsSkipped) {
+  emuTestSetDeviceUnusable(0, 1);
+  try {
+    Context ctx(two_device_options(2));
+    ASSERT_EQ(ctx.device_count(), 1u);
+    EXPECT_EQ(ctx.device_info(ctx.device_owner(0)).name, "uhmm emulated GPU 1");
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << e.what();
+  }
+  emuTestSetDeviceUnusable(0, 0);
+}
+
+}  // namespace
+}  // namespace uhmm::test

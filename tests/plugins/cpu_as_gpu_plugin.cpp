@@ -114,6 +114,15 @@ bool device_properties(int index, PluginDeviceProperties* out, char* why, std::s
   return true;
 }
 
+bool device_memory(int index, std::uint64_t* free_bytes, std::uint64_t* total_bytes, char* why,
+                   std::size_t why_size) noexcept {
+  PluginDeviceProperties props;
+  if (!device_properties(index, &props, why, why_size)) return false;
+  *free_bytes = props.free_bytes;
+  *total_bytes = props.total_bytes;
+  return true;
+}
+
 Backend* create_backend(int index, std::uint64_t pool_bytes, char* why, std::size_t why_size) noexcept {
   try {
     CpuBackendOptions options;
@@ -127,7 +136,7 @@ Backend* create_backend(int index, std::uint64_t pool_bytes, char* why, std::siz
 }
 
 constexpr BackendPlugin kPlugin{kPluginAbiVersion + UHMM_TEST_PLUGIN_ABI_OFFSET, "cuda", device_count,
-                                device_properties, create_backend};
+                                device_properties, device_memory, create_backend};
 
 }  // namespace
 }  // namespace uhmm::detail

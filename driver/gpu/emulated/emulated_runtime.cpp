@@ -69,6 +69,9 @@ struct Device {
   std::size_t limit = 0;
   std::atomic<int> sticky{emuSuccess};
   std::shared_ptr<uhmmEmulatedStream> legacy;  // the null stream
+  std::atomic<bool> context{false};            // its primary context exists
+  std::atomic<unsigned> contexts_created{0};
+  std::atomic<bool> unusable{false};  // exclusive-process, held by another process
 };
 
 struct Wait {
@@ -279,7 +282,10 @@ class Runtime {
     seed_.store(seed);
   }
   std::atomic<bool> kernel_image{true};
-  std::atomic<unsigned long long> copies{0}, memsets{0}, kernels{0}, host_functions{0}, event_waits{0};
+  std::atomic<unsigned long long> copies{0}, memsets{0}, kernels{0}, host_functions{0}, event_waits{0}, frees{0};
+  std::atomic<std::size_t> large_alignment{kDeviceAlignment};
+  std::atomic<void (*)(void*)> malloc_hook{nullptr};
+  std::atomic<void*> malloc_hook_user{nullptr};
   std::shared_mutex pinned_mutex;
   std::map<std::uintptr_t, std::size_t> pinned;  // gpuHostAlloc base -> bytes
   std::mutex host_function_mutex;                // host functions run one at a time, as on one runtime thread
@@ -363,16 +369,32 @@ emuError_t fail(emuError_t error) {
   return error;
 }
 
-// The checks every call makes first: the runtime is up, this is not a host
-// function (which must not call the runtime), and the device is not lost.
-emuError_t enter(const Device* device = nullptr) {
+// The checks of calls that need no context (device properties, bus ids):
+// the runtime is up and this is not a host function (which must not call it).
+emuError_t enter_without_context() {
   Runtime& r = runtime();
   if (r.unloading()) return fail(emuErrorRuntimeUnloading);
   if (t_in_host_function) return fail(emuErrorNotPermitted);
   if (r.init_error() != emuSuccess) return fail(r.init_error());
-  if (device == nullptr) device = r.device(t_device);
-  if (device != nullptr && device->sticky.load() != emuSuccess)
-    return fail(static_cast<emuError_t>(device->sticky.load()));
+  return emuSuccess;
+}
+
+// The device's primary context, created by the first call that needs it (as
+// the vendors do, at a cost in device memory); none on an unusable device.
+emuError_t need_context(Device& device) {
+  if (device.unusable.load()) return fail(emuErrorDevicesUnavailable);
+  if (!device.context.exchange(true)) device.contexts_created.fetch_add(1);
+  return emuSuccess;
+}
+
+// The checks every other call makes first: those above, the device's context
+// (the current device's by default), and the device is not lost.
+emuError_t enter(Device* device = nullptr) {
+  if (const emuError_t e = enter_without_context(); e != emuSuccess) return e;
+  if (device == nullptr) device = runtime().device(t_device);
+  if (device == nullptr) return emuSuccess;
+  if (const emuError_t e = need_context(*device); e != emuSuccess) return e;
+  if (device->sticky.load() != emuSuccess) return fail(static_cast<emuError_t>(device->sticky.load()));
   return emuSuccess;
 }
 
@@ -433,6 +455,7 @@ constexpr ErrorText kErrors[] = {
     {emuErrorMemoryAllocation, "emuErrorMemoryAllocation", "out of memory"},
     {emuErrorInitializationError, "emuErrorInitializationError", "initialization error"},
     {emuErrorRuntimeUnloading, "emuErrorRuntimeUnloading", "driver shutting down"},
+    {emuErrorDevicesUnavailable, "emuErrorDevicesUnavailable", "all CUDA-capable devices are busy or unavailable"},
     {emuErrorNoDevice, "emuErrorNoDevice", "no emulated device is configured"},
     {emuErrorInvalidDevice, "emuErrorInvalidDevice", "invalid device ordinal"},
     {emuErrorNoKernelImageForDevice, "emuErrorNoKernelImageForDevice",
@@ -522,7 +545,7 @@ emuError_t emuGetDeviceCount(int* count) {
 }
 
 emuError_t emuGetDeviceProperties(emuDeviceProp* props, int device) {
-  if (const emuError_t e = enter(runtime().device(device)); e != emuSuccess) return e;
+  if (const emuError_t e = enter_without_context(); e != emuSuccess) return e;
   Device* d = runtime().device(device);
   if (d == nullptr) return fail(emuErrorInvalidDevice);
   if (props == nullptr) return fail(emuErrorInvalidValue);
@@ -534,7 +557,7 @@ emuError_t emuGetDeviceProperties(emuDeviceProp* props, int device) {
 }
 
 emuError_t emuDeviceGetPCIBusId(char* bus_id, int length, int device) {
-  if (const emuError_t e = enter(runtime().device(device)); e != emuSuccess) return e;
+  if (const emuError_t e = enter_without_context(); e != emuSuccess) return e;
   if (runtime().device(device) == nullptr) return fail(emuErrorInvalidDevice);
   if (bus_id == nullptr || length <= 0) return fail(emuErrorInvalidValue);
   std::snprintf(bus_id, static_cast<std::size_t>(length), "0000:%02X:00.0", 0xe0 + device);
@@ -546,6 +569,8 @@ emuError_t emuSetDevice(int device) {
   if (r.unloading()) return fail(emuErrorRuntimeUnloading);
   if (t_in_host_function) return fail(emuErrorNotPermitted);
   if (r.device(device) == nullptr) return fail(emuErrorInvalidDevice);
+  // CUDA 12 creates the primary context here.
+  if (const emuError_t e = need_context(*r.device(device)); e != emuSuccess) return e;
   t_device = device;
   return emuSuccess;
 }
@@ -574,8 +599,9 @@ emuError_t emuMalloc(void** out, std::size_t bytes) {
   if (out == nullptr) return fail(emuErrorInvalidValue);
   *out = nullptr;
   if (bytes == 0) return emuSuccess;
+  if (void (*hook)(void*) = runtime().malloc_hook.load()) hook(runtime().malloc_hook_user.load());
   const std::size_t size = align_up(bytes, kSmallAlignment);
-  const std::size_t alignment = size >= kDeviceAlignment ? kDeviceAlignment : kSmallAlignment;
+  const std::size_t alignment = size >= kDeviceAlignment ? runtime().large_alignment.load() : kSmallAlignment;
   std::lock_guard lock(d->mutex);
   if (size > d->limit || d->used > d->limit - size) return fail(emuErrorMemoryAllocation);
   for (auto it = d->free_ranges.begin(); it != d->free_ranges.end(); ++it) {
@@ -600,6 +626,7 @@ emuError_t emuFree(void* p) {
   Device* d = r.device_of(a);
   if (d == nullptr) return fail(emuErrorInvalidValue);
   if (const emuError_t e = enter(d); e != emuSuccess) return e;
+  r.frees.fetch_add(1);
   drain_device(*d);  // cudaFree synchronizes the device
   std::lock_guard lock(d->mutex);
   auto it = d->allocations.find(a);
@@ -951,7 +978,37 @@ void emuTestSetKernelImage(int loadable) { runtime().kernel_image.store(loadable
 
 emuTestCounts emuTestGetCounts(void) {
   Runtime& r = runtime();
-  return {r.copies.load(), r.memsets.load(), r.kernels.load(), r.host_functions.load(), r.event_waits.load()};
+  return {r.copies.load(),         r.memsets.load(),     r.kernels.load(),
+          r.host_functions.load(), r.event_waits.load(), r.frees.load()};
+}
+
+void emuTestSetLargeAlignment(std::size_t bytes) {
+  runtime().large_alignment.store(std::clamp(bytes, kSmallAlignment, kDeviceAlignment));
+}
+
+std::size_t emuTestDeviceUsed(int device) {
+  Device* d = runtime().device(device);
+  if (d == nullptr) return 0;
+  std::lock_guard lock(d->mutex);
+  return d->used;
+}
+
+void emuTestSetMallocHook(void (*hook)(void* user), void* user) {
+  runtime().malloc_hook_user.store(user);
+  runtime().malloc_hook.store(hook);
+}
+
+unsigned emuTestContextsCreated(int device) {
+  Device* d = runtime().device(device);
+  return d != nullptr ? d->contexts_created.load() : 0;
+}
+
+void emuTestForgetContexts(void) {
+  for (int d = 0; d < runtime().device_count(); ++d) runtime().device(d)->context.store(false);
+}
+
+void emuTestSetDeviceUnusable(int device, int unusable) {
+  if (Device* d = runtime().device(device)) d->unusable.store(unusable != 0);
 }
 
 }  // extern "C"

@@ -17,6 +17,7 @@ enum emuError_t {
   emuErrorMemoryAllocation = 2,
   emuErrorInitializationError = 3,
   emuErrorRuntimeUnloading = 4,
+  emuErrorDevicesUnavailable = 46,
   emuErrorNoDevice = 100,
   emuErrorInvalidDevice = 101,
   emuErrorNoKernelImageForDevice = 209,
@@ -100,8 +101,26 @@ void emuTestClearStickyError(int device);
 void emuTestSetKernelImage(int loadable);
 // Counts of what ran: operations by kind (see emulated_runtime.cpp).
 struct emuTestCounts {
-  unsigned long long copies, memsets, kernels, host_functions, event_waits;
+  unsigned long long copies, memsets, kernels, host_functions, event_waits, frees;
 };
 emuTestCounts emuTestGetCounts(void);
+// Alignment of allocations of 2 MiB and more (2 MiB unless a test models a
+// runtime that aligns them less; 256 B at least).
+void emuTestSetLargeAlignment(std::size_t bytes);
+// Bytes of device memory allocated on `device` (gpuMalloc, not yet freed).
+std::size_t emuTestDeviceUsed(int device);
+// Called by every gpuMalloc before it allocates (null: none), on the caller's
+// thread: a test holds an allocation "in flight" there.
+void emuTestSetMallocHook(void (*hook)(void* user), void* user);
+// Contexts: a device's primary context is created by the first call that
+// needs one on it (gpuSetDevice included, as CUDA 12 does); queries of
+// properties and bus ids need none. Counts the contexts created per device.
+unsigned emuTestContextsCreated(int device);
+// Forgets every device's context (as in a fresh process), so that the next
+// call needing one creates and counts it again.
+void emuTestForgetContexts(void);
+// A device no context can be created on (exclusive-process mode, held by
+// another process): calls that need one fail with emuErrorDevicesUnavailable.
+void emuTestSetDeviceUnusable(int device, int unusable);
 }
 #pragma GCC visibility pop
