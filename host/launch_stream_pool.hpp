@@ -11,6 +11,7 @@
 #include <mutex>
 #include <vector>
 
+#include "lock_order.hpp"
 #include "uhmm/backend.hpp"
 
 namespace uhmm::detail {
@@ -68,7 +69,7 @@ class LaunchStreamPool {
 
   Backend& backend_;
   const std::size_t max_idle_;
-  mutable std::mutex mutex_;
+  mutable Ranked<std::mutex, LockRank::launch_stream_pool> mutex_;
   std::vector<Slot> idle_;
   std::size_t created_ = 0;
 };
@@ -81,7 +82,7 @@ class LaunchStreamPools {
   void clear() noexcept;
 
  private:
-  std::mutex mutex_;
+  Ranked<std::mutex, LockRank::launch_stream_pools> mutex_;
   std::map<OwnerId, std::unique_ptr<LaunchStreamPool>> pools_;
 };
 
