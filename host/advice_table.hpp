@@ -12,6 +12,7 @@
 #include <shared_mutex>
 #include <vector>
 
+#include "lock_order.hpp"
 #include "uhmm/advice.hpp"
 
 namespace uhmm::detail {
@@ -34,7 +35,7 @@ class AdviceTable {
   bool empty() const noexcept { return empty_.load(std::memory_order_acquire); }
 
  private:
-  mutable std::shared_mutex mutex_;
+  mutable Ranked<std::shared_mutex, LockRank::advice> mutex_;
   std::vector<Run> runs_;  // sorted, disjoint, no two adjacent with equal advice, none without advice
   std::atomic<bool> empty_{true};
 };

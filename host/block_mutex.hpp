@@ -10,6 +10,8 @@
 #include <atomic>
 #include <cstdint>
 
+#include "lock_order.hpp"
+
 namespace uhmm::detail {
 
 class BlockMutex {
@@ -40,5 +42,8 @@ class BlockMutex {
 
   alignas(std::atomic_ref<std::uint32_t>::required_alignment) std::uint32_t word_;
 };
+
+// As the mirror table holds it: ranked (lock_order.hpp). Still zero when unlocked.
+using RankedBlockMutex = Ranked<BlockMutex, LockRank::block>;
 
 }  // namespace uhmm::detail

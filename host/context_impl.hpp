@@ -13,6 +13,7 @@
 
 #include "access_recency.hpp"
 #include "atomic_counters.hpp"
+#include "lock_order.hpp"
 #include "observer.hpp"
 #include "range_registry.hpp"
 #include "reverse_map.hpp"
@@ -147,7 +148,7 @@ class ContextImpl {
   std::unique_ptr<StagingPool> staging_;
   std::unique_ptr<FaultService> faults_;
   std::atomic<std::uint32_t> next_range_id_{0};
-  std::mutex retired_mutex_;
+  Ranked<std::mutex, LockRank::retired> retired_mutex_;
   std::vector<std::shared_ptr<ManagedRange>> retired_;
 
   // Waits until no live part of a registered range overlaps [base, base + bytes)

@@ -12,6 +12,7 @@
 #include "context_impl.hpp"
 #include "launch_hold.hpp"
 #include "deferred_signals.hpp"
+#include "lock_order.hpp"
 #include "page_bounces.hpp"
 #include "read_mostly.hpp"
 #include "uhmm/detail/log.hpp"
@@ -105,7 +106,7 @@ class HostQueue final : public HostLaunchQueue {
   const std::uint32_t capabilities_;
   const char* const call_;
   const std::string backend_name_;
-  mutable std::mutex mutex_;
+  mutable Ranked<std::mutex, LockRank::launch_results> mutex_;
   std::deque<BatchResult> results_;  // stable addresses: the backend writes them asynchronously
   Status native_error_;
 };

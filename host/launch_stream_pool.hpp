@@ -11,6 +11,7 @@
 #include <mutex>
 #include <vector>
 
+#include "lock_order.hpp"
 #include "uhmm/backend.hpp"
 
 namespace uhmm::detail {
@@ -72,7 +73,7 @@ class LaunchStreamPool {
 
   Backend& backend_;
   const std::size_t max_idle_;
-  mutable std::mutex mutex_;
+  mutable Ranked<std::mutex, LockRank::launch_stream_pool> mutex_;
   std::vector<Slot> idle_;
   std::vector<DeviceAddress> retired_;  // outgrown table buffers: freed with a slot, or the pool
   std::size_t created_ = 0;
@@ -86,7 +87,7 @@ class LaunchStreamPools {
   void clear() noexcept;
 
  private:
-  std::mutex mutex_;
+  Ranked<std::mutex, LockRank::launch_stream_pools> mutex_;
   std::map<OwnerId, std::unique_ptr<LaunchStreamPool>> pools_;
 };
 

@@ -13,6 +13,7 @@
 
 #include "advice_table.hpp"
 #include "fault_mechanism.hpp"
+#include "lock_order.hpp"
 #include "mirror_table.hpp"
 #include "page_bounces.hpp"
 #include "page_intervals.hpp"
@@ -72,10 +73,10 @@ class ManagedRange {
   std::unique_ptr<RangeMapping> mapping_;
   std::byte* base_;
   std::size_t bytes_;
-  std::mutex ops_mutex_;
-  std::condition_variable ops_idle_;
+  Ranked<std::mutex, LockRank::range_ops> ops_mutex_;
+  std::condition_variable_any ops_idle_;
   std::size_t ops_ = 0;
-  mutable std::mutex unmapped_mutex_;
+  mutable Ranked<std::mutex, LockRank::unmapped> unmapped_mutex_;
   PageIntervals unmapped_;
   std::atomic<bool> has_unmapped_{false};  // fast path: most ranges never lose a page
 };

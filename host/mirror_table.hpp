@@ -12,6 +12,7 @@
 
 #include "block_mutex.hpp"
 #include "lazy_array.hpp"
+#include "lock_order.hpp"
 #include "mirror_entry.hpp"
 #include "uhmm/error.hpp"
 #include "uhmm/types.hpp"
@@ -37,7 +38,7 @@ class MirrorTable {
 
   // Every access to entries goes through here, so the block is recorded as
   // touched: a block never locked has only Empty entries.
-  BlockMutex& block_mutex(std::size_t block) const noexcept {
+  RankedBlockMutex& block_mutex(std::size_t block) const noexcept {
     mark_touched(block);
     return locks_[block];
   }
@@ -89,7 +90,7 @@ class MirrorTable {
 
   std::size_t npages_;
   LazyArray<MirrorEntry> entries_;     // zero pages: every entry Empty
-  LazyArray<BlockMutex> locks_;        // zero: unlocked
+  LazyArray<RankedBlockMutex> locks_;        // zero: unlocked
   LazyArray<std::uint64_t> touched_;   // a bit per block: ever locked
   LazyArray<std::uint64_t> summary_;   // a bit per word of touched_: not zero
 };

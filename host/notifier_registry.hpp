@@ -22,6 +22,7 @@
 #include <utility>
 #include <vector>
 
+#include "lock_order.hpp"
 #include "uhmm/interval_notifier.hpp"
 
 namespace uhmm::detail {
@@ -85,8 +86,8 @@ class NotifierRegistry {
 
  private:
   std::atomic<std::uint64_t>& invalidations_;
-  std::mutex mutex_;
-  std::condition_variable changed_;
+  Ranked<std::mutex, LockRank::notifiers> mutex_;
+  std::condition_variable_any changed_;
   std::vector<std::shared_ptr<NotifierState>> notifiers_;
   // Invalidations in progress; a multiset of address spans (few at a time).
   std::vector<std::pair<std::uintptr_t, std::uintptr_t>> active_;

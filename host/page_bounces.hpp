@@ -15,6 +15,7 @@
 
 #include "lazy_array.hpp"
 
+#include "lock_order.hpp"
 #include "uhmm/context.hpp"
 
 namespace uhmm::detail {
@@ -54,7 +55,7 @@ class PageBounces {
   };
   using Block = std::array<History, kPagesPerBlock>;
   LazyArray<Block*> blocks_;       // each guarded by its block's mutex
-  std::mutex allocated_mutex_;
+  Ranked<std::mutex, LockRank::bounces> allocated_mutex_;
   std::vector<Block*> allocated_;  // what the destructor frees: the blocks that bounced
 
 };

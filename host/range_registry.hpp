@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "event_gate.hpp"
+#include "lock_order.hpp"
 #include "managed_range.hpp"
 
 namespace uhmm::detail {
@@ -69,7 +70,7 @@ class RangeRegistry {
   // where another's first pages were unmapped; the one live there wins.
   ByBase::const_iterator starting_at(std::uintptr_t base) const;
 
-  mutable std::shared_mutex mutex_;
+  mutable Ranked<std::shared_mutex, LockRank::range_registry> mutex_;
   ByBase by_base_;
   std::map<std::uint32_t, std::shared_ptr<ManagedRange>> by_id_;
   std::size_t max_bytes_ = 0;  // the largest range ever added: bounds overlapping()'s walk

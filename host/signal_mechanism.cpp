@@ -15,6 +15,7 @@
 #include <fmt/format.h>
 
 #include "block_aligned_mapping.hpp"
+#include "lock_order.hpp"
 #include "managed_range.hpp"
 #include "map_count.hpp"
 #include "page_runs.hpp"
@@ -309,7 +310,8 @@ class SignalMapping final : public RangeMapping {
   std::size_t npages_ = 0;
   std::byte* alias_ = nullptr;
   std::uint8_t* prot_ = nullptr;
-  std::mutex mutex_;  // mprotect, table and run count of this range change together
+  // mprotect, table and run count of this range change together
+  Ranked<std::mutex, LockRank::protection> mutex_;
   long runs_ = 1;
 };
 

@@ -7,6 +7,7 @@
 #include <mutex>
 #include <vector>
 
+#include "lock_order.hpp"
 #include "uhmm/backend.hpp"
 
 namespace uhmm::detail {
@@ -49,7 +50,7 @@ class StagingPool {
 
  private:
   Backend& backend_;
-  std::mutex mutex_;
+  Ranked<std::mutex, LockRank::staging> mutex_;
   std::vector<std::byte*> all_;
   std::vector<std::byte*> free_;
 };

@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "lock_order.hpp"
+
 namespace uhmm::detail {
 
 // One complete ("X") event. Names, categories and argument keys are string
@@ -52,12 +54,12 @@ class TraceRecorder {
   const std::uint64_t origin_ns_;  // time 0 of the trace
   const int pid_;
   const std::size_t flush_events_;
-  std::mutex mutex_;  // buffer_, new_threads_, known_threads_, dropped_
+  Ranked<std::mutex, LockRank::trace_buffer> mutex_;  // buffer_, new_threads_, known_threads_, dropped_
   std::vector<TraceEvent> buffer_;
   std::vector<std::pair<std::uint32_t, std::string>> new_threads_;  // (tid, name) not yet written
   std::vector<std::uint32_t> known_threads_;
   std::uint64_t dropped_ = 0;
-  std::mutex file_mutex_;  // file_, first_
+  Ranked<std::mutex, LockRank::trace_file> file_mutex_;  // file_, first_
   std::FILE* file_ = nullptr;
   bool first_ = true;  // no event written yet (no comma before the next)
 };

@@ -9,6 +9,7 @@
 #include <functional>
 #include <mutex>
 
+#include "lock_order.hpp"
 #include "uhmm/detail/test_points.hpp"
 
 namespace uhmm::detail {
@@ -45,8 +46,8 @@ class UnlockEvents {
   void set_listener(std::function<void()> listener) { listener_ = std::move(listener); }
 
  private:
-  mutable std::mutex mutex_;
-  std::condition_variable changed_;
+  mutable Ranked<std::mutex, LockRank::unlock_events> mutex_;
+  std::condition_variable_any changed_;
   std::uint64_t generation_ = 0;
   std::function<void()> listener_;
 };
