@@ -74,7 +74,11 @@ class device_span {
   }
   // The first miss wins; the word is 0 until then.
   UHMM_HOST_DEVICE static void record_fault(std::uint64_t* word, std::uint64_t value) {
-#if UHMM_IN_DEVICE_CODE
+#if UHMM_IN_DEVICE_CODE && defined(__HIP_DEVICE_COMPILE__)
+    // clang's builtin: hipcc need not have declared atomicCAS at this point.
+    std::uint64_t expected = 0;
+    __atomic_compare_exchange_n(word, &expected, value, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+#elif UHMM_IN_DEVICE_CODE
     atomicCAS(reinterpret_cast<unsigned long long*>(word), 0ull, static_cast<unsigned long long>(value));
 #else
     std::uint64_t expected = 0;
