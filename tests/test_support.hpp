@@ -34,6 +34,19 @@ inline ContextOptions cpu_options(std::size_t pool_bytes = 64 * MiB, bool fault_
   return o;
 }
 
+#if defined(UHMM_TEST_EMULATED_PLUGIN_DIR)
+// A context on the GPU plugin built against the emulated runtime
+// (tests/emulated/emulated_tests.cmake defines where it is).
+inline ContextOptions emulated_options() {
+  ContextOptions o;
+  o.backend = "emulated";
+  o.plugin_dir = UHMM_TEST_EMULATED_PLUGIN_DIR;
+  o.device_pool_bytes = 64 * MiB;
+  o.fault_mode = test_fault_mode();
+  return o;
+}
+#endif
+
 // TSan runs an asynchronous signal handler only at its own safe points (an
 // intercepted call), with every signal blocked: there a handler cannot
 // interrupt a thread waiting in a fault, and a fault inside one (signal mode:

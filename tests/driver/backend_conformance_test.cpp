@@ -17,6 +17,7 @@
 #include "../../driver/backend_probe.hpp"
 #include "../../driver/cpu/cpu_backend.hpp"
 #include "emulated_runtime.hpp"
+#include "host_pages.hpp"
 
 namespace uhmm::detail {
 namespace {
@@ -44,47 +45,7 @@ std::unique_ptr<Backend> make_backend(const std::string& name, std::uint64_t poo
   return backend;
 }
 
-// Host pages: pinned (the backend's allocate_host) or pageable (aligned_alloc).
-class HostPages {
- public:
-  HostPages(Backend& backend, std::size_t pages, bool pinned) : backend_(backend), pinned_(pinned) {
-    void* p = nullptr;
-    if (pinned) {
-      const Status s = backend.allocate_host(pages * kPageSize, &p);
-      EXPECT_TRUE(s) << s.message;
-    } else {
-      p = std::aligned_alloc(kPageSize, pages * kPageSize);
-    }
-    base_ = static_cast<std::uint64_t*>(p);
-  }
-  ~HostPages() {
-    if (pinned_)
-      backend_.free_host(base_);
-    else
-      std::free(base_);
-  }
-  HostPages(const HostPages&) = delete;
-  HostPages& operator=(const HostPages&) = delete;
-  std::uint64_t* page(std::size_t i) const { return base_ + i * kWords; }
-  void fill(std::size_t i, std::uint64_t seed) const {
-    for (std::size_t w = 0; w < kWords; ++w) page(i)[w] = seed * 1'000'003 + w;
-  }
-  bool has(std::size_t i, std::uint64_t seed) const {
-    for (std::size_t w = 0; w < kWords; ++w)
-      if (page(i)[w] != seed * 1'000'003 + w) return false;
-    return true;
-  }
-  bool is_zero(std::size_t i) const {
-    for (std::size_t w = 0; w < kWords; ++w)
-      if (page(i)[w] != 0) return false;
-    return true;
-  }
-
- private:
-  Backend& backend_;
-  bool pinned_;
-  std::uint64_t* base_ = nullptr;
-};
+using test::HostPages;
 
 class BackendConformance : public ::testing::TestWithParam<std::string> {
  protected:

@@ -18,6 +18,7 @@
 #include "uhmm/uhmm.hpp"
 
 #include "emulated_runtime.hpp"
+#include "host_pages.hpp"
 #include "test_support.hpp"
 
 namespace uhmm::test {
@@ -26,18 +27,8 @@ namespace {
 constexpr std::size_t kWords = kPageSize / 8;
 constexpr std::size_t kStagedPart = 256;  // pages per staging buffer (GpuBackendOptions::staging_pages)
 
-ContextOptions emulated_options() {
-  ContextOptions o;
-  o.backend = "emulated";
-  o.plugin_dir = UHMM_TEST_EMULATED_PLUGIN_DIR;
-  o.device_pool_bytes = 64 * MiB;
-  o.fault_mode = test_fault_mode();
-  return o;
-}
-
-std::uint64_t pattern(std::uint64_t seed, std::size_t page, std::size_t word) {
-  return seed * 1'000'003 + page * kWords + word;
-}
+// Word w of page `page` as HostPages::fill_all(seed) writes it.
+std::uint64_t pattern(std::uint64_t seed, std::size_t page, std::size_t word) { return HostPages::word(seed + page, word); }
 
 // Runs `work` on a thread of its own. A deadlock (a host function blocked on
 // work that waits for the runtime thread it holds) hangs on every run: it
@@ -52,46 +43,6 @@ void without_deadlock(const char* what, F&& work) {
   }
   done.get();
 }
-
-// Host pages: pageable (aligned_alloc), or pinned by the backend.
-class HostPages {
- public:
-  HostPages(Backend& backend, std::size_t pages, bool pinned) : backend_(backend), pinned_(pinned), pages_(pages) {
-    void* p = nullptr;
-    if (pinned) {
-      const Status s = backend.allocate_host(pages * kPageSize, &p);
-      EXPECT_TRUE(s) << s.message;
-    } else {
-      p = std::aligned_alloc(kPageSize, pages * kPageSize);
-    }
-    base_ = static_cast<std::uint64_t*>(p);
-  }
-  ~HostPages() {
-    if (pinned_)
-      backend_.free_host(base_);
-    else
-      std::free(base_);
-  }
-  HostPages(const HostPages&) = delete;
-  HostPages& operator=(const HostPages&) = delete;
-  std::uint64_t* page(std::size_t i) const { return base_ + i * kWords; }
-  void fill(std::size_t i, std::uint64_t seed) const {
-    for (std::size_t w = 0; w < kWords; ++w) page(i)[w] = pattern(seed, i, w);
-  }
-  // The first page that differs from fill(i, seed), or pages_ when none does.
-  std::size_t first_wrong(std::uint64_t seed) const {
-    for (std::size_t i = 0; i < pages_; ++i)
-      for (std::size_t w = 0; w < kWords; ++w)
-        if (page(i)[w] != pattern(seed, i, w)) return i;
-    return pages_;
-  }
-
- private:
-  Backend& backend_;
-  bool pinned_;
-  std::size_t pages_;
-  std::uint64_t* base_ = nullptr;
-};
 
 class EmulatedCopyEngine : public ::testing::Test {
  protected:
@@ -182,13 +133,13 @@ TEST_F(EmulatedCopyEngine, StagedBatchesArriveExactlyUnderInjectedLatency) {
   for (unsigned round = 0; round < 4; ++round) {
     emuTestSetDelay(300, 11 + round);
     const std::uint64_t seed = 100 + round;
-    for (std::size_t i = 0; i < n; ++i) in.fill(i, seed);
+    in.fill_all(seed);
     std::vector<HostToDevicePage> down;
     const auto& order = round % 2 == 0 ? contiguous : scattered;  // DMA runs, or the gather/scatter kernel
     for (std::size_t i = 0; i < n; ++i) down.push_back({in.page(i), device_page(order[i])});
     BatchResult to_device;
     ASSERT_TRUE(backend_.copy_to_device(stream_, down, &to_device));
-    for (std::size_t i = 0; i < n; ++i) in.fill(i, seed + 1000);  // reused at once
+    in.fill_all(seed + 1'000'000);  // reused at once
     std::vector<DeviceToHostPage> up;
     for (std::size_t i = 0; i < n; ++i) up.push_back({device_page(order[i]), out.page(i)});
     BatchResult to_host;
@@ -209,8 +160,8 @@ TEST_F(EmulatedCopyEngine, MixedPinnedAndPageableBatchesArriveExactly) {
   HostPages pinned_in(backend_, n, true), pageable_in(backend_, n, false);
   HostPages pinned_out(backend_, n, true), pageable_out(backend_, n, false);
   for (std::size_t i = 0; i < n; ++i) {
-    pinned_in.fill(i, 1);
-    pageable_in.fill(i, 2);
+    pinned_in.fill(i, 1 + i);
+    pageable_in.fill(i, 1'000'000 + i);
   }
   std::vector<HostToDevicePage> down;
   std::vector<DeviceToHostPage> up;
@@ -230,7 +181,7 @@ TEST_F(EmulatedCopyEngine, MixedPinnedAndPageableBatchesArriveExactly) {
     const bool pinned = (i / 3) % 2 == 0;
     const HostPages& out = pinned ? pinned_out : pageable_out;
     for (std::size_t w = 0; w < kWords; w += 97)
-      ASSERT_EQ(out.page(i)[w], pattern(pinned ? 1 : 2, i, w)) << "page " << i;
+      ASSERT_EQ(out.page(i)[w], pattern(pinned ? 1 : 1'000'000, i, w)) << "page " << i;
   }
 }
 
@@ -246,7 +197,7 @@ TEST_F(EmulatedCopyEngine, TheCallerFillsTheNextBufferWhileTheStreamHasNotRunThe
     }
   } gate;
   HostPages in(backend_, n, false), out(backend_, n, false);
-  for (std::size_t i = 0; i < n; ++i) in.fill(i, 77);
+  in.fill_all(77);
   std::vector<HostToDevicePage> down;
   std::vector<DeviceToHostPage> up;
   for (std::size_t i = 0; i < n; ++i) {
@@ -274,7 +225,7 @@ TEST_F(EmulatedCopyEngine, AFailedDmaFailsItsBatchResult) {
   HostPages in(backend_, n, false);
   std::vector<HostToDevicePage> down;
   for (std::size_t i = 0; i < n; ++i) {
-    in.fill(i, 5);
+    in.fill(i, 5 + i);
     down.push_back({in.page(i), device_page(i)});
   }
   auto* native = static_cast<emuStream_t>(backend_.native_stream(stream_));

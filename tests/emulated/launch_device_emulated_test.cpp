@@ -62,15 +62,6 @@ struct WritePastTheSpan {
   UHMM_HOST_DEVICE void operator()(std::size_t) const { x[x.size() + 2 * kPageSize / 8] = 1; }
 };
 
-ContextOptions emulated_options() {
-  ContextOptions o;
-  o.backend = "emulated";
-  o.plugin_dir = UHMM_TEST_EMULATED_PLUGIN_DIR;
-  o.device_pool_bytes = 64 * MiB;
-  o.fault_mode = test_fault_mode();
-  return o;
-}
-
 class EmulatedLaunchDevice : public ::testing::Test {
  protected:
   EmulatedLaunchDevice() : ctx_(emulated_options()) {}
