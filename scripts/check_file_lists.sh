@@ -23,7 +23,7 @@ tree_files() {
       [ -e "$f" ] && echo "$f"
     done
   else
-    find "$@" -path '*/build*' -prune -o -type f -print | sort
+    find "$@" -type d \( -name 'build*' -o -name '.*' \) ! -name . -prune -o -type f -print | sed 's|^\./||' | sort
   fi
 }
 
