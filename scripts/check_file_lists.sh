@@ -29,6 +29,7 @@ tree_files() {
 
 # The names a README gives in backticks, one a line, {a,b} alternatives expanded.
 readme_names() {
+  # shellcheck disable=SC2016  # backticks, not an expansion
   grep -o '`[^`]*`' "$1" | tr -d '`' | while read -r token; do
     if [[ $token =~ ^(.*)\{([^{}]*)\}(.*)$ ]]; then
       local head=${BASH_REMATCH[1]} tail=${BASH_REMATCH[3]} alt
