@@ -18,12 +18,14 @@ install(TARGETS uhmm EXPORT uhmmTargets
   ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR} COMPONENT Development
   RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR} COMPONENT Runtime)
 
-# Public headers only (C++ .hpp and C .h): include/uhmm/detail/ is the library's own (it needs spdlog).
-# kernels/uhmm/ (device_span.hpp & co.) installs into the same include/uhmm/.
-install(DIRECTORY include/uhmm/ kernels/uhmm/
-  DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/uhmm COMPONENT Development
-  FILES_MATCHING PATTERN "*.hpp" PATTERN "*.h"
-  PATTERN "detail" EXCLUDE)
+# Public headers only (C++ .hpp and C .h, cmake/uhmm_headers.cmake): include/uhmm/detail/ is the
+# library's own (it needs spdlog). kernels/uhmm/ (device_span.hpp & co.) installs into the same include/uhmm/.
+set(uhmm_installed_headers ${uhmm_public_headers})
+list(TRANSFORM uhmm_installed_headers PREPEND include/)
+set(uhmm_installed_kernel_headers ${uhmm_kernel_headers})
+list(TRANSFORM uhmm_installed_kernel_headers PREPEND kernels/)
+install(FILES ${uhmm_installed_headers} ${uhmm_installed_kernel_headers}
+  DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/uhmm COMPONENT Development)
 
 install(EXPORT uhmmTargets NAMESPACE uhmm:: DESTINATION ${UHMM_INSTALL_CMAKEDIR} COMPONENT Development)
 

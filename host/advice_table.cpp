@@ -64,7 +64,7 @@ RangeAdvice AdviceTable::get(std::size_t page) const {
 
 std::vector<AdviceTable::Run> AdviceTable::runs(std::size_t first, std::size_t end) const {
   std::vector<Run> out;
-  if (empty()) return out;
+  if (empty() || first >= end) return out;  // no run of an empty span, not even an empty one
   std::shared_lock lock(mutex_);
   auto it = std::upper_bound(runs_.begin(), runs_.end(), first,
                              [](std::size_t p, const Run& r) { return p < r.end; });

@@ -34,6 +34,7 @@ class PageIntervals {
   }
   // Whether any page of [first, end) is in the set.
   bool intersects(std::size_t first, std::size_t end) const noexcept {
+    if (first >= end) return false;  // an empty span has no page in the set
     for (const auto& r : runs_)
       if (r.first < end && first < r.second) return true;
     return false;
@@ -50,6 +51,7 @@ class PageIntervals {
     std::vector<std::pair<std::size_t, std::size_t>> out;
     std::size_t at = 0;
     for (const auto& r : runs_) {
+      if (at >= npages) break;  // intervals past npages leave nothing to add
       if (r.first > at) out.emplace_back(at, std::min(r.first, npages));
       at = std::max(at, r.second);
     }

@@ -38,12 +38,15 @@ foreach(backend IN ITEMS cuda hip)
   endif()
 endforeach()
 list(JOIN uhmm_packages "," uhmm_packages)
+list(JOIN uhmm_public_headers "," uhmm_package_headers)
+list(JOIN uhmm_kernel_headers "," uhmm_package_kernel_headers)
 set(uhmm_deb_work ${CMAKE_CURRENT_BINARY_DIR}/deb)
 set(uhmm_deb_root ${uhmm_deb_work}/root)
 add_test(NAME package_deb
   COMMAND ${CMAKE_COMMAND} -DSTEP=deb -DSOURCE_DIR=${PROJECT_SOURCE_DIR} -DUHMM_BUILD_DIR=${PROJECT_BINARY_DIR}
           -DWORK_DIR=${uhmm_deb_work} -DROOT=${uhmm_deb_root} -DCONFIG=$<CONFIG> -DCPACK=${CMAKE_CPACK_COMMAND}
           -DDPKG=${UHMM_DPKG_EXECUTABLE} -DDPKG_DEB=${UHMM_DPKG_DEB_EXECUTABLE} -DPACKAGES=${uhmm_packages}
+          -DPUBLIC_HEADERS=${uhmm_package_headers} -DKERNEL_HEADERS=${uhmm_package_kernel_headers}
           -DVERSION=${PROJECT_VERSION} -DSOVERSION=${uhmm_soversion} -DPREFIX=${CMAKE_INSTALL_PREFIX}
           -DLIBDIR=${CMAKE_INSTALL_LIBDIR} -DINCLUDEDIR=${CMAKE_INSTALL_INCLUDEDIR} -DBINDIR=${CMAKE_INSTALL_BINDIR}
           -P ${uhmm_package_script})

@@ -82,7 +82,8 @@ function(deb_step)
   if(CONFIG)
     set(config_args -C ${CONFIG})
   endif()
-  run("cpack" ${CPACK} -G DEB --config ${UHMM_BUILD_DIR}/CPackConfig.cmake -B ${WORK_DIR}/packages ${config_args})
+  run("cpack" ${CPACK} -G DEB --config ${UHMM_BUILD_DIR}/CPackConfig.cmake -B ${WORK_DIR}/packages ${config_args}
+      OUTPUT cpack_output)
 
   execute_process(COMMAND ${DPKG} --print-architecture OUTPUT_VARIABLE arch OUTPUT_STRIP_TRAILING_WHITESPACE)
   set(version ${VERSION}-1)
@@ -94,7 +95,10 @@ function(deb_step)
   set(problems)
 
   # Exactly the expected packages: a file installed without a component would make one more.
-  file(GLOB made RELATIVE ${WORK_DIR}/packages ${WORK_DIR}/packages/*.deb)
+  # (what cpack says it generated: "CPack: - package: <path> generated.")
+  string(REGEX MATCHALL "package: [^\n]+\\.deb generated" made "${cpack_output}")
+  list(TRANSFORM made REPLACE "^package: (.+) generated$" "\\1")
+  list(TRANSFORM made REPLACE "^.*/" "")
   set(expected)
   foreach(p IN LISTS packages)
     list(APPEND expected ${p}_${version}_${arch}.deb)
@@ -151,11 +155,14 @@ function(deb_step)
       expect_field(${p} ${deb} Depends "^${runtime} ${exact}$" problems)
       expect_field(${p} ${deb} Section "^libdevel$" problems)
       # Every public header of the source tree, C and C++; nothing of detail/.
-      file(GLOB headers RELATIVE ${SOURCE_DIR}/include/uhmm ${SOURCE_DIR}/include/uhmm/*.hpp
-           ${SOURCE_DIR}/include/uhmm/*.h)
-      file(GLOB kernel_headers RELATIVE ${SOURCE_DIR}/kernels/uhmm ${SOURCE_DIR}/kernels/uhmm/*.hpp)
-      list(TRANSFORM headers PREPEND ${prefix}/${INCLUDEDIR}/uhmm/)
-      list(TRANSFORM kernel_headers PREPEND ${prefix}/${INCLUDEDIR}/uhmm/)
+      # (cmake/uhmm_headers.cmake's lists, "uhmm/name", which scripts/check_file_lists.sh keeps whole)
+      string(REPLACE "," ";" headers "${PUBLIC_HEADERS}")
+      string(REPLACE "," ";" kernel_headers "${KERNEL_HEADERS}")
+      if(NOT headers OR NOT kernel_headers)
+        message(FATAL_ERROR "run with -DPUBLIC_HEADERS=... -DKERNEL_HEADERS=...")
+      endif()
+      list(TRANSFORM headers PREPEND ${prefix}/${INCLUDEDIR}/)
+      list(TRANSFORM kernel_headers PREPEND ${prefix}/${INCLUDEDIR}/)
       expect_files(${p} "${files}" problems ${headers} ${kernel_headers} ${lib}/libuhmm.so
                    ${lib}/cmake/uhmm/uhmmConfig.cmake ${lib}/cmake/uhmm/uhmmConfigVersion.cmake
                    ${lib}/cmake/uhmm/uhmmTargets.cmake ${lib}/pkgconfig/uhmm.pc)
