@@ -71,6 +71,9 @@ class MappingEvents {
   // (a page at least; nullptr: none could be had, and the pages are lost).
   void copy_out(ManagedRange& range, std::size_t first, std::size_t end, std::intptr_t shift,
                 std::byte* staging) noexcept;
+  // copy_out of page p, which another operation holds: copies its device
+  // page to `target` unless its data is there already. False: lost.
+  bool copy_held(ManagedRange& range, std::size_t p, std::byte* target, std::byte* staging) noexcept;
   // The staging buffer of a REMAP applied at nesting `level`.
   std::byte* staging_at(std::size_t level) noexcept;
 
