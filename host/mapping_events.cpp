@@ -293,17 +293,16 @@ void MappingEvents::remap(std::uintptr_t from, std::uintptr_t to, std::size_t le
     // range releases device pages while they are being copied out.
     const RangeSpan hold(range, 0, range->npages());
     copy_out(*range, first, end, static_cast<std::intptr_t>(to - from), staging);
-    try {
-      range->mark_unmapped(first, end);
-    } catch (const std::bad_alloc&) {
-      log().error("mapping event: out of memory recording that range {} lost pages [{}, {})", range->id(), first, end);
-    }
+    // The old place is marked unmapped (and the range retired if nothing is
+    // left) by the UNMAP the kernel sends next, not here: until then it
+    // counts as live, so a range the kernel maps there meanwhile is
+    // registered only once that UNMAP cannot hit it (wait_for_address_reuse).
     drop_device_pages(*range, first, end, InvalidateKind::unmap);
     log().info("the application moved pages [{}, {}) of managed range {} to {}: they are ordinary memory there now",
                first, end, range->id(),
                static_cast<void*>(range->page_address(first) + static_cast<std::intptr_t>(to - from)));
-    if (range->all_unmapped(0, range->npages())) ctx_.retire(range);
   }
+  test_points::at(test_points::remap_applied);
   // The new place stays registered with this userfaultfd (EVENT_REMAP keeps
   // it); unregistering makes it ordinary memory and wakes any thread that
   // faulted there meanwhile.

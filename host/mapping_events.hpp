@@ -15,9 +15,11 @@
 //           clears the marks it caused.
 //   UNMAP   the span is gone for good: device pages released, entries Empty,
 //           calls on it fail; a range unmapped entirely is retired.
-//   REMAP   the moved part is retired the same way, after its device pages
-//           were copied into the new place; the new place is unregistered and
-//           becomes ordinary memory holding all the data.
+//   REMAP   the moved part's device pages are copied into the new place
+//           (those another operation holds too) and released; the new place
+//           is unregistered and becomes ordinary memory holding all the data.
+//           The UNMAP of the old place that the kernel sends next retires it
+//           (until then it counts as live: no range is registered there).
 #pragma once
 
 #include <cstddef>
