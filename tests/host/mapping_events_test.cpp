@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -13,7 +14,9 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
+#include <fstream>
 #include <mutex>
+#include <string>
 #include <string_view>
 #include <thread>
 #include <vector>
@@ -263,6 +266,90 @@ TEST(MappingEventRaces, DontunmapLeavesTheOldPlaceManagedAndEmpty) {
   ctx.free(a);
   EXPECT_EQ(ctx.counters().device_pages_in_use, 0u);
   ASSERT_EQ(::munmap(target, kBytes), 0);
+}
+
+// --- Mapping events apply in the order read (issue 13) ---------------------
+
+// Whether thread `tid` sleeps until the fault service reads its mapping
+// event (its REMAP or UNMAP is queued).
+bool waits_for_its_event(pid_t tid) {
+  std::ifstream wchan("/proc/self/task/" + std::to_string(tid) + "/wchan");
+  std::string where;
+  wchan >> where;
+  return where == "userfaultfd_event_wait_completion";
+}
+
+// Waits (bounded) until both movers wait for their events to be read.
+bool both_movers_wait(const std::atomic<pid_t> (&movers)[2]) {
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (std::chrono::steady_clock::now() < give_up) {
+    const pid_t a = movers[0].load(), b = movers[1].load();
+    if (a != 0 && b != 0 && waits_for_its_event(a) && waits_for_its_event(b)) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return false;
+}
+
+Latch g_movers_go;
+std::atomic<pid_t> g_movers[2];
+std::atomic<bool> g_movers_queued{false};
+std::atomic<bool> g_unmaps_queued{false};
+
+// The fault service is about to install a bring-back: two threads mremap
+// two ranges now, so both REMAPs are queued when its install meets them and
+// its pump reads them in one go.
+void move_two_while_staged() {
+  detail::test_points::bring_back_staged.store(nullptr);  // once
+  g_movers_go.open();
+  g_movers_queued.store(both_movers_wait(g_movers));
+}
+
+// The first REMAP holds its pages: both movers have queued the UNMAP of
+// their old place by now, and its copy's pump reads both.
+void wait_for_both_unmaps() {
+  detail::test_points::remap_copy_locked.store(nullptr);  // once
+  g_unmaps_queued.store(both_movers_wait(g_movers));
+}
+
+TEST(MappingEventRaces, EventsReadWhileAnotherIsAppliedWaitTheirTurn) {
+  Watchdog watchdog("EventsReadWhileAnotherIsAppliedWaitTheirTurn", kLimit);
+  Context ctx(cpu_options());
+  if (!events_followed(ctx)) GTEST_SKIP() << kNoEvents;
+  void* ranges[3];
+  for (std::uint64_t k = 0; k < 3; ++k) {
+    ranges[k] = ctx.allocate(kBytes);
+    fill(ranges[k], kBytes, 10 + k);
+    ASSERT_EQ(ctx.migrate_to_device(ranges[k], kBytes).migrated, kPages);
+  }
+  void* targets[2] = {reserve(kBytes), reserve(kBytes)};
+  ASSERT_NE(targets[0], nullptr);
+  ASSERT_NE(targets[1], nullptr);
+  g_movers_go.reset();
+  g_movers[0].store(0);
+  g_movers[1].store(0);
+  void* moved[2] = {nullptr, nullptr};
+  std::vector<std::thread> movers;
+  for (int k = 0; k < 2; ++k)
+    movers.emplace_back([&, k] {
+      g_movers[k].store(::gettid());
+      g_movers_go.wait();
+      moved[k] = ::mremap(ranges[k], kBytes, kBytes, MREMAP_MAYMOVE | MREMAP_FIXED, targets[k]);
+    });
+  {
+    Hook staged(detail::test_points::bring_back_staged, move_two_while_staged);
+    Hook copying(detail::test_points::remap_copy_locked, wait_for_both_unmaps);
+    expect_pattern(ranges[2], kBytes, 12);  // a fault brings the block back; the hooks fire under it
+    for (auto& t : movers) t.join();
+  }
+  ASSERT_TRUE(g_movers_queued.load()) << "the movers' REMAPs were not both queued";
+  ASSERT_TRUE(g_unmaps_queued.load()) << "the movers' UNMAPs were not both queued";
+  for (int k = 0; k < 2; ++k) {
+    ASSERT_EQ(moved[k], targets[k]) << std::strerror(errno);
+    expect_pattern(targets[k], kBytes, 10 + k);
+  }
+  EXPECT_EQ(ctx.counters().pages_lost, 0u);
+  EXPECT_TRUE(ctx.validate()) << ctx.validate().message;
+  for (void* t : targets) ASSERT_EQ(::munmap(t, kBytes), 0);
 }
 
 // --- A freed page the kernel reclaims while a migration copies it ---------
