@@ -112,7 +112,7 @@ std::size_t FaultService::read_messages(std::vector<Fault>& into) noexcept {
     for (std::size_t i = 0; i < n; ++i) {
       const FaultEvent& e = events[i];
       if (e.kind != FaultEvent::Kind::fault) {
-        if (mapping_) mapping_->apply(e);
+        if (mapping_) queue_mapping_event(e);
         continue;
       }
       if (!queue(into, {e.address, e.write_protect, read_ns})) {
@@ -126,9 +126,33 @@ std::size_t FaultService::read_messages(std::vector<Fault>& into) noexcept {
     total += n;
     if (n < max) break;
   }
+  apply_mapping_events();
   if (outermost) ctx_.ranges.gate().end();
   --reading_depth_;
   return total;
+}
+
+void FaultService::queue_mapping_event(const FaultEvent& event) noexcept {
+  try {
+    unapplied_.push_back(event);
+  } catch (const std::bad_alloc&) {
+    log().error("fault service: no memory to queue a mapping event; applying it out of order");
+    mapping_->apply(event);
+  }
+}
+
+void FaultService::apply_mapping_events() noexcept {
+  // In the order read, one at a time. An event read while another is being
+  // applied (by its copy's EAGAIN pump) waits its turn: applied at once, it
+  // would overtake events an outer read still holds (the UNMAP of a moved
+  // part, applied before that part's REMAP, dropped the device pages the REMAP
+  // was to copy). Reading it was all its ioctl needed.
+  if (applying_) return;
+  applying_ = true;
+  while (next_unapplied_ < unapplied_.size()) mapping_->apply(unapplied_[next_unapplied_++]);
+  unapplied_.clear();
+  next_unapplied_ = 0;
+  applying_ = false;
 }
 
 void FaultService::pump(void* self) noexcept {
@@ -146,6 +170,7 @@ void FaultService::reserve_storage() noexcept {
   try {
     batch_.reserve(kReservedFaults);
     pumped_.reserve(kReservedFaults);
+    unapplied_.reserve(2 * kMaxEventsPerRead);
     parked_.reserve(kReservedFaults);
     held_.reserve(5 * kPagesPerBlock);
     for (auto* list : lists_.all()) list->reserve(2 * kPagesPerBlock);

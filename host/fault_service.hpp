@@ -47,11 +47,16 @@ class FaultService {
   void run() noexcept;
   void reserve_storage() noexcept;  // on the service thread, at its start
   // Reads every message pending: faults go to `into`, mapping events are
-  // applied at once (mapping_events.hpp). Returns how many were read.
+  // applied in the order read (mapping_events.hpp): at once, unless one is
+  // being applied already. Returns how many were read.
   std::size_t read_messages(std::vector<Fault>& into) noexcept;
   // The EAGAIN hook (userfaultfd.hpp): an ioctl of this thread met an unread
   // event; read it, keeping the faults for the next batch.
   static void pump(void* self) noexcept;
+  void queue_mapping_event(const FaultEvent& event) noexcept;
+  // Applies the queued mapping events in order, unless called while one is
+  // being applied (that call's caller applies them next).
+  void apply_mapping_events() noexcept;
   void wake_unlocked_parked() noexcept;
   // Test point (test_points::fault_batch_min): reads on until the batch
   // begun holds that many faults.
@@ -80,6 +85,9 @@ class FaultService {
     }
   } lists_;  // resolve_block's, reserved at start
   int reading_depth_ = 0;      // read_messages() nests through pump() inside an event's ioctls
+  std::vector<FaultEvent> unapplied_;  // mapping events read, not applied yet, in order
+  std::size_t next_unapplied_ = 0;
+  bool applying_ = false;  // apply_mapping_events() is on the stack
   std::unique_ptr<MappingEvents> mapping_;  // userfaultfd with mapping events only
   std::byte* staging_ = nullptr;
   std::thread thread_;

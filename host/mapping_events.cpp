@@ -1,5 +1,7 @@
 #include "mapping_events.hpp"
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
@@ -24,6 +26,13 @@ std::pair<std::size_t, std::size_t> pages_within(const ManagedRange& range, std:
   const std::uintptr_t b = std::min(hi, base + range.bytes());
   if (a >= b) return {0, 0};
   return {(a - base) >> kPageShift, (b - base + kPageSize - 1) >> kPageShift};
+}
+
+// Whether the page tables map a page at `page` (mincore: present, or in
+// the swap cache).
+bool page_resident(const void* page) noexcept {
+  unsigned char in_core = 0;
+  return ::mincore(const_cast<void*>(page), kPageSize, &in_core) == 0 && (in_core & 1) != 0;
 }
 
 }  // namespace
@@ -175,13 +184,18 @@ void MappingEvents::copy_out(ManagedRange& range, std::size_t first, std::size_t
   // every block after the first).
   std::vector<std::size_t> pages;
   std::vector<DevicePage> where;
+  std::vector<std::size_t> held;  // device pages another operation holds
   try {
     for (std::size_t block = MirrorTable::block_of(first); first < end && block <= MirrorTable::block_of(end - 1);
          ++block) {
       std::lock_guard lock(table.block_mutex(block));
       for (std::size_t p = std::max(first, table.block_begin(block)); p < std::min(end, table.block_end(block)); ++p) {
         MirrorEntry& e = table.entry(p);
-        if (e.locked() || (e.residency() != Residency::Device && e.residency() != Residency::Duplicated)) continue;
+        if (e.residency() != Residency::Device && e.residency() != Residency::Duplicated) continue;
+        if (e.locked()) {
+          if (!e.has(MirrorEntry::kDiscarded)) held.push_back(p);  // discarded before the move: zeros are right
+          continue;
+        }
         pages.push_back(p);
         where.push_back(e.device_page());
         e.set(MirrorEntry::kLocked);
@@ -216,6 +230,7 @@ void MappingEvents::copy_out(ManagedRange& range, std::size_t first, std::size_t
                      err == EIO ? r.status.message : std::strerror(err));
     }
   }
+  for (std::size_t p : held) lost += copy_held(range, p, range.page_address(p) + shift, staging) ? 0 : 1;
   AtomicCounters::add(ctx_.counters.pages_lost, lost);
   // A DISCARDED mark a REMOVE read by a copy's EAGAIN pump left goes: the
   // caller drops these pages next (the old place is unmapped).
@@ -225,6 +240,47 @@ void MappingEvents::copy_out(ManagedRange& range, std::size_t first, std::size_t
   }
   // Announced: an eviction, a pin or a snapshot may be waiting for these pages.
   ctx_.unlock(range, pages);
+}
+
+bool MappingEvents::copy_held(ManagedRange& range, std::size_t p, std::byte* target, std::byte* staging) noexcept {
+  // The holder (an eviction, a bring-back) can no longer map the page at its
+  // old place, which is gone. What it mapped there before the move moved with
+  // the page tables (resident at the new place); otherwise its bytes are
+  // still on the device page the entry names, which the holder frees only
+  // after its own bookkeeping (an install that meets the vanished mapping
+  // waits until this event is applied): read it, then check the entry still
+  // names it, so the bytes read were that page's.
+  auto& table = range.table();
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    if (page_resident(target)) return true;
+    DevicePage from;
+    {
+      std::lock_guard lock(table.block_mutex(MirrorTable::block_of(p)));
+      const MirrorEntry e = table.entry(p);
+      if (e.residency() != Residency::Device && e.residency() != Residency::Duplicated) return true;  // on the host
+      from = e.device_page();
+    }
+    std::byte* const dst[] = {staging};
+    if (staging == nullptr || ctx_.pagemap(from.owner)->copy_to_ram(std::span(&from.index, 1), dst).pages_done != 1)
+      continue;
+    {
+      std::lock_guard lock(table.block_mutex(MirrorTable::block_of(p)));
+      const MirrorEntry e = table.entry(p);
+      const bool same = (e.residency() == Residency::Device || e.residency() == Residency::Duplicated) &&
+                        e.device_page().owner == from.owner && e.device_page().index == from.index;
+      if (!same) continue;
+    }
+    const int err = uffd_.copy(target, staging, kPageSize, nullptr);
+    if (err == 0 || err == EEXIST) return true;
+    log().critical("mremap moved managed page {} to {} while an operation held it, and installing it there failed "
+                   "({}); the page reads as zeros",
+                   static_cast<void*>(range.page_address(p)), static_cast<void*>(target), std::strerror(err));
+    return false;
+  }
+  log().critical("mremap moved managed page {} to {} while an operation held it, and its data could not be read "
+                 "from the device; the page reads as zeros",
+                 static_cast<void*>(range.page_address(p)), static_cast<void*>(target));
+  return false;
 }
 
 void MappingEvents::remap(std::uintptr_t from, std::uintptr_t to, std::size_t len) noexcept {
@@ -237,17 +293,16 @@ void MappingEvents::remap(std::uintptr_t from, std::uintptr_t to, std::size_t le
     // range releases device pages while they are being copied out.
     const RangeSpan hold(range, 0, range->npages());
     copy_out(*range, first, end, static_cast<std::intptr_t>(to - from), staging);
-    try {
-      range->mark_unmapped(first, end);
-    } catch (const std::bad_alloc&) {
-      log().error("mapping event: out of memory recording that range {} lost pages [{}, {})", range->id(), first, end);
-    }
+    // The old place is marked unmapped (and the range retired if nothing is
+    // left) by the UNMAP the kernel sends next, not here: until then it
+    // counts as live, so a range the kernel maps there meanwhile is
+    // registered only once that UNMAP cannot hit it (wait_for_address_reuse).
     drop_device_pages(*range, first, end, InvalidateKind::unmap);
     log().info("the application moved pages [{}, {}) of managed range {} to {}: they are ordinary memory there now",
                first, end, range->id(),
                static_cast<void*>(range->page_address(first) + static_cast<std::intptr_t>(to - from)));
-    if (range->all_unmapped(0, range->npages())) ctx_.retire(range);
   }
+  test_points::at(test_points::remap_applied);
   // The new place stays registered with this userfaultfd (EVENT_REMAP keeps
   // it); unregistering makes it ordinary memory and wakes any thread that
   // faulted there meanwhile.

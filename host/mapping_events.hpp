@@ -15,9 +15,11 @@
 //           clears the marks it caused.
 //   UNMAP   the span is gone for good: device pages released, entries Empty,
 //           calls on it fail; a range unmapped entirely is retired.
-//   REMAP   the moved part is retired the same way, after its device pages
-//           were copied into the new place; the new place is unregistered and
-//           becomes ordinary memory holding all the data.
+//   REMAP   the moved part's device pages are copied into the new place
+//           (those another operation holds too) and released; the new place
+//           is unregistered and becomes ordinary memory holding all the data.
+//           The UNMAP of the old place that the kernel sends next retires it
+//           (until then it counts as live: no range is registered there).
 #pragma once
 
 #include <cstddef>
@@ -71,6 +73,9 @@ class MappingEvents {
   // (a page at least; nullptr: none could be had, and the pages are lost).
   void copy_out(ManagedRange& range, std::size_t first, std::size_t end, std::intptr_t shift,
                 std::byte* staging) noexcept;
+  // copy_out of page p, which another operation holds: copies its device
+  // page to `target` unless its data is there already. False: lost.
+  bool copy_held(ManagedRange& range, std::size_t p, std::byte* target, std::byte* staging) noexcept;
   // The staging buffer of a REMAP applied at nesting `level`.
   std::byte* staging_at(std::size_t level) noexcept;
 

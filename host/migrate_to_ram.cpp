@@ -140,6 +140,13 @@ ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<c
                  }
                });
   test_points::at(test_points::held_install, range.page_address(pages.front()), true);
+  // A page whose mapping vanished may have been moved (mremap): the REMAP
+  // being applied reads its device copy (MappingEvents::copy_held), so it is
+  // freed only once that is done. (The service applies events as it reads
+  // them: a REMAP its install met is applied by now.)
+  if (follows_unmaps && !signal_faults::on_service_thread() &&
+      std::any_of(gone.begin(), gone.end(), [](std::uint8_t g) { return g != 0; }))
+    ranges.gate().wait_applied();
 
   {
     std::lock_guard lock(table.block_mutex(block));

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <iostream>
+#include <string_view>
 
 #include "stress/model_stress.hpp"
 
@@ -42,7 +43,8 @@ StressConfig base(std::uint64_t seed, unsigned threads, std::uint64_t ops) {
   c.ranges = 4;
   c.range_pages = 1024;  // 4 MiB ranges: two whole blocks each
   c.pool_bytes = 64 * MiB;
-  c.mremap = std::getenv("UHMM_STRESS_MREMAP") != nullptr;  // off in CI: see StressConfig::mremap
+  const char* mremap = std::getenv("UHMM_STRESS_MREMAP");
+  c.mremap = mremap == nullptr || std::string_view(mremap) != "0";  // UHMM_STRESS_MREMAP=0: off
   return c;
 }
 

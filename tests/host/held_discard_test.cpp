@@ -78,6 +78,8 @@ struct Discarder {
   std::byte* base = nullptr;
   bool after_install = false;
   bool unmap = false;  // munmap the victim and map other memory there instead
+  bool move = false;   // mremap the range's tail to `moved` instead
+  std::byte* moved = nullptr;
   // Atomics: a test arms them after the test point is installed, and the
   // fault service's thread reads them (no happens-before through a fault).
   std::atomic<int> advice{MADV_DONTNEED};
@@ -94,8 +96,29 @@ Discarder discarder;
 constexpr std::uint64_t kOtherMemory = 0x5eed;
 constexpr std::uint64_t kStored = 0x570fed;
 
+// The application moves the range's tail (pages kMoveFirst on) elsewhere
+// (mremap to a place it reserved): a call that follows finds the data there.
+constexpr std::size_t kMoveFirst = kPages / 2;
+constexpr std::size_t kMovedBytes = kBytes - kMoveFirst * kPageSize;
+void move_range() {
+  void* target = ::mmap(nullptr, kMovedBytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (target == MAP_FAILED) return;
+  void* moved =
+      ::mremap(page(discarder.base, kMoveFirst), kMovedBytes, kMovedBytes, MREMAP_MAYMOVE | MREMAP_FIXED, target);
+  if (moved != target) {
+    ::munmap(target, kMovedBytes);
+    return;
+  }
+  discarder.moved = static_cast<std::byte*>(moved);
+  discarder.rc = 0;
+}
+
 void discard_victim() {
   void* victim = page(discarder.base, kVictim);
+  if (discarder.move) {
+    move_range();
+    return;
+  }
   if (!discarder.unmap) {
     discarder.rc = ::madvise(victim, kPageSize, discarder.advice);
     if (discarder.store_after) {
@@ -161,6 +184,8 @@ class HeldDiscard : public ::testing::TestWithParam<bool> {
     discarder.after_install = GetParam();
     discarder.fired = false;
     discarder.unmap = false;
+    discarder.move = false;
+    discarder.moved = nullptr;
     discarder.advice = MADV_DONTNEED;
     discarder.store_after = false;
     discarder.stored = false;
@@ -170,6 +195,7 @@ class HeldDiscard : public ::testing::TestWithParam<bool> {
   void TearDown() override {
     detail::test_points::held_install.store(nullptr);
     if (discarder.storer.joinable()) discarder.storer.join();
+    if (discarder.moved != nullptr) ::munmap(discarder.moved, kMovedBytes);
   }
 
   void on_device() { ASSERT_EQ(ctx.migrate_to_device(p, kBytes).migrated, kPages); }
@@ -349,11 +375,59 @@ TEST(HeldDiscardMigration, HostPageDiscardedWhileSelectedStaysOnTheHostAsZeros) 
   EXPECT_TRUE(valid) << valid.message;
 }
 
+// The application moves part of the range (mremap) while an operation holds
+// its device pages, before or after the holder maps them at the old place:
+// every moved page reads its data at the new place (the REMAP copies what
+// the holder still has on the device; what the holder mapped moved with the
+// page tables), the rest at the old one, and once the range is freed no pool
+// page is left.
+class HeldMove : public HeldDiscard {
+ protected:
+  void arm() {
+    on_device();
+    discarder.move = true;
+  }
+  void expect_moved_intact() {
+    detail::test_points::held_install.store(nullptr);
+    ASSERT_TRUE(discarder.fired.load()) << "the holder never reached its test point";
+    ASSERT_EQ(discarder.rc, 0) << "the application's mremap failed";
+    ctx.impl().ranges.gate().wait_applied();
+    for (std::size_t i = 0; i < kPages; ++i) {
+      const std::byte* base = i < kMoveFirst ? p : discarder.moved - kMoveFirst * kPageSize;
+      EXPECT_TRUE(page_reads(base, i, true)) << "page " << i << (i < kMoveFirst ? "" : " at the new place");
+    }
+    const Status valid_live = ctx.impl().validate(/*quiescent=*/true);
+    EXPECT_TRUE(valid_live) << valid_live.message;
+    ctx.free(p);
+    EXPECT_EQ(ctx.counters().device_pages_in_use, 0u);
+  }
+};
+
+TEST_P(HeldMove, UnderMigrateToHost) {
+  arm();
+  (void)ctx.migrate_to_host(p, kBytes);  // its pages are not the range's any more: what it says is moot
+  expect_moved_intact();
+}
+
+TEST_P(HeldMove, UnderEviction) {
+  arm();
+  migrate_device_range(ctx, 1, 0, ctx.impl().rmap(1).capacity());
+  expect_moved_intact();
+}
+
+TEST_P(HeldMove, UnderFaultServiceBringBack) {
+  arm();
+  std::thread reader([&] { (void)*reinterpret_cast<volatile std::uint64_t*>(p); });
+  reader.join();
+  expect_moved_intact();
+}
+
 std::string install_order(const ::testing::TestParamInfo<bool>& param) {
   return param.param ? "AfterInstall" : "BeforeInstall";
 }
 INSTANTIATE_TEST_SUITE_P(, HeldDiscard, ::testing::Values(false, true), install_order);
 INSTANTIATE_TEST_SUITE_P(, HeldDiscardThenStore, ::testing::Values(false, true), install_order);
+INSTANTIATE_TEST_SUITE_P(, HeldMove, ::testing::Values(false, true), install_order);
 
 }  // namespace
 }  // namespace uhmm::test

@@ -332,8 +332,6 @@ Harness::Harness(const StressConfig& cfg)
   w(Op::LaunchVsToHost, 2);
   w(Op::RefillHole, std::string_view(ctx_.fault_mode()) == "signal" ? 0 : 2);  // no munmap events there
   // The application's mapping changes are followed in userfaultfd mode only.
-  // A page an eviction holds when its range moves is left to it (DESIGN.md):
-  // the move waits out evictions, but pool pressure could start one anywhere.
   // With mremap in the mix a one-thread replay was not exact (an eviction
   // record moved 239 pages one run, 240 the next; cause not found yet): it
   // runs with several threads only.

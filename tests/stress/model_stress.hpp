@@ -83,10 +83,9 @@ struct StressConfig {
   // Thrashing detected after 2 bounces within a second, cooling 200 ms: launches
   // then pin pages on the host and their kernels reach them there.
   bool eager_thrashing = false;
-  // Op::Mremap, with more than one thread (userfaultfd mode): off by default.
-  // It finds open defects (docs/DESIGN.md, "REMAP's copy"): a move that meets
-  // pages another operation holds loses them, and a range made right after a
-  // move can go missing. UHMM_STRESS_MREMAP=1 turns it on in stress_test.
+  // Op::Mremap, with more than one thread (userfaultfd mode), neither
+  // oversubscribed nor with injected failures (a failed copy loses a moved
+  // page, as it must). stress_test turns it on (UHMM_STRESS_MREMAP=0: off).
   bool mremap = false;
   std::size_t log_records = 64;  // records kept per thread (ring buffer)
   // A thread stuck this long in one operation is reported (config and logs on

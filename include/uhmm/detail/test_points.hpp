@@ -54,6 +54,10 @@ inline std::atomic<void (*)()> bring_back_staged{nullptr};
 // device pages it copies to the range's new place, locked.
 inline std::atomic<void (*)()> remap_copy_locked{nullptr};
 
+// Called by the REMAP handler (MappingEvents::remap) once it has applied a
+// REMAP, before the UNMAP of the old place that follows it is read.
+inline std::atomic<void (*)()> remap_applied{nullptr};
+
 // Called by a thread about to sleep until locked pages are unlocked
 // (UnlockEvents::wait_after, wait_after_for).
 inline std::atomic<void (*)()> unlock_wait{nullptr};
