@@ -57,6 +57,7 @@ class DeviceImpl final : public Device {
   void set_fault_injection(const FaultInjection& injection) noexcept override;
   void set_page_limit(std::size_t pages) noexcept override { pool_.set_limit_pages(pages); }
   std::size_t page_limit() const noexcept override { return pool_.limit_pages(); }
+  std::size_t release_free_chunks() noexcept override { return pool_.release_free_chunks(); }
   Status validate() const override;
 
   PagePool& pool() noexcept { return pool_; }

@@ -33,6 +33,15 @@ void copy_host_pages(const std::vector<std::pair<void*, const void*>>& pages) no
 // then has nothing left to release.
 bool unloading(gpuError_t error) noexcept { return error == gpuErrorRuntimeUnloading; }
 
+// The slab (by base, in a map of slabs) that holds `address`, or end().
+template <class SlabMap>
+auto slab_containing(SlabMap& slabs, std::uint64_t address) noexcept {
+  auto it = slabs.upper_bound(address);
+  if (it == slabs.begin()) return slabs.end();
+  --it;
+  return address < it->first + it->second.bytes ? it : slabs.end();
+}
+
 }  // namespace
 
 struct GpuBackend::Stream {
@@ -95,7 +104,7 @@ GpuBackend::~GpuBackend() {
     stream->release();
   }
   for (auto& [id, event] : events_) (void)gpuEventDestroy(event);
-  for (void* slab : slabs_) (void)gpuFree(slab);
+  for (auto& [base, slab] : slabs_) (void)gpuFree(slab.allocation);
   for (auto& [base, bytes] : device_buffers_) (void)gpuFree(as_pointer(base));
   for (auto& [base, bytes] : pinned_) (void)gpuFreeHost(as_pointer(base));
 }
@@ -125,15 +134,14 @@ Status GpuBackend::allocate_chunk(DeviceAddress* out) noexcept {
   if (Status s = allocate_slab(want, &slab); !s) return s;
   try {
     std::lock_guard lock(chunks_mutex_);
-    slabs_.reserve(slabs_.size() + 1);
-    free_chunks_.reserve(free_chunks_.size() + slab.bytes / kChunkSize);
-    slab_bytes_.emplace(slab.base, slab.bytes);
-    slabs_.push_back(slab.allocation);
+    // Room for every chunk of every slab: free_chunk never allocates.
+    free_chunks_.reserve((reserved_bytes_ + slab.bytes) / kChunkSize);
+    slab.free_chunks = slab.bytes / kChunkSize - 1;  // one is handed out now
+    slabs_.emplace(slab.base, slab);
     // Lowest chunk on top of the stack.
-    for (std::uint64_t c = slab.bytes / kChunkSize; c-- > 0;) free_chunks_.push_back(slab.base + c * kChunkSize);
+    for (std::uint64_t c = slab.bytes / kChunkSize; c-- > 1;) free_chunks_.push_back(slab.base + c * kChunkSize);
     reserved_bytes_ += slab.bytes;
-    *out = free_chunks_.back();
-    free_chunks_.pop_back();
+    *out = slab.base;
   } catch (...) {
     (void)gpuFree(slab.allocation);
     return {Errc::out_of_memory, "allocate_chunk: host memory exhausted"};
@@ -146,8 +154,10 @@ bool GpuBackend::take_free_chunk(DeviceAddress* out) noexcept {
   if (free_chunks_.empty()) return false;
   *out = free_chunks_.back();
   free_chunks_.pop_back();
+  --slab_containing(slabs_, *out)->second.free_chunks;
   return true;
 }
+
 
 // A slab of `want` bytes (whole chunks), allocated exactly: both vendors align
 // allocations of 2 MiB and more to 2 MiB. Only where the address comes back
@@ -174,26 +184,59 @@ Status GpuBackend::allocate_slab(std::uint64_t want, Slab* out) noexcept {
       s.message = fmt::format("{} device {}: device memory exhausted: {}", kBackendName, options_.device, s.message);
     return s;
   }
-  *out = Slab{p, (as_address(p) + kChunkSize - 1) / kChunkSize * kChunkSize, want};
+  *out = Slab{p, (as_address(p) + kChunkSize - 1) / kChunkSize * kChunkSize, want, 0};
   return Status::ok();
 }
 
 void GpuBackend::free_chunk(DeviceAddress chunk) noexcept {
-  std::lock_guard lock(chunks_mutex_);
-  if (chunk % kChunkSize != 0) return;
-  try {
-    free_chunks_.push_back(chunk);
-  } catch (...) {
-    // Lost to this pool until destruction; the slab is still freed then.
+  DeviceAddress unused_slab = 0;
+  {
+    std::lock_guard lock(chunks_mutex_);
+    const auto slab = slab_containing(slabs_, chunk);
+    if (chunk % kChunkSize != 0 || slab == slabs_.end()) return;  // not ours: ignored
+    free_chunks_.push_back(chunk);  // reserved for every chunk: does not throw
+    if (++slab->second.free_chunks == slab->second.bytes / kChunkSize) unused_slab = slab->first;
   }
+  if (unused_slab != 0) free_slab_if_unused(unused_slab);
+}
+
+// Returns a slab none of whose chunks is handed out to the runtime, so that
+// a lowered pool limit shrinks the device allocation (issue 16, defect 8).
+// gpuFree may synchronize the device: only the grow mutex is held across it.
+void GpuBackend::free_slab_if_unused(DeviceAddress base) noexcept {
+  std::lock_guard grow(grow_mutex_);
+  Slab slab;
+  {
+    std::lock_guard lock(chunks_mutex_);
+    const auto it = slabs_.find(base);
+    // Another thread may have taken a chunk of it (or freed it) meanwhile.
+    if (it == slabs_.end() || it->second.free_chunks != it->second.bytes / kChunkSize) return;
+    slab = it->second;
+    slabs_.erase(it);
+    std::erase_if(free_chunks_, [&](DeviceAddress c) { return c >= base && c < base + slab.bytes; });
+  }
+  const DeviceScope device(options_.device);
+  gpuError_t error = device.error();
+  if (unloading(error)) return;
+  if (error == gpuSuccess) error = gpuFree(slab.allocation);
+  std::lock_guard lock(chunks_mutex_);
+  if (error == gpuSuccess) {
+    reserved_bytes_ -= slab.bytes;
+    return;
+  }
+  // Not freed (the device failed): it stays in the pool, its chunks free again.
+  (void)gpuGetLastError();
+  try {
+    slabs_.emplace(base, slab);
+  } catch (...) {
+    return;  // no host memory to keep it: lost to the pool
+  }
+  for (std::uint64_t c = slab.bytes / kChunkSize; c-- > 0;) free_chunks_.push_back(base + c * kChunkSize);
 }
 
 bool GpuBackend::owns_chunk_page(DeviceAddress page) const noexcept {
   std::lock_guard lock(chunks_mutex_);
-  auto it = slab_bytes_.upper_bound(page);
-  if (it == slab_bytes_.begin()) return false;
-  --it;
-  return page < it->first + it->second;
+  return slab_containing(slabs_, page) != slabs_.end();
 }
 
 // ---- pinned host memory ----

@@ -185,5 +185,29 @@ TEST(EmulatedGpuLaunchPath, GrowingTheTableBufferFreesNothingInTheLaunch) {
   EXPECT_EQ(small[7], 1u);
 }
 
+// Defect 8: the pool never gave device memory back. A lowered limit evicts
+// the pages, and the chunks left free go back to the backend, which returns
+// a slab all of whose chunks came back (gpuFree): the device's allocated bytes
+// fall. Raising the limit grows the pool into them again.
+TEST(EmulatedGpuPoolLimit, ALoweredLimitGivesDeviceMemoryBack) {
+  ContextOptions o = emulated_options();
+  o.device_pool_bytes = 8 * MiB;  // one slab of four chunks
+  Context ctx(o);
+  TestArrays arrays(ctx);
+  auto data = arrays.make<std::uint64_t>(8 * MiB / 8);
+  fill(data.data(), 8 * MiB, 5);
+  const OwnerId owner = ctx.device_owner(0);
+  const std::size_t before = emuTestDeviceUsed(0);
+  ASSERT_EQ(ctx.migrate_to_device(data.data(), 8 * MiB, owner).migrated, 8 * MiB / kPageSize);
+  const std::size_t full = emuTestDeviceUsed(0);
+  EXPECT_GE(full, before + 8 * MiB);
+  EXPECT_EQ(ctx.set_device_pool_limit(owner, 0), 8 * MiB / kPageSize);
+  EXPECT_EQ(emuTestDeviceUsed(0), full - 8 * MiB) << "the evicted pool still holds its device memory";
+  ctx.set_device_pool_limit(owner, 8 * MiB);
+  ASSERT_EQ(ctx.migrate_to_device(data.data(), 8 * MiB, owner).migrated, 8 * MiB / kPageSize);
+  EXPECT_EQ(emuTestDeviceUsed(0), full);
+  expect_pattern(data.data(), 8 * MiB, 5);
+}
+
 }  // namespace
 }  // namespace uhmm::test

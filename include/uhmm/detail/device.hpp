@@ -22,6 +22,9 @@ class Device : public DevicePagemap {
   // above it are the caller's to evict.
   virtual void set_page_limit(std::size_t pages) noexcept = 0;
   virtual std::size_t page_limit() const noexcept = 0;
+  // Gives the pool's entirely free chunks beyond the limit back to the
+  // backend (device memory freed); returns how many.
+  virtual std::size_t release_free_chunks() noexcept = 0;
   // Checks the pool's free lists and counts (expensive; tests and checked builds).
   virtual Status validate() const = 0;
 };
