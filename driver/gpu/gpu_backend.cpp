@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <shared_mutex>
 #include <utility>
 
 #include <fmt/format.h>
@@ -40,6 +41,40 @@ auto slab_containing(SlabMap& slabs, std::uint64_t address) noexcept {
   if (it == slabs.begin()) return slabs.end();
   --it;
   return address < it->first + it->second.bytes ? it : slabs.end();
+}
+
+// Pinned host memory of every backend of this plugin, process-wide. It is
+// allocated portable, so memory one device's backend pinned is pinned for
+// every device: the context's staging pool, made through the first device's
+// backend, must not be staged again by the others (issue 16, defect 5).
+class PinnedRegistry {
+ public:
+  void add(std::uintptr_t base, std::size_t bytes) {
+    std::unique_lock lock(mutex_);
+    ranges_.emplace(base, bytes);
+  }
+  void remove(std::uintptr_t base) noexcept {
+    std::unique_lock lock(mutex_);
+    ranges_.erase(base);
+  }
+  // Whether the page at `a` lies inside one pinned allocation.
+  bool holds_page(std::uintptr_t a) const noexcept {
+    std::shared_lock lock(mutex_);
+    auto it = ranges_.upper_bound(a);
+    if (it == ranges_.begin()) return false;
+    --it;
+    return a - it->first < it->second && kPageSize <= it->second - (a - it->first);
+  }
+
+ private:
+  mutable std::shared_mutex mutex_;
+  std::map<std::uintptr_t, std::size_t> ranges_;  // base -> bytes
+};
+
+// Never destroyed: backends may be torn down by other static destructors.
+PinnedRegistry& pinned_registry() noexcept {
+  static auto* registry = new PinnedRegistry;
+  return *registry;
 }
 
 }  // namespace
@@ -106,7 +141,10 @@ GpuBackend::~GpuBackend() {
   for (auto& [id, event] : events_) (void)gpuEventDestroy(event);
   for (auto& [base, slab] : slabs_) (void)gpuFree(slab.allocation);
   for (auto& [base, bytes] : device_buffers_) (void)gpuFree(as_pointer(base));
-  for (auto& [base, bytes] : pinned_) (void)gpuFreeHost(as_pointer(base));
+  for (auto& [base, bytes] : pinned_) {
+    pinned_registry().remove(base);
+    (void)gpuFreeHost(as_pointer(base));
+  }
 }
 
 DeviceInfo GpuBackend::info() const {
@@ -249,7 +287,13 @@ Status GpuBackend::allocate_host(std::size_t bytes, void** out) noexcept {
   UHMM_GPU_TRY(gpuHostAlloc(&p, bytes, gpuHostAllocPortableMapped));
   try {
     std::lock_guard lock(host_mutex_);
-    pinned_.emplace(as_address(p), bytes);
+    pinned_registry().add(as_address(p), bytes);
+    try {
+      pinned_.emplace(as_address(p), bytes);
+    } catch (...) {
+      pinned_registry().remove(as_address(p));
+      throw;
+    }
   } catch (...) {
     (void)gpuFreeHost(p);
     return {Errc::out_of_memory, "allocate_host: host memory exhausted"};
@@ -262,17 +306,14 @@ void GpuBackend::free_host(void* p) noexcept {
   {
     std::lock_guard lock(host_mutex_);
     if (pinned_.erase(as_address(p)) == 0) return;  // not ours: ignored
+    pinned_registry().remove(as_address(p));
   }
   (void)gpuFreeHost(p);
 }
 
+// Pinned by any backend of this plugin (every device's), not only this one.
 bool GpuBackend::is_pinned(const void* p) const noexcept {
-  const auto a = as_address(p);
-  std::lock_guard lock(host_mutex_);
-  auto it = pinned_.upper_bound(a);
-  if (it == pinned_.begin()) return false;
-  --it;
-  return a + kPageSize <= it->first + it->second;
+  return pinned_registry().holds_page(reinterpret_cast<std::uintptr_t>(p));
 }
 
 // ---- streams and events ----

@@ -152,7 +152,9 @@ class GpuBackend final : public Backend {
   std::map<DeviceAddress, std::size_t> device_buffers_;  // gpuMalloc base -> bytes
 
   mutable std::mutex host_mutex_;
-  std::map<std::uintptr_t, std::size_t> pinned_;  // allocate_host base -> bytes
+  // This backend's allocate_host base -> bytes, freed with it (is_pinned
+  // asks the process-wide registry of every backend's).
+  std::map<std::uintptr_t, std::size_t> pinned_;
 
   mutable std::mutex streams_mutex_;
   StreamId next_stream_ = 1;

@@ -2,8 +2,11 @@
 // the runtime starts): what only shows with more than one device.
 #include <gtest/gtest.h>
 
+#include <condition_variable>
+#include <cstdint>
 #include <cstdlib>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -113,3 +116,81 @@ TEST(EmulatedPluginDefects, AnUnusableDeviceIsSkipped) {
 
 }  // namespace
 }  // namespace uhmm::test
+
+namespace uhmm::detail {
+namespace {
+
+// Holds a stream's queue until the test opens it (a host function that waits
+// on nothing the runtime does).
+struct Gate {
+  std::mutex mutex;
+  std::condition_variable opened_cv;
+  bool opened = false;
+  static void wait(void* user) {
+    auto* self = static_cast<Gate*>(user);
+    std::unique_lock lock(self->mutex);
+    self->opened_cv.wait(lock, [&] { return self->opened; });
+  }
+  void open() {
+    std::lock_guard lock(mutex);
+    opened = true;
+    opened_cv.notify_all();
+  }
+};
+
+// Both emulated devices' backends from one probe.
+struct TwoBackends {
+  BackendProbe probe = probe_backend("emulated", UHMM_TEST_EMULATED_PLUGIN_DIR);
+  std::unique_ptr<Backend> device[2];
+  TwoBackends() {
+    for (int d = 0; d < 2 && probe.available(); ++d) {
+      char why[256] = {};
+      device[d].reset(probe.plugin->create_backend(d, 8 * kChunkSize, why, sizeof why));
+      EXPECT_NE(device[d], nullptr) << why;
+    }
+  }
+  bool ok() const { return device[0] != nullptr && device[1] != nullptr; }
+};
+
+std::uint64_t first_word(const void* page) { return *static_cast<const std::uint64_t*>(page); }
+
+// Issue 16, defect 5: a backend knew only its own pinned allocations, so
+// memory device 0's backend pinned (a context's staging pool, portable) was
+// staged again by device 1's: copied into device 1's staging at the call
+// instead of read in place by the DMA. With device 1's stream held, a page
+// written after copy_to_device returned shows which one happened.
+TEST(EmulatedPluginDefects, AnotherDevicesPinnedMemoryIsReadInPlaceNotStagedAgain) {
+  ASSERT_TRUE(kTwoDevices);
+  TwoBackends backends;
+  ASSERT_TRUE(backends.ok()) << backends.probe.why;
+  Backend& owner = *backends.device[0];
+  Backend& other = *backends.device[1];
+  void* pinned = nullptr;
+  void* back = nullptr;
+  ASSERT_TRUE(owner.allocate_host(kPageSize, &pinned));
+  ASSERT_TRUE(other.allocate_host(kPageSize, &back));
+  DeviceAddress chunk = 0;
+  StreamId stream = 0;
+  ASSERT_TRUE(other.allocate_chunk(&chunk));
+  ASSERT_TRUE(other.create_stream(&stream));
+  *static_cast<std::uint64_t*>(pinned) = 1;
+  Gate gate;
+  ASSERT_EQ(emuLaunchHostFunc(static_cast<emuStream_t>(other.native_stream(stream)), &Gate::wait, &gate),
+            emuSuccess);
+  const HostToDevicePage to{pinned, chunk};
+  ASSERT_TRUE(other.copy_to_device(stream, {&to, 1}, nullptr));
+  *static_cast<std::uint64_t*>(pinned) = 2;  // before the DMA runs
+  gate.open();
+  ASSERT_TRUE(other.synchronize(stream));
+  const DeviceToHostPage from{chunk, back};
+  ASSERT_TRUE(other.copy_to_host(stream, {&from, 1}, nullptr));
+  ASSERT_TRUE(other.synchronize(stream));
+  EXPECT_EQ(first_word(back), 2u) << "device 1 staged device 0's pinned page at the call";
+  other.destroy_stream(stream);
+  other.free_chunk(chunk);
+  other.free_host(back);
+  owner.free_host(pinned);
+}
+
+}  // namespace
+}  // namespace uhmm::detail
