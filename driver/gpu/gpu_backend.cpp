@@ -720,12 +720,10 @@ Status GpuBackend::copy_device_to_device(StreamId id, std::span<const DeviceToDe
   auto stream = find_stream(id, &error);
   if (!stream) return error;
   std::vector<Move> moves;
-  bool all_local = true;
   try {
     moves.reserve(pages.size());
     for (std::size_t i = 0; i < pages.size(); ++i) {
       const auto& p = pages[i];
-      all_local = all_local && owns_chunk_page(p.src);
       // The source may be another device's page (peer copy through unified addressing).
       if (p.src == 0 || p.src % kPageSize != 0 || p.dst % kPageSize != 0 || !owns_chunk_page(p.dst))
         return invalid(fmt::format("copy_device_to_device: page {} ({:#x} -> {:#x}) is null, unaligned or not "
@@ -735,7 +733,60 @@ Status GpuBackend::copy_device_to_device(StreamId id, std::span<const DeviceToDe
   } catch (...) {
     return {Errc::out_of_memory, "copy_device_to_device: host memory exhausted"};
   }
-  return run_batch(*stream, moves, Staging::none, result, all_local);
+  bool kernel_may_read = true;
+  if (Status s = peer_sources_readable(moves, &kernel_may_read); !s) return s;
+  return run_batch(*stream, moves, Staging::none, result, kernel_may_read);
+}
+
+// Enables peer access to the devices whose pages the batch reads (issue 16,
+// defect 6: it never was, so every device-to-device copy went through host
+// memory). *kernel_may_read: every source is this device's or a peer's it
+// reaches; a kernel touching a peer without access faults (sticky). A
+// source that is no device memory is invalid_argument, nothing queued.
+Status GpuBackend::peer_sources_readable(const std::vector<Move>& moves, bool* kernel_may_read) noexcept {
+  UHMM_GPU_ON_DEVICE(options_.device);
+  DeviceAddress known_chunk = 0;  // a chunk lies on one device: ask once per chunk
+  for (const Move& move : moves) {
+    const DeviceAddress chunk = move.src - move.src % kChunkSize;
+    if (chunk == known_chunk || owns_chunk_page(move.src)) continue;
+    gpuPointerAttributes attributes{};
+    const gpuError_t error = gpuPointerGetAttributes(&attributes, as_pointer(move.src));
+    if (error != gpuSuccess || attributes.device < 0) {
+      (void)gpuGetLastError();
+      return invalid(fmt::format("copy_device_to_device: source {:#x} is no device's memory ({})", move.src,
+                                 gpuGetErrorName(error)));
+    }
+    known_chunk = chunk;
+    if (attributes.device != options_.device && !enable_peer_access(attributes.device)) *kernel_may_read = false;
+  }
+  return Status::ok();
+}
+
+// This device's access to `peer`'s memory, enabled once where the runtime
+// allows it (the peer holds pages, so its context exists already). Without
+// it copies still work (the runtime stages them through host memory) but
+// kernels must not read the peer.
+bool GpuBackend::enable_peer_access(int peer) noexcept {
+  std::lock_guard lock(peers_mutex_);
+  if (const auto it = peer_access_.find(peer); it != peer_access_.end()) return it->second;
+  int can_access = 0;
+  gpuError_t error = gpuDeviceCanAccessPeer(&can_access, options_.device, peer);
+  if (error == gpuSuccess && can_access != 0) {
+    error = gpuDeviceEnablePeerAccess(peer, 0);
+    if (error == gpuErrorPeerAccessAlreadyEnabled) {
+      // By the application, or by an earlier context in this process.
+      (void)gpuGetLastError();
+      error = gpuSuccess;
+    }
+  }
+  if (error != gpuSuccess) (void)gpuGetLastError();  // not enabled: not this thread's next error
+  const bool enabled = error == gpuSuccess && can_access != 0;
+  try {
+    peer_access_.emplace(peer, enabled);
+  } catch (...) {
+    // Asked again next time.
+  }
+  return enabled;
 }
 
 Status GpuBackend::zero_device(StreamId id, std::span<const DeviceAddress> pages, BatchResult* result) noexcept {

@@ -134,6 +134,8 @@ class GpuBackend final : public Backend {
   void stage(Stream& stream, Staging side, std::size_t buffer, std::vector<Move>& moves,
              HostCopies* copies) const;
   Status claim_buffer(Stream& stream, std::size_t* buffer) noexcept;
+  Status peer_sources_readable(const std::vector<Move>& moves, bool* kernel_may_read) noexcept;
+  bool enable_peer_access(int peer) noexcept;
   Status drain(Stream& stream) noexcept;
 
   GpuBackendOptions options_;
@@ -155,6 +157,9 @@ class GpuBackend final : public Backend {
   // This backend's allocate_host base -> bytes, freed with it (is_pinned
   // asks the process-wide registry of every backend's).
   std::map<std::uintptr_t, std::size_t> pinned_;
+
+  std::mutex peers_mutex_;
+  std::map<int, bool> peer_access_;  // peer device -> access enabled (tried once each)
 
   mutable std::mutex streams_mutex_;
   StreamId next_stream_ = 1;

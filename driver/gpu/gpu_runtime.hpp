@@ -25,7 +25,9 @@ using gpuError_t = emuError_t;
 using gpuStream_t = emuStream_t;
 using gpuEvent_t = emuEvent_t;
 using gpuDeviceProp = emuDeviceProp;
+using gpuPointerAttributes = emuPointerAttributes;
 inline constexpr gpuError_t gpuSuccess = emuSuccess;
+inline constexpr gpuError_t gpuErrorPeerAccessAlreadyEnabled = emuErrorPeerAccessAlreadyEnabled;
 inline constexpr gpuError_t gpuErrorMemoryAllocation = emuErrorMemoryAllocation;
 inline constexpr gpuError_t gpuErrorNoDevice = emuErrorNoDevice;
 inline constexpr gpuError_t gpuErrorRuntimeUnloading = emuErrorRuntimeUnloading;
@@ -41,7 +43,9 @@ using gpuError_t = hipError_t;
 using gpuStream_t = hipStream_t;
 using gpuEvent_t = hipEvent_t;
 using gpuDeviceProp = hipDeviceProp_t;
+using gpuPointerAttributes = hipPointerAttribute_t;
 inline constexpr gpuError_t gpuSuccess = hipSuccess;
+inline constexpr gpuError_t gpuErrorPeerAccessAlreadyEnabled = hipErrorPeerAccessAlreadyEnabled;
 inline constexpr gpuError_t gpuErrorMemoryAllocation = hipErrorOutOfMemory;
 inline constexpr gpuError_t gpuErrorNoDevice = hipErrorNoDevice;
 inline constexpr gpuError_t gpuErrorRuntimeUnloading = hipErrorDeinitialized;
@@ -57,7 +61,9 @@ using gpuError_t = cudaError_t;
 using gpuStream_t = cudaStream_t;
 using gpuEvent_t = cudaEvent_t;
 using gpuDeviceProp = cudaDeviceProp;
+using gpuPointerAttributes = cudaPointerAttributes;
 inline constexpr gpuError_t gpuSuccess = cudaSuccess;
+inline constexpr gpuError_t gpuErrorPeerAccessAlreadyEnabled = cudaErrorPeerAccessAlreadyEnabled;
 inline constexpr gpuError_t gpuErrorMemoryAllocation = cudaErrorMemoryAllocation;
 inline constexpr gpuError_t gpuErrorNoDevice = cudaErrorNoDevice;
 inline constexpr gpuError_t gpuErrorRuntimeUnloading = cudaErrorCudartUnloading;
@@ -91,6 +97,9 @@ inline constexpr auto gpuMemcpyDefault = cudaMemcpyDefault;
 #define gpuGetErrorName UHMM_GPU_API(GetErrorName)
 #define gpuGetErrorString UHMM_GPU_API(GetErrorString)
 #define gpuGetLastError UHMM_GPU_API(GetLastError)
+#define gpuDeviceCanAccessPeer UHMM_GPU_API(DeviceCanAccessPeer)
+#define gpuDeviceEnablePeerAccess UHMM_GPU_API(DeviceEnablePeerAccess)
+#define gpuPointerGetAttributes UHMM_GPU_API(PointerGetAttributes)
 #if UHMM_GPU_EMULATED
 #define gpuHostAlloc emuHostAlloc
 #define gpuFreeHost emuFreeHost

@@ -12,6 +12,7 @@
 
 #include "../../driver/backend_probe.hpp"
 #include "emulated_runtime.hpp"
+#include "test_support.hpp"
 #include "uhmm/uhmm.hpp"
 
 namespace uhmm::detail {
@@ -78,6 +79,7 @@ ContextOptions two_device_options(unsigned devices) {
   o.plugin_dir = UHMM_TEST_EMULATED_PLUGIN_DIR;
   o.device_pool_bytes = std::uint64_t{16} << 20;
   o.devices = devices;
+  o.fault_mode = test_fault_mode();
   return o;
 }
 
@@ -112,6 +114,64 @@ TEST(EmulatedPluginDefects, AnUnusableDeviceIsSkipped) {
     ADD_FAILURE() << e.what();
   }
   emuTestSetDeviceUnusable(0, 0);
+}
+
+// Issue 16, defect 6: peer access was never enabled, so every
+// device-to-device page went through host memory (the runtime stages a copy
+// between devices without it). The plugin enables it where the runtime
+// allows, on the first batch that reads the peer.
+class EmulatedPeerAccess : public ::testing::Test {
+ protected:
+  void SetUp() override { emuTestForgetPeerAccess(); }
+  void TearDown() override { emuTestSetPeerCapable(1, 0, 1); }
+  // Moves a range's pages to device 0 (`scattered`: one by one, last first,
+  // so that no two are adjacent on device 0 in the range's order), then the
+  // whole range to device 1, and returns the counts of that move.
+  emuTestCounts move_to_device_1(std::size_t pages, bool scattered) {
+    Context ctx(two_device_options(2));
+    TestArrays arrays(ctx);
+    auto data = arrays.make<std::uint64_t>(pages * kPageSize / 8);
+    fill(data.data(), pages * kPageSize, 6);
+    if (!scattered) {
+      EXPECT_EQ(ctx.migrate_to_device(data.data(), pages * kPageSize, ctx.device_owner(0)).migrated, pages);
+    }
+    for (std::size_t page = pages; scattered && page-- > 0;) {
+      EXPECT_EQ(ctx.migrate_to_device(data.data() + page * kPageSize / 8, kPageSize, ctx.device_owner(0)).migrated,
+                1u);
+    }
+    const emuTestCounts before = emuTestGetCounts();
+    EXPECT_EQ(ctx.migrate_to_device(data.data(), pages * kPageSize, ctx.device_owner(1)).migrated, pages);
+    emuTestCounts after = emuTestGetCounts();
+    after.peer_direct -= before.peer_direct;
+    after.peer_staged -= before.peer_staged;
+    after.kernels -= before.kernels;
+    expect_pattern(data.data(), pages * kPageSize, 6);
+    return after;
+  }
+};
+
+TEST_F(EmulatedPeerAccess, PeerCopiesGoDirect) {
+  const emuTestCounts moved = move_to_device_1(16, false);
+  EXPECT_EQ(moved.peer_staged, 0u) << "a copy went through host memory";
+  EXPECT_GT(moved.peer_direct, 0u);
+}
+
+// Scattered pages take the gather/scatter kernel, which may read a peer's
+// memory only with access enabled (else an illegal address, a sticky error).
+TEST_F(EmulatedPeerAccess, TheCopyKernelReadsAPeerWithAccessEnabled) {
+  const emuTestCounts moved = move_to_device_1(32, true);
+  EXPECT_GT(moved.kernels, 0u) << "32 scattered runs from device 0 were copied by DMA, not the kernel";
+  EXPECT_EQ(moved.peer_staged, 0u);
+}
+
+// Where the runtime says device 1 cannot reach device 0, nothing is enabled:
+// the copies go through host memory, and no kernel reads the peer.
+TEST_F(EmulatedPeerAccess, WithoutPeerSupportCopiesAreStagedAndNoKernelReadsThePeer) {
+  emuTestSetPeerCapable(1, 0, 0);
+  const emuTestCounts moved = move_to_device_1(32, true);
+  EXPECT_EQ(moved.kernels, 0u);
+  EXPECT_EQ(moved.peer_direct, 0u);
+  EXPECT_GT(moved.peer_staged, 0u);
 }
 
 }  // namespace

@@ -21,9 +21,11 @@ enum emuError_t {
   emuErrorNoDevice = 100,
   emuErrorInvalidDevice = 101,
   emuErrorNoKernelImageForDevice = 209,
+  emuErrorPeerAccessUnsupported = 217,
   emuErrorInvalidResourceHandle = 400,
   emuErrorNotReady = 600,
   emuErrorIllegalAddress = 700,
+  emuErrorPeerAccessAlreadyEnabled = 704,
   emuErrorLaunchFailure = 719,
   emuErrorNotPermitted = 800,
 };
@@ -50,6 +52,13 @@ enum : unsigned {
   emuHostAllocMapped = 2,
 };
 enum emuMemcpyKind { emuMemcpyDefault = 4 };
+enum emuMemoryType { emuMemoryTypeUnregistered = 0, emuMemoryTypeHost = 1, emuMemoryTypeDevice = 2 };
+struct emuPointerAttributes {
+  emuMemoryType type;
+  int device;  // the device of device memory; -1 otherwise
+  void* devicePointer;
+  void* hostPointer;
+};
 
 emuError_t emuGetDeviceCount(int* count);
 emuError_t emuGetDeviceProperties(emuDeviceProp* props, int device);
@@ -77,6 +86,13 @@ emuError_t emuMemcpyAsync(void* dst, const void* src, std::size_t bytes, emuMemc
 emuError_t emuMemsetAsync(void* dst, int value, std::size_t bytes, emuStream_t stream);
 emuError_t emuLaunchHostFunc(emuStream_t stream, emuHostFn_t fn, void* user);
 emuError_t emuDeviceSynchronize(void);
+// Peer access (cudaDeviceCanAccessPeer / cudaDeviceEnablePeerAccess): kernels
+// of the current device reach `peer`'s memory only once it is enabled (else
+// an illegal address), and copies between the two go direct instead of
+// through the host (counted apart). Enabling creates peer's context.
+emuError_t emuDeviceCanAccessPeer(int* can_access, int device, int peer);
+emuError_t emuDeviceEnablePeerAccess(int peer, unsigned flags);
+emuError_t emuPointerGetAttributes(emuPointerAttributes* attributes, const void* p);
 const char* emuGetErrorName(emuError_t error);
 const char* emuGetErrorString(emuError_t error);
 emuError_t emuGetLastError(void);
@@ -100,8 +116,10 @@ void emuTestClearStickyError(int device);
 // Whether copy kernels "load" (models a plugin without an image for the device).
 void emuTestSetKernelImage(int loadable);
 // Counts of what ran: operations by kind (see emulated_runtime.cpp).
+// peer_direct / peer_staged: copies between two devices' memory with and
+// without peer access (the vendors stage the latter through host memory).
 struct emuTestCounts {
-  unsigned long long copies, memsets, kernels, host_functions, event_waits, frees;
+  unsigned long long copies, memsets, kernels, host_functions, event_waits, frees, peer_direct, peer_staged;
 };
 emuTestCounts emuTestGetCounts(void);
 // Alignment of allocations of 2 MiB and more (2 MiB unless a test models a
@@ -122,5 +140,10 @@ void emuTestForgetContexts(void);
 // A device no context can be created on (exclusive-process mode, held by
 // another process): calls that need one fail with emuErrorDevicesUnavailable.
 void emuTestSetDeviceUnusable(int device, int unusable);
+// Whether `device` can access `peer` (emuDeviceCanAccessPeer; every pair can
+// unless a test says otherwise, as over a PCIe switch that forbids it).
+void emuTestSetPeerCapable(int device, int peer, int capable);
+// Forgets every enabled peer access (as in a fresh process).
+void emuTestForgetPeerAccess(void);
 }
 #pragma GCC visibility pop
