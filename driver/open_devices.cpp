@@ -160,6 +160,7 @@ std::vector<std::unique_ptr<Device>> open_devices(const ContextOptions& options,
         return open_gpu_devices(probe, options, lookup);
       }
       why += fmt::format("; {}", probe.why);
+      if (probe.driver_too_old) log().warn("backend auto: {}", probe.why);
     }
     log().info("backend auto: using the cpu backend{}", why);
   }

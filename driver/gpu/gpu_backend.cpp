@@ -121,9 +121,9 @@ std::unique_ptr<GpuBackend> GpuBackend::create(const GpuBackendOptions& options,
     }
     backend->name_ = props.name;
     // The kernel path is taken only when this plugin has code for the device's architecture.
-    const Status kernels = UHMM_GPU_STATUS(copy_kernels_loadable());
-    backend->copy_kernels_ = static_cast<bool>(kernels);
-    backend->capabilities_ = kCapPeerCopy | (backend->copy_kernels_ ? kCapCopyKernels : 0u);
+    // A failure (no image for this architecture) is no error: copies take DMA only.
+    (void)UHMM_GPU_STATUS(load_copy_kernels(&backend->copy_kernels_));
+    backend->capabilities_ = kCapPeerCopy | (backend->copy_kernels_ != nullptr ? kCapCopyKernels : 0u);
     return backend;
   } catch (const std::exception& e) {
     *why = e.what();
@@ -139,6 +139,7 @@ GpuBackend::~GpuBackend() {
     stream->release();
   }
   for (auto& [id, event] : events_) (void)gpuEventDestroy(event);
+  unload_copy_kernels(copy_kernels_);
   for (auto& [base, slab] : slabs_) (void)gpuFree(slab.allocation);
   for (auto& [base, bytes] : device_buffers_) (void)gpuFree(as_pointer(base));
   for (auto& [base, bytes] : pinned_) {
@@ -499,7 +500,7 @@ Status GpuBackend::move_pages(Stream& stream, const Move* moves, std::size_t n, 
   std::size_t runs = n > 0 ? 1 : 0;
   for (std::size_t i = 1; i < n; ++i) runs += adjacent(i) ? 0 : 1;
 
-  if (copy_kernels_ && kernel_may_read && runs >= options_.kernel_min_runs) {
+  if (copy_kernels_ != nullptr && kernel_may_read && runs >= options_.kernel_min_runs) {
     kernels::PageList list;
     for (std::size_t i = 0; i < n;) {
       list.count = static_cast<std::uint32_t>(std::min(n - i, kernels::PageList::kMaxPages));
@@ -507,7 +508,7 @@ Status GpuBackend::move_pages(Stream& stream, const Move* moves, std::size_t n, 
         list.dst[k] = moves[i + k].dst;
         list.src[k] = moves[i + k].src;
       }
-      UHMM_GPU_TRY(enqueue_gather_scatter(stream.handle, list));
+      UHMM_GPU_TRY(enqueue_gather_scatter(*copy_kernels_, stream.handle, list));
       i += list.count;
       *enqueued = i;
     }

@@ -28,6 +28,7 @@
 #include <utility>
 #include <vector>
 
+#include "copy_kernels.hpp"
 #include "gpu_runtime.hpp"
 #include "uhmm/backend.hpp"
 
@@ -141,7 +142,7 @@ class GpuBackend final : public Backend {
   GpuBackendOptions options_;
   std::string name_;
   std::uint32_t capabilities_ = 0;
-  bool copy_kernels_ = false;
+  CopyKernels* copy_kernels_ = nullptr;  // null: DMA only (no image for this device); freed by the destructor
 
   std::mutex grow_mutex_;  // one allocate_slab at a time; taken before chunks_mutex_
   mutable std::mutex chunks_mutex_;

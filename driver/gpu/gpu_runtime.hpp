@@ -28,6 +28,8 @@ using gpuDeviceProp = emuDeviceProp;
 using gpuPointerAttributes = emuPointerAttributes;
 inline constexpr gpuError_t gpuSuccess = emuSuccess;
 inline constexpr gpuError_t gpuErrorPeerAccessAlreadyEnabled = emuErrorPeerAccessAlreadyEnabled;
+inline constexpr gpuError_t gpuErrorInsufficientDriver = emuErrorInsufficientDriver;
+inline constexpr int kRuntimeVersion = EMU_RUNTIME_VERSION;
 inline constexpr gpuError_t gpuErrorMemoryAllocation = emuErrorMemoryAllocation;
 inline constexpr gpuError_t gpuErrorNoDevice = emuErrorNoDevice;
 inline constexpr gpuError_t gpuErrorRuntimeUnloading = emuErrorRuntimeUnloading;
@@ -46,6 +48,8 @@ using gpuDeviceProp = hipDeviceProp_t;
 using gpuPointerAttributes = hipPointerAttribute_t;
 inline constexpr gpuError_t gpuSuccess = hipSuccess;
 inline constexpr gpuError_t gpuErrorPeerAccessAlreadyEnabled = hipErrorPeerAccessAlreadyEnabled;
+inline constexpr gpuError_t gpuErrorInsufficientDriver = hipErrorInsufficientDriver;
+inline constexpr int kRuntimeVersion = HIP_VERSION;
 inline constexpr gpuError_t gpuErrorMemoryAllocation = hipErrorOutOfMemory;
 inline constexpr gpuError_t gpuErrorNoDevice = hipErrorNoDevice;
 inline constexpr gpuError_t gpuErrorRuntimeUnloading = hipErrorDeinitialized;
@@ -64,6 +68,8 @@ using gpuDeviceProp = cudaDeviceProp;
 using gpuPointerAttributes = cudaPointerAttributes;
 inline constexpr gpuError_t gpuSuccess = cudaSuccess;
 inline constexpr gpuError_t gpuErrorPeerAccessAlreadyEnabled = cudaErrorPeerAccessAlreadyEnabled;
+inline constexpr gpuError_t gpuErrorInsufficientDriver = cudaErrorInsufficientDriver;
+inline constexpr int kRuntimeVersion = CUDART_VERSION;  // the static runtime linked into the plugin
 inline constexpr gpuError_t gpuErrorMemoryAllocation = cudaErrorMemoryAllocation;
 inline constexpr gpuError_t gpuErrorNoDevice = cudaErrorNoDevice;
 inline constexpr gpuError_t gpuErrorRuntimeUnloading = cudaErrorCudartUnloading;
@@ -77,6 +83,7 @@ inline constexpr auto gpuMemcpyDefault = cudaMemcpyDefault;
 
 // gpuX(...) is cudaX(...) or hipX(...).
 #define gpuGetDeviceCount UHMM_GPU_API(GetDeviceCount)
+#define gpuDriverGetVersion UHMM_GPU_API(DriverGetVersion)
 #define gpuGetDeviceProperties UHMM_GPU_API(GetDeviceProperties)
 #define gpuDeviceGetPCIBusId UHMM_GPU_API(DeviceGetPCIBusId)
 #define gpuSetDevice UHMM_GPU_API(SetDevice)

@@ -21,10 +21,11 @@
 
 namespace uhmm {
 
-#if UHMM_DEVICE_CODE_COMPILER
-
+// The geometry of a launch (also the hip plugin's module launch of its copy kernel).
 inline constexpr unsigned kLaunchThreads = 256;
 inline constexpr std::size_t kLaunchMaxBlocks = std::size_t{1} << 16;
+
+#if UHMM_DEVICE_CODE_COMPILER
 
 template <class F>
 __global__ void index_space_kernel(std::size_t n, F f) {

@@ -35,6 +35,11 @@ if(UHMM_BUILD_TOOLS)
     ENVIRONMENT "UHMM_PLUGIN_DIR=${UHMM_EMULATED_DIR}"
     PASS_REGULAR_EXPRESSION "\"name\": *\"emulated\""
     FAIL_REGULAR_EXPRESSION "\"auto_selects\": *\"emulated\"")
+  # A driver older than the plugin's runtime (issue 16, defect 10) is said aloud.
+  add_test(NAME uhmm_info_driver_too_old_Emulated COMMAND uhmm-info)
+  set_tests_properties(uhmm_info_driver_too_old_Emulated PROPERTIES TIMEOUT 60
+    ENVIRONMENT "UHMM_PLUGIN_DIR=${UHMM_EMULATED_DIR};UHMM_EMULATED_DRIVER_TOO_OLD=1"
+    PASS_REGULAR_EXPRESSION "WARNING: emulated: the GPU driver is too old")
 endif()
 
 # Two emulated devices (the test sets UHMM_EMULATED_DEVICES before the runtime starts).

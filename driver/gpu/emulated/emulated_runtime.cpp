@@ -126,6 +126,7 @@ class Runtime {
     const std::size_t bytes = env_number("UHMM_EMULATED_DEVICE_MIB", 1024) << 20;
     delay_us_ = static_cast<unsigned>(env_number("UHMM_EMULATED_DELAY_US", 0));
     seed_.store(static_cast<unsigned>(env_number("UHMM_EMULATED_SEED", 1)));
+    driver_too_old.store(env_number("UHMM_EMULATED_DRIVER_TOO_OLD", 0) != 0);
     if (count == 0 || count > 64 || bytes < kDeviceAlignment) return;
     const std::size_t total = count * bytes;
     const int fd = ::memfd_create("uhmm-emulated-device", MFD_CLOEXEC);
@@ -289,6 +290,7 @@ class Runtime {
     seed_.store(seed);
   }
   std::atomic<bool> kernel_image{true};
+  std::atomic<bool> driver_too_old{false};
   std::atomic<unsigned long long> copies{0}, memsets{0}, kernels{0}, host_functions{0}, event_waits{0}, frees{0},
       peer_direct{0}, peer_staged{0};
   std::atomic<std::size_t> large_alignment{kDeviceAlignment};
@@ -462,6 +464,8 @@ constexpr ErrorText kErrors[] = {
     {emuErrorInvalidValue, "emuErrorInvalidValue", "invalid argument"},
     {emuErrorMemoryAllocation, "emuErrorMemoryAllocation", "out of memory"},
     {emuErrorInitializationError, "emuErrorInitializationError", "initialization error"},
+    {emuErrorInsufficientDriver, "emuErrorInsufficientDriver",
+     "CUDA driver version is insufficient for CUDA runtime version"},
     {emuErrorRuntimeUnloading, "emuErrorRuntimeUnloading", "driver shutting down"},
     {emuErrorDevicesUnavailable, "emuErrorDevicesUnavailable", "all CUDA-capable devices are busy or unavailable"},
     {emuErrorNoDevice, "emuErrorNoDevice", "no emulated device is configured"},
@@ -572,10 +576,20 @@ const char* uhmm_emulated_error_string(int error) {
   return emuGetErrorString(static_cast<emuError_t>(error));
 }
 
+emuError_t emuDriverGetVersion(int* version) {
+  if (version == nullptr) return fail(emuErrorInvalidValue);
+  *version = runtime().driver_too_old.load() ? 12040 : EMU_RUNTIME_VERSION;
+  return emuSuccess;
+}
+
 emuError_t emuGetDeviceCount(int* count) {
   Runtime& r = runtime();
   if (r.unloading()) return fail(emuErrorRuntimeUnloading);
   if (count == nullptr) return fail(emuErrorInvalidValue);
+  if (r.driver_too_old.load()) {
+    *count = 0;
+    return fail(emuErrorInsufficientDriver);
+  }
   if (r.init_error() != emuSuccess) return fail(r.init_error());
   *count = r.device_count();
   return r.device_count() == 0 ? fail(emuErrorNoDevice) : emuSuccess;
@@ -1100,6 +1114,8 @@ void emuTestSetPeerCapable(int device, int peer, int capable) {
   else
     d->peers_incapable.fetch_or(bit);
 }
+
+void emuTestSetDriverTooOld(int too_old) { runtime().driver_too_old.store(too_old != 0); }
 
 void emuTestForgetPeerAccess(void) {
   for (int d = 0; d < runtime().device_count(); ++d) runtime().device(d)->peers.store(0);

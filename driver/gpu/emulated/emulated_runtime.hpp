@@ -16,6 +16,7 @@ enum emuError_t {
   emuErrorInvalidValue = 1,
   emuErrorMemoryAllocation = 2,
   emuErrorInitializationError = 3,
+  emuErrorInsufficientDriver = 35,
   emuErrorRuntimeUnloading = 4,
   emuErrorDevicesUnavailable = 46,
   emuErrorNoDevice = 100,
@@ -52,6 +53,8 @@ enum : unsigned {
   emuHostAllocMapped = 2,
 };
 enum emuMemcpyKind { emuMemcpyDefault = 4 };
+// The runtime version the emulated plugin is "built with" (CUDART_VERSION's form).
+#define EMU_RUNTIME_VERSION 13000
 enum emuMemoryType { emuMemoryTypeUnregistered = 0, emuMemoryTypeHost = 1, emuMemoryTypeDevice = 2 };
 struct emuPointerAttributes {
   emuMemoryType type;
@@ -61,6 +64,7 @@ struct emuPointerAttributes {
 };
 
 emuError_t emuGetDeviceCount(int* count);
+emuError_t emuDriverGetVersion(int* version);
 emuError_t emuGetDeviceProperties(emuDeviceProp* props, int device);
 emuError_t emuDeviceGetPCIBusId(char* bus_id, int length, int device);
 emuError_t emuSetDevice(int device);
@@ -145,5 +149,9 @@ void emuTestSetDeviceUnusable(int device, int unusable);
 void emuTestSetPeerCapable(int device, int peer, int capable);
 // Forgets every enabled peer access (as in a fresh process).
 void emuTestForgetPeerAccess(void);
+// A driver older than the runtime (a static CUDA 13 runtime on a CUDA 12
+// driver): every call fails with emuErrorInsufficientDriver, and
+// emuDriverGetVersion reports 12040 instead of EMU_RUNTIME_VERSION.
+void emuTestSetDriverTooOld(int too_old);
 }
 #pragma GCC visibility pop
