@@ -49,3 +49,8 @@ uhmm_emulated_device_code(emulated_two_devices_test)
 # The plugin's pool, launch-path stalls and probing (issue 16, defects 3, 7, 8).
 uhmm_add_driver_test(emulated_gpu_plugin_test ${CMAKE_CURRENT_LIST_DIR}/gpu_plugin_emulated_test.cpp)
 uhmm_emulated_device_code(emulated_gpu_plugin_test)
+
+# The model-based stress test on the GPU plugin (two emulated devices), short.
+uhmm_add_test(emulated_stress_test ${CMAKE_CURRENT_LIST_DIR}/stress_emulated_test.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/../stress/model_stress.cpp)
+uhmm_emulated_device_code(emulated_stress_test)
