@@ -100,7 +100,9 @@ std::vector<std::unique_ptr<Device>> open_gpu_devices(const BackendProbe& probe,
     }
     const auto owner = static_cast<OwnerId>(devices.size() + 1);
     const std::size_t capacity_pages = bytes / kPageSize;
-    devices.push_back(std::make_unique<DeviceImpl>(std::move(backend), capacity_pages, owner, lookup));
+    auto device = std::make_unique<DeviceImpl>(std::move(backend), capacity_pages, owner, lookup);
+    device->set_native_device(static_cast<int>(d));
+    devices.push_back(std::move(device));
     log().info("device {}: {} device {} '{}' (pci {}), pool up to {} pages ({} bytes, {} free)", owner, probe.name,
                d, props.name, props.pci_bus_id, capacity_pages, bytes, free_bytes);
   }

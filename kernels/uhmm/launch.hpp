@@ -19,7 +19,43 @@
 #include <hip/hip_runtime.h>
 #endif
 
+// The runtime calls that make a device current around a native launch.
+#if UHMM_DEVICE_CODE_COMPILER && defined(__HIPCC__)
+#define UHMM_NATIVE_GET_DEVICE(d) hipGetDevice(d)
+#define UHMM_NATIVE_SET_DEVICE(d) hipSetDevice(d)
+#elif UHMM_DEVICE_CODE_COMPILER
+#define UHMM_NATIVE_GET_DEVICE(d) cudaGetDevice(d)
+#define UHMM_NATIVE_SET_DEVICE(d) cudaSetDevice(d)
+#elif UHMM_EMULATED_DEVICE_CODE
+#define UHMM_NATIVE_GET_DEVICE(d) uhmm_emulated_get_device(d)
+#define UHMM_NATIVE_SET_DEVICE(d) uhmm_emulated_set_device(d)
+#endif
+
 namespace uhmm {
+
+#ifdef UHMM_NATIVE_SET_DEVICE
+// Makes a launch_device stream's device current for one launch and gives
+// the caller's back (set only when it differs): on a GPU a kernel goes to the
+// current device, and a stream of another device fails it (invalid resource
+// handle), so launch_device on any but the application's current device
+// failed. A failure to set it shows as the launch's own error.
+class NativeDeviceScope {
+ public:
+  explicit NativeDeviceScope(int device) noexcept {
+    if (device < 0 || UHMM_NATIVE_GET_DEVICE(&previous_) != 0 || previous_ == device) return;
+    restore_ = UHMM_NATIVE_SET_DEVICE(device) == 0;
+  }
+  ~NativeDeviceScope() {
+    if (restore_) (void)UHMM_NATIVE_SET_DEVICE(previous_);
+  }
+  NativeDeviceScope(const NativeDeviceScope&) = delete;
+  NativeDeviceScope& operator=(const NativeDeviceScope&) = delete;
+
+ private:
+  int previous_ = -1;
+  bool restore_ = false;
+};
+#endif
 
 // The geometry of a launch (also the hip plugin's module launch of its copy kernel).
 inline constexpr unsigned kLaunchThreads = 256;
@@ -68,6 +104,7 @@ void launch(const LaunchStream& stream, std::size_t n, const F& f) {
     });
     return;
   }
+  const NativeDeviceScope device(stream.native_device);
   (void)UHMM_NATIVE_LAST_ERROR();  // an earlier, unrelated error is not this launch's
   launch(static_cast<NativeLaunchStream>(stream.native), n, f);
   if (const auto error = UHMM_NATIVE_LAST_ERROR(); error != UHMM_NATIVE_SUCCESS)
@@ -113,6 +150,7 @@ template <class F>
 void launch(const LaunchStream& stream, std::size_t n, const F& f) {
 #if UHMM_EMULATED_DEVICE_CODE
   if (stream.native != nullptr) {
+    const NativeDeviceScope device(stream.native_device);
     (void)uhmm_emulated_get_last_error();  // an earlier, unrelated error is not this launch's
     launch(static_cast<uhmmEmulatedStream*>(stream.native), n, f);
     if (const int error = uhmm_emulated_get_last_error(); error != 0)

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <iostream>
 
 #include "emulated_runtime.hpp"
@@ -17,6 +18,9 @@
 
 namespace uhmm::stress {
 namespace {
+
+// Before main, so before anything starts the emulated runtime.
+const bool kTwoDevices = [] { return ::setenv("UHMM_EMULATED_DEVICES", "2", 1) == 0; }();
 
 StressConfig emulated(std::uint64_t seed, unsigned threads, std::uint64_t ops) {
   StressConfig c;
@@ -40,6 +44,7 @@ void run_and_check(const StressConfig& c) {
 }
 
 TEST(EmulatedStress, FourThreadsOnOneDevice) {
+  ASSERT_TRUE(kTwoDevices);
   emuTestSetDelay(20, 11);  // the streams interleave differently
   run_and_check(emulated(808, 4, 400));
   emuTestSetDelay(0, 1);
@@ -49,6 +54,15 @@ TEST(EmulatedStress, FourThreadsOnOneDevice) {
 TEST(EmulatedStress, ThreeThreadsOversubscribed) {
   StressConfig c = emulated(909, 3, 400);
   c.pool_bytes = std::size_t{4} << 20;
+  run_and_check(c);
+}
+
+// Pages also move device to device (peer copies), and kernels run on both
+// devices from the same threads (each launch makes its device current).
+TEST(EmulatedStress, ThreeThreadsOnTwoDevices) {
+  StressConfig c = emulated(707, 3, 400);
+  c.devices = 2;
+  c.pool_bytes = std::size_t{16} << 20;
   run_and_check(c);
 }
 

@@ -116,6 +116,34 @@ TEST(EmulatedPluginDefects, AnUnusableDeviceIsSkipped) {
   emuTestSetDeviceUnusable(0, 0);
 }
 
+struct AddOne {
+  device_span<std::uint64_t> x;
+  UHMM_HOST_DEVICE void operator()(std::size_t i) const { x[i] += 1; }
+};
+
+// Found by the stress test on two emulated devices: a kernel goes to the
+// current device, and a launch on another device's stream fails (invalid
+// resource handle), so launch_device on any device but the application's
+// current one failed. uhmm::launch now makes the launch's device current
+// for the launch and gives the application's back.
+TEST(EmulatedLaunchDevice, LaunchesOnADeviceOtherThanTheCurrentOne) {
+  Context ctx(two_device_options(2));
+  TestArrays arrays(ctx);
+  auto data = arrays.make<std::uint64_t>(4 * kPageSize / 8);
+  ASSERT_EQ(emuSetDevice(0), emuSuccess);
+  for (std::size_t d = 0; d < 2; ++d) {
+    ctx.launch_device_on(
+        ctx.device_owner(d),
+        [](const LaunchStream& stream, device_span<std::uint64_t> x) { launch(stream, x.size(), AddOne{x}); },
+        data);
+    int current = -1;
+    ASSERT_EQ(emuGetDevice(&current), emuSuccess);
+    EXPECT_EQ(current, 0) << "after a launch on device " << d;
+  }
+  EXPECT_EQ(data[0], 2u);
+  EXPECT_EQ(data[data.size() - 1], 2u);
+}
+
 // Issue 16, defect 6: peer access was never enabled, so every
 // device-to-device page went through host memory (the runtime stages a copy
 // between devices without it). The plugin enables it where the runtime

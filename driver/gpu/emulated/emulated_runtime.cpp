@@ -571,6 +571,8 @@ int uhmm_emulated_launch(uhmmEmulatedStream* handle, std::size_t n, void (*run)(
 }
 
 int uhmm_emulated_get_last_error(void) { return emuGetLastError(); }
+int uhmm_emulated_get_device(int* device) { return emuGetDevice(device); }
+int uhmm_emulated_set_device(int device) { return emuSetDevice(device); }
 const char* uhmm_emulated_error_name(int error) { return emuGetErrorName(static_cast<emuError_t>(error)); }
 const char* uhmm_emulated_error_string(int error) {
   return emuGetErrorString(static_cast<emuError_t>(error));

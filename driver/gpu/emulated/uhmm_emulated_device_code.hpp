@@ -35,6 +35,9 @@ int uhmm_emulated_launch(uhmmEmulatedStream* stream, std::size_t n,
                          void (*run)(const void* functor, std::size_t n), const void* functor,
                          std::size_t bytes, std::size_t align);
 int uhmm_emulated_get_last_error(void);
+// emuGetDevice / emuSetDevice, for uhmm::launch's NativeDeviceScope.
+int uhmm_emulated_get_device(int* device);
+int uhmm_emulated_set_device(int device);
 const char* uhmm_emulated_error_name(int error);
 const char* uhmm_emulated_error_string(int error);
 }
