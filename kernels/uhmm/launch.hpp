@@ -23,12 +23,15 @@
 #if UHMM_DEVICE_CODE_COMPILER && defined(__HIPCC__)
 #define UHMM_NATIVE_GET_DEVICE(d) hipGetDevice(d)
 #define UHMM_NATIVE_SET_DEVICE(d) hipSetDevice(d)
+#define UHMM_NATIVE_CLEAR_ERROR() (void)hipGetLastError()
 #elif UHMM_DEVICE_CODE_COMPILER
 #define UHMM_NATIVE_GET_DEVICE(d) cudaGetDevice(d)
 #define UHMM_NATIVE_SET_DEVICE(d) cudaSetDevice(d)
+#define UHMM_NATIVE_CLEAR_ERROR() (void)cudaGetLastError()
 #elif UHMM_EMULATED_DEVICE_CODE
 #define UHMM_NATIVE_GET_DEVICE(d) uhmm_emulated_get_device(d)
 #define UHMM_NATIVE_SET_DEVICE(d) uhmm_emulated_set_device(d)
+#define UHMM_NATIVE_CLEAR_ERROR() (void)uhmm_emulated_get_last_error()
 #endif
 
 namespace uhmm {
@@ -42,11 +45,17 @@ namespace uhmm {
 class NativeDeviceScope {
  public:
   explicit NativeDeviceScope(int device) noexcept {
-    if (device < 0 || UHMM_NATIVE_GET_DEVICE(&previous_) != 0 || previous_ == device) return;
-    restore_ = UHMM_NATIVE_SET_DEVICE(device) == 0;
+    if (device < 0) return;
+    if (UHMM_NATIVE_GET_DEVICE(&previous_) != 0) {
+      UHMM_NATIVE_CLEAR_ERROR();
+      previous_ = -1;
+    }
+    if (previous_ == device) return;
+    restore_ = UHMM_NATIVE_SET_DEVICE(device) == 0 && previous_ >= 0;
   }
   ~NativeDeviceScope() {
-    if (restore_) (void)UHMM_NATIVE_SET_DEVICE(previous_);
+    // A failure (the application's device became unusable) must not linger as its last error.
+    if (restore_ && UHMM_NATIVE_SET_DEVICE(previous_) != 0) UHMM_NATIVE_CLEAR_ERROR();
   }
   NativeDeviceScope(const NativeDeviceScope&) = delete;
   NativeDeviceScope& operator=(const NativeDeviceScope&) = delete;
