@@ -19,6 +19,7 @@ BackendProbe probe_backend(const std::string& name, const std::string& plugin_di
     probe.plugin_path = loaded.path;
     char why[512] = {};
     const int count = loaded.plugin->device_count(why, sizeof why);
+    probe.driver_too_old = count == kPluginDriverTooOld;
     if (count <= 0) {
       probe.why = fmt::format("{}: plugin loaded ({}), {}", name, loaded.path,
                               count == 0 ? std::string("the runtime reports no device") : std::string(why));

@@ -21,6 +21,7 @@ struct BackendProbe {
   std::string plugin_path;
   std::vector<PluginDeviceProperties> devices;  // what the runtime reports
   std::string why;                             // why unavailable (empty when available)
+  bool driver_too_old = false;                 // GPUs a newer driver would make usable: say so loudly
   bool available() const noexcept { return plugin != nullptr && !devices.empty(); }
 };
 

@@ -57,6 +57,9 @@ class DeviceImpl final : public Device {
   void set_fault_injection(const FaultInjection& injection) noexcept override;
   void set_page_limit(std::size_t pages) noexcept override { pool_.set_limit_pages(pages); }
   std::size_t page_limit() const noexcept override { return pool_.limit_pages(); }
+  std::size_t release_free_chunks() noexcept override { return pool_.release_free_chunks(); }
+  int native_device() const noexcept override { return native_device_; }
+  void set_native_device(int ordinal) noexcept { native_device_ = ordinal; }
   Status validate() const override;
 
   PagePool& pool() noexcept { return pool_; }
@@ -79,6 +82,7 @@ class DeviceImpl final : public Device {
   std::condition_variable streams_cv_;
   std::vector<StreamId> idle_streams_;
   unsigned streams_created_ = 0;
+  int native_device_ = -1;  // the runtime's ordinal (GPU plugins), for launch_device
 };
 
 }  // namespace uhmm::detail

@@ -100,7 +100,9 @@ std::vector<std::unique_ptr<Device>> open_gpu_devices(const BackendProbe& probe,
     }
     const auto owner = static_cast<OwnerId>(devices.size() + 1);
     const std::size_t capacity_pages = bytes / kPageSize;
-    devices.push_back(std::make_unique<DeviceImpl>(std::move(backend), capacity_pages, owner, lookup));
+    auto device = std::make_unique<DeviceImpl>(std::move(backend), capacity_pages, owner, lookup);
+    device->set_native_device(static_cast<int>(d));
+    devices.push_back(std::move(device));
     log().info("device {}: {} device {} '{}' (pci {}), pool up to {} pages ({} bytes, {} free)", owner, probe.name,
                d, props.name, props.pci_bus_id, capacity_pages, bytes, free_bytes);
   }
@@ -160,6 +162,7 @@ std::vector<std::unique_ptr<Device>> open_devices(const ContextOptions& options,
         return open_gpu_devices(probe, options, lookup);
       }
       why += fmt::format("; {}", probe.why);
+      if (probe.driver_too_old) log().warn("backend auto: {}", probe.why);
     }
     log().info("backend auto: using the cpu backend{}", why);
   }

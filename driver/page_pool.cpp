@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -40,12 +41,20 @@ PagePool::~PagePool() {
   std::lock_guard lock(mutex_);
   if (in_use_ != 0)
     log().warn("device page pool destroyed with {} pages still in use", in_use_);
-  for (const Chunk& chunk : chunks_) backend_.free_chunk(chunk.base);
+  for (const Chunk& chunk : chunks_)
+    if (chunk.base != 0) backend_.free_chunk(chunk.base);
 }
 
-Status PagePool::grow() noexcept {
-  const std::size_t c = chunks_.size();
-  if (c * kPagesPerChunk >= capacity_pages_) {
+std::uint32_t PagePool::usable_pages(std::size_t c) const noexcept {
+  return static_cast<std::uint32_t>(std::min(kPagesPerChunk, capacity_pages_ - c * kPagesPerChunk));
+}
+
+Status PagePool::grow(bool whole, std::uint32_t* grown) noexcept {
+  // The lowest number without memory: one given back, else the next new one.
+  std::size_t c = 0;
+  while (c < chunks_.size() && (chunks_[c].base != 0 || (whole && usable_pages(c) != kPagesPerChunk))) ++c;
+  if (c * kPagesPerChunk >= capacity_pages_ || (whole && usable_pages(c) != kPagesPerChunk)) {
+    if (whole) return oom("device pool: no entirely free chunk for a 2 MiB run");
     try {
       return oom(fmt::format("device pool exhausted: {} of {} pages in use", in_use_, capacity_pages_));
     } catch (...) {
@@ -54,7 +63,7 @@ Status PagePool::grow() noexcept {
   }
   try {
     Chunk chunk;
-    chunk.usable = static_cast<std::uint32_t>(std::min(kPagesPerChunk, capacity_pages_ - c * kPagesPerChunk));
+    chunk.usable = usable_pages(c);
     chunk.used.assign(kPagesPerChunk, false);
     chunk.free_slots.reserve(chunk.usable);
     // Lowest slot on top of the stack.
@@ -63,12 +72,18 @@ Status PagePool::grow() noexcept {
     if (!status) {
       if (status.code == Errc::out_of_memory) {
         status.message = fmt::format("device pool cannot grow past {} pages ({} in use): {}",
-                                     c * kPagesPerChunk, in_use_, status.message);
+                                     backed_ * kPagesPerChunk, in_use_, status.message);
       }
       return status;
     }
-    chunks_.push_back(std::move(chunk));  // reserved in the constructor: does not throw
+    // Reserved in the constructor: neither throws.
+    if (c < chunks_.size())
+      chunks_[c] = std::move(chunk);
+    else
+      chunks_.push_back(std::move(chunk));
+    ++backed_;
     note_chunk(static_cast<std::uint32_t>(c));
+    *grown = static_cast<std::uint32_t>(c);
     return Status::ok();
   } catch (...) {
     return oom("device pool: host memory exhausted while growing");
@@ -125,11 +140,10 @@ Status PagePool::allocate_page(DevicePageIndex* out) noexcept {
   } else if (!empty_.empty()) {
     c = empty_.first();
   } else {
-    if (Status s = grow(); !s) {
+    if (Status s = grow(false, &c); !s) {
       if (alloc_pages_left_ >= 0) ++alloc_pages_left_;  // nothing was allocated
       return s;
     }
-    c = static_cast<std::uint32_t>(chunks_.size() - 1);
   }
   Chunk& chunk = chunks_[c];
   const std::uint16_t slot = chunk.free_slots.back();
@@ -151,14 +165,9 @@ Status PagePool::allocate_chunk(DevicePageIndex* first) noexcept {
   const auto whole = empty_.find_first([&](std::uint32_t e) { return chunks_[e].usable == kPagesPerChunk; });
   if (whole) {
     c = *whole;
-  } else {
-    const bool can_grow_whole = chunks_.size() * kPagesPerChunk + kPagesPerChunk <= capacity_pages_;
-    Status s = can_grow_whole ? grow() : oom("device pool: no entirely free chunk for a 2 MiB run");
-    if (!s) {
-      if (alloc_pages_left_ >= 0) alloc_pages_left_ += static_cast<std::int64_t>(kPagesPerChunk);
-      return s;
-    }
-    c = static_cast<std::uint32_t>(chunks_.size() - 1);
+  } else if (Status s = grow(true, &c); !s) {
+    if (alloc_pages_left_ >= 0) alloc_pages_left_ += static_cast<std::int64_t>(kPagesPerChunk);
+    return s;
   }
   Chunk& chunk = chunks_[c];
   chunk.free_slots.clear();
@@ -206,7 +215,37 @@ std::size_t PagePool::pages_in_use() const noexcept {
 
 std::size_t PagePool::chunks() const noexcept {
   std::lock_guard lock(mutex_);
-  return chunks_.size();
+  return backed_;
+}
+
+std::optional<DeviceAddress> PagePool::take_surplus_chunk() noexcept {
+  if (backed_ <= chunks_for(limit_pages_) || empty_.empty()) return std::nullopt;
+  std::uint32_t highest = 0;
+  (void)empty_.find_first([&](std::uint32_t c) {
+    highest = c;
+    return false;
+  });
+  Chunk& chunk = chunks_[highest];
+  const DeviceAddress base = std::exchange(chunk.base, 0);
+  chunk.free_slots.clear();
+  empty_.erase(highest);
+  --backed_;
+  return base;
+}
+
+std::size_t PagePool::release_free_chunks() noexcept {
+  std::size_t released = 0;
+  for (;;) {
+    std::optional<DeviceAddress> base;
+    {
+      std::lock_guard lock(mutex_);
+      base = take_surplus_chunk();
+    }
+    if (!base) return released;
+    // Outside the mutex: a GPU backend's free may wait for the device.
+    backend_.free_chunk(*base);
+    ++released;
+  }
 }
 
 std::size_t PagePool::free_chunks() const noexcept {
@@ -234,9 +273,18 @@ Status PagePool::validate() const {
   const auto fail = [](std::string message) { return Status{Errc::device_error, "device pool: " + message}; };
   std::size_t used_total = 0;
   std::size_t usable_total = 0;
+  std::size_t backed = 0;
   for (std::size_t c = 0; c < chunks_.size(); ++c) {
     const Chunk& chunk = chunks_[c];
-    if (chunk.base == 0 || chunk.base % kChunkSize != 0)
+    const auto c32 = static_cast<std::uint32_t>(c);
+    if (chunk.base == 0) {  // given back: no page, in no set
+      if (!chunk.free_slots.empty() || std::find(chunk.used.begin(), chunk.used.end(), true) != chunk.used.end() ||
+          empty_.contains(c32) || partial_.contains(c32))
+        return fail(fmt::format("chunk {} was given back but has pages or is filed as usable", c));
+      continue;
+    }
+    ++backed;
+    if (chunk.base % kChunkSize != 0)
       return fail(fmt::format("chunk {} has base {:#x}, not a chunk-aligned address", c, chunk.base));
     if (chunk.usable == 0 || chunk.usable > kPagesPerChunk)
       return fail(fmt::format("chunk {} has {} usable pages", c, chunk.usable));
@@ -258,7 +306,6 @@ Status PagePool::validate() const {
         return fail(fmt::format("chunk {}: slot {} is neither in use nor on the free list (leaked)", c, slot));
       }
     }
-    const auto c32 = static_cast<std::uint32_t>(c);
     const bool is_empty = used == 0;
     const bool is_partial = used != 0 && used != chunk.usable;
     if (empty_.contains(c32) != is_empty)
@@ -277,6 +324,8 @@ Status PagePool::validate() const {
     return fail(fmt::format("partly-used set names chunk {} of {}", *c, chunks_.size()));
   if (used_total != in_use_)
     return fail(fmt::format("{} pages are marked in use but the count says {}", used_total, in_use_));
+  if (backed != backed_)
+    return fail(fmt::format("{} chunks have memory but the count says {}", backed, backed_));
   if (usable_total > capacity_pages_)
     return fail(fmt::format("{} usable pages exceed the capacity of {}", usable_total, capacity_pages_));
   return Status::ok();

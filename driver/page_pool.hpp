@@ -94,6 +94,13 @@ class PagePool {
   // it stay until freed (the host layer evicts them). Clamped to the capacity.
   void set_limit_pages(std::size_t pages) noexcept;
   std::size_t limit_pages() const noexcept;
+  // Gives entirely free chunks back to the backend (free_chunk) while the pool
+  // holds more chunks than its limit needs, highest chunk first; the pool
+  // grows into their numbers again if the limit rises. Returns how many.
+  // Called after a shrink's eviction (set_device_pool_limit), not per free:
+  // a GPU backend's free synchronizes the device.
+  std::size_t release_free_chunks() noexcept;
+  // Chunks backed by device memory (those given back are not counted).
   std::size_t chunks() const noexcept;
   // Chunks with every usable page free (compound candidates).
   std::size_t free_chunks() const noexcept;
@@ -110,13 +117,17 @@ class PagePool {
 
  private:
   struct Chunk {
-    DeviceAddress base = 0;
+    DeviceAddress base = 0;                    // 0: given back (release_free_chunks), no pages
     std::uint32_t usable = 0;                  // slots below capacity
     std::vector<std::uint16_t> free_slots;     // a stack
     std::vector<bool> used;                    // per slot
   };
 
-  Status grow() noexcept;  // under mutex_
+  // Backs the lowest chunk number that has no memory (a whole chunk's
+  // worth of usable pages where `whole`) and sets *grown to it; under mutex_.
+  Status grow(bool whole, std::uint32_t* grown) noexcept;
+  std::uint32_t usable_pages(std::size_t c) const noexcept;
+  std::optional<DeviceAddress> take_surplus_chunk() noexcept;  // under mutex_
   void note_chunk(std::uint32_t c) noexcept;  // files chunk c in partial_ / empty_; under mutex_
   Status take_injection(std::size_t pages) noexcept;  // under mutex_
   Status check_limit(std::size_t pages) const noexcept;  // under mutex_
@@ -128,6 +139,7 @@ class PagePool {
   ChunkSet partial_;  // some pages used, some free
   ChunkSet empty_;    // every usable page free
   std::size_t in_use_ = 0;
+  std::size_t backed_ = 0;  // chunks with memory
   std::size_t limit_pages_;  // <= capacity_pages_
   std::size_t invalid_frees_ = 0;
   std::int64_t alloc_pages_left_ = -1;

@@ -14,6 +14,9 @@
 namespace uhmm::detail {
 
 inline constexpr std::uint32_t kPluginAbiVersion = 3;  // 2: device buffers and native streams; 3: device_memory
+// device_count's answer for a driver older than the plugin's runtime (any
+// negative count is "unavailable" to a host that does not know it).
+inline constexpr int kPluginDriverTooOld = -2;
 inline constexpr const char* kPluginEntryPoint = "uhmm_backend_plugin";
 
 // What the runtime says about one device, for discovery and pool sizing.
@@ -30,7 +33,10 @@ struct BackendPlugin {
   std::uint32_t abi_version;
   const char* backend;  // "cuda", "hip"
   // Devices the runtime reports (>= 0), or -1 with the runtime's reason in
-  // `why` (e.g. "cudaGetDeviceCount: no CUDA-capable device is detected").
+  // `why` (e.g. "cudaGetDeviceCount: no CUDA-capable device is detected"),
+  // or kPluginDriverTooOld: the installed driver is older than the runtime
+  // the plugin carries (CUDA's static runtime), so the GPUs there are unusable
+  // until the driver is updated: hosts say so loudly, not as a quiet fallback.
   int (*device_count)(char* why, std::size_t why_size) noexcept;
   // false with `why` when the runtime cannot query device `index`. Creates no
   // context on the device (a context costs device memory, and a device held

@@ -20,6 +20,7 @@ std::vector<BackendReport> probe_gpu_backends(const std::string& plugin_dir) {
     report.available = probe.available();
     report.plugin_path = probe.plugin_path;
     report.why = probe.why;
+    report.driver_too_old = probe.driver_too_old;
     for (const PluginDeviceProperties& p : probe.devices)
       report.devices.push_back({p.name, p.pci_bus_id, p.total_bytes, p.free_bytes, p.capabilities});
     out.push_back(std::move(report));

@@ -310,7 +310,10 @@ std::size_t ContextImpl::set_device_pool_limit(OwnerId owner, std::size_t bytes)
                             bytes, dev.owner(), capacity));
   // Cap first, so that no migration fills what the eviction empties.
   dev.set_page_limit(bytes / kPageSize);
-  return evict_down_to(*this, dev.owner(), bytes / kPageSize).pages;
+  const std::size_t evicted = evict_down_to(*this, dev.owner(), bytes / kPageSize).pages;
+  // The device's memory shrinks too, not only the pool's count (issue 16, defect 8).
+  (void)dev.release_free_chunks();
+  return evicted;
 }
 
 std::vector<PageState> ContextImpl::residency(const void* p, std::size_t bytes) const {

@@ -215,7 +215,7 @@ void run_device_launch(ContextImpl& ctx, OwnerId device, std::span<const LaunchS
     tables = upload_tables(backend, lease, hold, spans, resolved, host_tables, &fault_word, call);
     AtomicCounters::add(ctx.counters.thrashing_pages_pinned, hold.pinned());
     // The application's code: its own mask (a handler there may touch what the body may).
-    DeferSignals::run_application_code([&] { body(LaunchStream{backend.native_stream(lease.stream()), &queue}, tables); });
+    DeferSignals::run_application_code([&] { body(LaunchStream{backend.native_stream(lease.stream()), &queue, dev.native_device()}, tables); });
     if (fault_word != 0)
       backend.copy_from_device_buffer(lease.stream(), &fault, fault_word, sizeof fault).raise_if_error();
   } catch (...) {

@@ -62,7 +62,8 @@ json gather(bool open_context) {
       devices.push_back({{"name", d.name}, {"pci_bus_id", d.pci_bus_id}, {"total_bytes", d.total_bytes},
                          {"free_bytes", d.free_bytes}, {"capabilities", capabilities_json(d.capabilities)}});
     backends.push_back({{"name", b.name}, {"available", b.available}, {"plugin", b.plugin_path},
-                        {"why", b.available ? "" : b.why}, {"devices", devices}});
+                        {"why", b.available ? "" : b.why}, {"driver_too_old", b.driver_too_old},
+                        {"devices", devices}});
     if (b.available && auto_choice == "cpu" && b.name != "emulated") auto_choice = b.name;  // emulated: tests only
   }
   report["backends"] = backends;
@@ -119,6 +120,10 @@ void print_text(const json& r) {
                    d["free_bytes"].get<std::uint64_t>() >> 20, d["capabilities"].dump());
       }
   }
+  for (const auto& b : r["backends"])
+    if (b.value("driver_too_old", false))
+      fmt::print("\n  WARNING: {}: the GPU driver is too old for this build; its GPUs are NOT used.\n\n",
+                 b["name"].get<std::string>());
   if (!any_gpu) fmt::print("  no GPU: no GPU backend reports a device\n");
   fmt::print("  UHMM_BACKEND=auto selects: {}\n", r["auto_selects"].get<std::string>());
   fmt::print("  plugin search path:");

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <shared_mutex>
 #include <utility>
 
 #include <fmt/format.h>
@@ -32,6 +33,49 @@ void copy_host_pages(const std::vector<std::pair<void*, const void*>>& pages) no
 // True for the error a runtime gives while the process is exiting: teardown
 // then has nothing left to release.
 bool unloading(gpuError_t error) noexcept { return error == gpuErrorRuntimeUnloading; }
+
+// The slab (by base, in a map of slabs) that holds `address`, or end().
+template <class SlabMap>
+auto slab_containing(SlabMap& slabs, std::uint64_t address) noexcept {
+  auto it = slabs.upper_bound(address);
+  if (it == slabs.begin()) return slabs.end();
+  --it;
+  return address < it->first + it->second.bytes ? it : slabs.end();
+}
+
+// Pinned host memory of every backend of this plugin, process-wide. It is
+// allocated portable, so memory one device's backend pinned is pinned for
+// every device: the context's staging pool, made through the first device's
+// backend, must not be staged again by the others (issue 16, defect 5).
+class PinnedRegistry {
+ public:
+  void add(std::uintptr_t base, std::size_t bytes) {
+    std::unique_lock lock(mutex_);
+    ranges_.emplace(base, bytes);
+  }
+  void remove(std::uintptr_t base) noexcept {
+    std::unique_lock lock(mutex_);
+    ranges_.erase(base);
+  }
+  // Whether the page at `a` lies inside one pinned allocation.
+  bool holds_page(std::uintptr_t a) const noexcept {
+    std::shared_lock lock(mutex_);
+    auto it = ranges_.upper_bound(a);
+    if (it == ranges_.begin()) return false;
+    --it;
+    return a - it->first < it->second && kPageSize <= it->second - (a - it->first);
+  }
+
+ private:
+  mutable std::shared_mutex mutex_;
+  std::map<std::uintptr_t, std::size_t> ranges_;  // base -> bytes
+};
+
+// Never destroyed: backends may be torn down by other static destructors.
+PinnedRegistry& pinned_registry() noexcept {
+  static auto* registry = new PinnedRegistry;
+  return *registry;
+}
 
 }  // namespace
 
@@ -77,9 +121,9 @@ std::unique_ptr<GpuBackend> GpuBackend::create(const GpuBackendOptions& options,
     }
     backend->name_ = props.name;
     // The kernel path is taken only when this plugin has code for the device's architecture.
-    const Status kernels = UHMM_GPU_STATUS(copy_kernels_loadable());
-    backend->copy_kernels_ = static_cast<bool>(kernels);
-    backend->capabilities_ = kCapPeerCopy | (backend->copy_kernels_ ? kCapCopyKernels : 0u);
+    // A failure (no image for this architecture) is no error: copies take DMA only.
+    (void)UHMM_GPU_STATUS(load_copy_kernels(&backend->copy_kernels_));
+    backend->capabilities_ = kCapPeerCopy | (backend->copy_kernels_ != nullptr ? kCapCopyKernels : 0u);
     return backend;
   } catch (const std::exception& e) {
     *why = e.what();
@@ -95,9 +139,13 @@ GpuBackend::~GpuBackend() {
     stream->release();
   }
   for (auto& [id, event] : events_) (void)gpuEventDestroy(event);
-  for (void* slab : slabs_) (void)gpuFree(slab);
+  unload_copy_kernels(copy_kernels_);
+  for (auto& [base, slab] : slabs_) (void)gpuFree(slab.allocation);
   for (auto& [base, bytes] : device_buffers_) (void)gpuFree(as_pointer(base));
-  for (auto& [base, bytes] : pinned_) (void)gpuFreeHost(as_pointer(base));
+  for (auto& [base, bytes] : pinned_) {
+    pinned_registry().remove(base);
+    (void)gpuFreeHost(as_pointer(base));
+  }
 }
 
 DeviceInfo GpuBackend::info() const {
@@ -125,15 +173,14 @@ Status GpuBackend::allocate_chunk(DeviceAddress* out) noexcept {
   if (Status s = allocate_slab(want, &slab); !s) return s;
   try {
     std::lock_guard lock(chunks_mutex_);
-    slabs_.reserve(slabs_.size() + 1);
-    free_chunks_.reserve(free_chunks_.size() + slab.bytes / kChunkSize);
-    slab_bytes_.emplace(slab.base, slab.bytes);
-    slabs_.push_back(slab.allocation);
+    // Room for every chunk of every slab: free_chunk never allocates.
+    free_chunks_.reserve((reserved_bytes_ + slab.bytes) / kChunkSize);
+    slab.free_chunks = slab.bytes / kChunkSize - 1;  // one is handed out now
+    slabs_.emplace(slab.base, slab);
     // Lowest chunk on top of the stack.
-    for (std::uint64_t c = slab.bytes / kChunkSize; c-- > 0;) free_chunks_.push_back(slab.base + c * kChunkSize);
+    for (std::uint64_t c = slab.bytes / kChunkSize; c-- > 1;) free_chunks_.push_back(slab.base + c * kChunkSize);
     reserved_bytes_ += slab.bytes;
-    *out = free_chunks_.back();
-    free_chunks_.pop_back();
+    *out = slab.base;
   } catch (...) {
     (void)gpuFree(slab.allocation);
     return {Errc::out_of_memory, "allocate_chunk: host memory exhausted"};
@@ -146,8 +193,10 @@ bool GpuBackend::take_free_chunk(DeviceAddress* out) noexcept {
   if (free_chunks_.empty()) return false;
   *out = free_chunks_.back();
   free_chunks_.pop_back();
+  --slab_containing(slabs_, *out)->second.free_chunks;
   return true;
 }
+
 
 // A slab of `want` bytes (whole chunks), allocated exactly: both vendors align
 // allocations of 2 MiB and more to 2 MiB. Only where the address comes back
@@ -174,26 +223,59 @@ Status GpuBackend::allocate_slab(std::uint64_t want, Slab* out) noexcept {
       s.message = fmt::format("{} device {}: device memory exhausted: {}", kBackendName, options_.device, s.message);
     return s;
   }
-  *out = Slab{p, (as_address(p) + kChunkSize - 1) / kChunkSize * kChunkSize, want};
+  *out = Slab{p, (as_address(p) + kChunkSize - 1) / kChunkSize * kChunkSize, want, 0};
   return Status::ok();
 }
 
 void GpuBackend::free_chunk(DeviceAddress chunk) noexcept {
-  std::lock_guard lock(chunks_mutex_);
-  if (chunk % kChunkSize != 0) return;
-  try {
-    free_chunks_.push_back(chunk);
-  } catch (...) {
-    // Lost to this pool until destruction; the slab is still freed then.
+  DeviceAddress unused_slab = 0;
+  {
+    std::lock_guard lock(chunks_mutex_);
+    const auto slab = slab_containing(slabs_, chunk);
+    if (chunk % kChunkSize != 0 || slab == slabs_.end()) return;  // not ours: ignored
+    free_chunks_.push_back(chunk);  // reserved for every chunk: does not throw
+    if (++slab->second.free_chunks == slab->second.bytes / kChunkSize) unused_slab = slab->first;
   }
+  if (unused_slab != 0) free_slab_if_unused(unused_slab);
+}
+
+// Returns a slab none of whose chunks is handed out to the runtime, so that
+// a lowered pool limit shrinks the device allocation (issue 16, defect 8).
+// gpuFree may synchronize the device: only the grow mutex is held across it.
+void GpuBackend::free_slab_if_unused(DeviceAddress base) noexcept {
+  std::lock_guard grow(grow_mutex_);
+  Slab slab;
+  {
+    std::lock_guard lock(chunks_mutex_);
+    const auto it = slabs_.find(base);
+    // Another thread may have taken a chunk of it (or freed it) meanwhile.
+    if (it == slabs_.end() || it->second.free_chunks != it->second.bytes / kChunkSize) return;
+    slab = it->second;
+    slabs_.erase(it);
+    std::erase_if(free_chunks_, [&](DeviceAddress c) { return c >= base && c < base + slab.bytes; });
+  }
+  const DeviceScope device(options_.device);
+  gpuError_t error = device.error();
+  if (unloading(error)) return;
+  if (error == gpuSuccess) error = gpuFree(slab.allocation);
+  std::lock_guard lock(chunks_mutex_);
+  if (error == gpuSuccess) {
+    reserved_bytes_ -= slab.bytes;
+    return;
+  }
+  // Not freed (the device failed): it stays in the pool, its chunks free again.
+  (void)gpuGetLastError();
+  try {
+    slabs_.emplace(base, slab);
+  } catch (...) {
+    return;  // no host memory to keep it: lost to the pool
+  }
+  for (std::uint64_t c = slab.bytes / kChunkSize; c-- > 0;) free_chunks_.push_back(base + c * kChunkSize);
 }
 
 bool GpuBackend::owns_chunk_page(DeviceAddress page) const noexcept {
   std::lock_guard lock(chunks_mutex_);
-  auto it = slab_bytes_.upper_bound(page);
-  if (it == slab_bytes_.begin()) return false;
-  --it;
-  return page < it->first + it->second;
+  return slab_containing(slabs_, page) != slabs_.end();
 }
 
 // ---- pinned host memory ----
@@ -206,7 +288,13 @@ Status GpuBackend::allocate_host(std::size_t bytes, void** out) noexcept {
   UHMM_GPU_TRY(gpuHostAlloc(&p, bytes, gpuHostAllocPortableMapped));
   try {
     std::lock_guard lock(host_mutex_);
-    pinned_.emplace(as_address(p), bytes);
+    pinned_registry().add(as_address(p), bytes);
+    try {
+      pinned_.emplace(as_address(p), bytes);
+    } catch (...) {
+      pinned_registry().remove(as_address(p));
+      throw;
+    }
   } catch (...) {
     (void)gpuFreeHost(p);
     return {Errc::out_of_memory, "allocate_host: host memory exhausted"};
@@ -219,17 +307,14 @@ void GpuBackend::free_host(void* p) noexcept {
   {
     std::lock_guard lock(host_mutex_);
     if (pinned_.erase(as_address(p)) == 0) return;  // not ours: ignored
+    pinned_registry().remove(as_address(p));
   }
   (void)gpuFreeHost(p);
 }
 
+// Pinned by any backend of this plugin (every device's), not only this one.
 bool GpuBackend::is_pinned(const void* p) const noexcept {
-  const auto a = as_address(p);
-  std::lock_guard lock(host_mutex_);
-  auto it = pinned_.upper_bound(a);
-  if (it == pinned_.begin()) return false;
-  --it;
-  return a + kPageSize <= it->first + it->second;
+  return pinned_registry().holds_page(reinterpret_cast<std::uintptr_t>(p));
 }
 
 // ---- streams and events ----
@@ -415,7 +500,7 @@ Status GpuBackend::move_pages(Stream& stream, const Move* moves, std::size_t n, 
   std::size_t runs = n > 0 ? 1 : 0;
   for (std::size_t i = 1; i < n; ++i) runs += adjacent(i) ? 0 : 1;
 
-  if (copy_kernels_ && kernel_may_read && runs >= options_.kernel_min_runs) {
+  if (copy_kernels_ != nullptr && kernel_may_read && runs >= options_.kernel_min_runs) {
     kernels::PageList list;
     for (std::size_t i = 0; i < n;) {
       list.count = static_cast<std::uint32_t>(std::min(n - i, kernels::PageList::kMaxPages));
@@ -423,7 +508,7 @@ Status GpuBackend::move_pages(Stream& stream, const Move* moves, std::size_t n, 
         list.dst[k] = moves[i + k].dst;
         list.src[k] = moves[i + k].src;
       }
-      UHMM_GPU_TRY(enqueue_gather_scatter(stream.handle, list));
+      UHMM_GPU_TRY(enqueue_gather_scatter(*copy_kernels_, stream.handle, list));
       i += list.count;
       *enqueued = i;
     }
@@ -636,12 +721,10 @@ Status GpuBackend::copy_device_to_device(StreamId id, std::span<const DeviceToDe
   auto stream = find_stream(id, &error);
   if (!stream) return error;
   std::vector<Move> moves;
-  bool all_local = true;
   try {
     moves.reserve(pages.size());
     for (std::size_t i = 0; i < pages.size(); ++i) {
       const auto& p = pages[i];
-      all_local = all_local && owns_chunk_page(p.src);
       // The source may be another device's page (peer copy through unified addressing).
       if (p.src == 0 || p.src % kPageSize != 0 || p.dst % kPageSize != 0 || !owns_chunk_page(p.dst))
         return invalid(fmt::format("copy_device_to_device: page {} ({:#x} -> {:#x}) is null, unaligned or not "
@@ -651,7 +734,60 @@ Status GpuBackend::copy_device_to_device(StreamId id, std::span<const DeviceToDe
   } catch (...) {
     return {Errc::out_of_memory, "copy_device_to_device: host memory exhausted"};
   }
-  return run_batch(*stream, moves, Staging::none, result, all_local);
+  bool kernel_may_read = true;
+  if (Status s = peer_sources_readable(moves, &kernel_may_read); !s) return s;
+  return run_batch(*stream, moves, Staging::none, result, kernel_may_read);
+}
+
+// Enables peer access to the devices whose pages the batch reads (issue 16,
+// defect 6: it never was, so every device-to-device copy went through host
+// memory). *kernel_may_read: every source is this device's or a peer's it
+// reaches; a kernel touching a peer without access faults (sticky). A
+// source that is no device memory is invalid_argument, nothing queued.
+Status GpuBackend::peer_sources_readable(const std::vector<Move>& moves, bool* kernel_may_read) noexcept {
+  UHMM_GPU_ON_DEVICE(options_.device);
+  DeviceAddress known_chunk = 0;  // a chunk lies on one device: ask once per chunk
+  for (const Move& move : moves) {
+    const DeviceAddress chunk = move.src - move.src % kChunkSize;
+    if (chunk == known_chunk || owns_chunk_page(move.src)) continue;
+    gpuPointerAttributes attributes{};
+    const gpuError_t error = gpuPointerGetAttributes(&attributes, as_pointer(move.src));
+    if (error != gpuSuccess || attributes.device < 0) {
+      (void)gpuGetLastError();
+      return invalid(fmt::format("copy_device_to_device: source {:#x} is no device's memory ({})", move.src,
+                                 gpuGetErrorName(error)));
+    }
+    known_chunk = chunk;
+    if (attributes.device != options_.device && !enable_peer_access(attributes.device)) *kernel_may_read = false;
+  }
+  return Status::ok();
+}
+
+// This device's access to `peer`'s memory, enabled once where the runtime
+// allows it (the peer holds pages, so its context exists already). Without
+// it copies still work (the runtime stages them through host memory) but
+// kernels must not read the peer.
+bool GpuBackend::enable_peer_access(int peer) noexcept {
+  std::lock_guard lock(peers_mutex_);
+  if (const auto it = peer_access_.find(peer); it != peer_access_.end()) return it->second;
+  int can_access = 0;
+  gpuError_t error = gpuDeviceCanAccessPeer(&can_access, options_.device, peer);
+  if (error == gpuSuccess && can_access != 0) {
+    error = gpuDeviceEnablePeerAccess(peer, 0);
+    if (error == gpuErrorPeerAccessAlreadyEnabled) {
+      // By the application, or by an earlier context in this process.
+      (void)gpuGetLastError();
+      error = gpuSuccess;
+    }
+  }
+  if (error != gpuSuccess) (void)gpuGetLastError();  // not enabled: not this thread's next error
+  const bool enabled = error == gpuSuccess && can_access != 0;
+  try {
+    peer_access_.emplace(peer, enabled);
+  } catch (...) {
+    // Asked again next time.
+  }
+  return enabled;
 }
 
 Status GpuBackend::zero_device(StreamId id, std::span<const DeviceAddress> pages, BatchResult* result) noexcept {

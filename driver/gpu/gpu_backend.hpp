@@ -4,8 +4,8 @@
 // Device memory: a pool of 2 MiB chunks carved from large device allocations
 // (slabs, allocated exactly), grown on demand up to the pool limit without
 // holding the chunk mutex across gpuMalloc; freed chunks go back to the
-// free list and slabs are returned when the backend is destroyed (as nouveau
-// keeps its chunks). Copies: each batch is coalesced into contiguous runs, then
+// free list, and a slab whose every chunk is free is returned to the runtime
+// (the page pool frees chunks only when its limit is lowered, or at the end). Copies: each batch is coalesced into contiguous runs, then
 // moved by one of two paths chosen once per backend: DMA (one async memcpy per
 // run) or, when the plugin carries kernels for the device, the gather/scatter
 // kernel of kernels/uhmm/page_gather.hpp for scattered batches. Pinned host
@@ -28,6 +28,7 @@
 #include <utility>
 #include <vector>
 
+#include "copy_kernels.hpp"
 #include "gpu_runtime.hpp"
 #include "uhmm/backend.hpp"
 
@@ -116,9 +117,12 @@ class GpuBackend final : public Backend {
     void* allocation = nullptr;
     DeviceAddress base = 0;
     std::uint64_t bytes = 0;
+    std::size_t free_chunks = 0;  // of its chunks, how many are on free_chunks_
   };
+  using Slabs = std::map<DeviceAddress, Slab>;  // by base
   bool take_free_chunk(DeviceAddress* out) noexcept;
   Status allocate_slab(std::uint64_t want, Slab* out) noexcept;
+  void free_slab_if_unused(DeviceAddress base) noexcept;
   bool is_pinned(const void* p) const noexcept;
   bool owns_chunk_page(DeviceAddress page) const noexcept;
   Status run_batch(Stream& stream, const std::vector<Move>& moves, Staging staging, BatchResult* result,
@@ -131,26 +135,32 @@ class GpuBackend final : public Backend {
   void stage(Stream& stream, Staging side, std::size_t buffer, std::vector<Move>& moves,
              HostCopies* copies) const;
   Status claim_buffer(Stream& stream, std::size_t* buffer) noexcept;
+  Status peer_sources_readable(const std::vector<Move>& moves, bool* kernel_may_read) noexcept;
+  bool enable_peer_access(int peer) noexcept;
   Status drain(Stream& stream) noexcept;
 
   GpuBackendOptions options_;
   std::string name_;
   std::uint32_t capabilities_ = 0;
-  bool copy_kernels_ = false;
+  CopyKernels* copy_kernels_ = nullptr;  // null: DMA only (no image for this device); freed by the destructor
 
   std::mutex grow_mutex_;  // one allocate_slab at a time; taken before chunks_mutex_
   mutable std::mutex chunks_mutex_;
-  std::vector<void*> slabs_;
+  Slabs slabs_;
   std::vector<DeviceAddress> free_chunks_;
-  std::map<DeviceAddress, std::size_t> slab_bytes_;  // slab base -> bytes
-  std::uint64_t reserved_bytes_ = 0;
+  std::uint64_t reserved_bytes_ = 0;  // the slabs' bytes
 
   bool inside_device_buffer(DeviceAddress address, std::size_t bytes) const noexcept;
   mutable std::mutex buffers_mutex_;
   std::map<DeviceAddress, std::size_t> device_buffers_;  // gpuMalloc base -> bytes
 
   mutable std::mutex host_mutex_;
-  std::map<std::uintptr_t, std::size_t> pinned_;  // allocate_host base -> bytes
+  // This backend's allocate_host base -> bytes, freed with it (is_pinned
+  // asks the process-wide registry of every backend's).
+  std::map<std::uintptr_t, std::size_t> pinned_;
+
+  std::mutex peers_mutex_;
+  std::map<int, bool> peer_access_;  // peer device -> access enabled (tried once each)
 
   mutable std::mutex streams_mutex_;
   StreamId next_stream_ = 1;

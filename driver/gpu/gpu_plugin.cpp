@@ -20,9 +20,30 @@ void write_why(const std::string& text, char* why, std::size_t why_size) noexcep
   std::snprintf(why, why_size, "%s", text.c_str());
 }
 
+// The driver is older than the runtime this plugin carries (the CUDA plugin
+// links CUDA's static runtime: a CUDA 13 build needs an R580 driver): not "no
+// GPU", but GPUs this build cannot use until the driver is updated.
+int driver_too_old(char* why, std::size_t why_size) noexcept {
+  int driver = 0;
+  const gpuError_t error = gpuDriverGetVersion(&driver);
+  if (error != gpuSuccess) (void)gpuGetLastError();
+  write_why(fmt::format("{}GetDeviceCount: {}: the GPU driver (version {}) is older than the {} runtime this "
+                        "plugin was built with (version {}): its GPUs are NOT used; update the driver, or use a "
+                        "uhmm built with an older toolkit",
+                        kBackendName, gpuGetErrorName(gpuErrorInsufficientDriver),
+                        error == gpuSuccess ? std::to_string(driver) : std::string("unknown"), kBackendName,
+                        kRuntimeVersion),
+            why, why_size);
+  return detail::kPluginDriverTooOld;
+}
+
 int device_count(char* why, std::size_t why_size) noexcept {
   int count = 0;
   const gpuError_t error = gpuGetDeviceCount(&count);
+  if (error == gpuErrorInsufficientDriver) {
+    (void)gpuGetLastError();
+    return driver_too_old(why, why_size);
+  }
   if (error != gpuSuccess) {
     // Without a driver or device the runtime says so here ("no CUDA-capable device is detected").
     write_why(fmt::format("{}GetDeviceCount: {} ({})", kBackendName, gpuGetErrorName(error), gpuGetErrorString(error)),

@@ -25,7 +25,11 @@ using gpuError_t = emuError_t;
 using gpuStream_t = emuStream_t;
 using gpuEvent_t = emuEvent_t;
 using gpuDeviceProp = emuDeviceProp;
+using gpuPointerAttributes = emuPointerAttributes;
 inline constexpr gpuError_t gpuSuccess = emuSuccess;
+inline constexpr gpuError_t gpuErrorPeerAccessAlreadyEnabled = emuErrorPeerAccessAlreadyEnabled;
+inline constexpr gpuError_t gpuErrorInsufficientDriver = emuErrorInsufficientDriver;
+inline constexpr int kRuntimeVersion = EMU_RUNTIME_VERSION;
 inline constexpr gpuError_t gpuErrorMemoryAllocation = emuErrorMemoryAllocation;
 inline constexpr gpuError_t gpuErrorNoDevice = emuErrorNoDevice;
 inline constexpr gpuError_t gpuErrorRuntimeUnloading = emuErrorRuntimeUnloading;
@@ -41,7 +45,11 @@ using gpuError_t = hipError_t;
 using gpuStream_t = hipStream_t;
 using gpuEvent_t = hipEvent_t;
 using gpuDeviceProp = hipDeviceProp_t;
+using gpuPointerAttributes = hipPointerAttribute_t;
 inline constexpr gpuError_t gpuSuccess = hipSuccess;
+inline constexpr gpuError_t gpuErrorPeerAccessAlreadyEnabled = hipErrorPeerAccessAlreadyEnabled;
+inline constexpr gpuError_t gpuErrorInsufficientDriver = hipErrorInsufficientDriver;
+inline constexpr int kRuntimeVersion = HIP_VERSION;
 inline constexpr gpuError_t gpuErrorMemoryAllocation = hipErrorOutOfMemory;
 inline constexpr gpuError_t gpuErrorNoDevice = hipErrorNoDevice;
 inline constexpr gpuError_t gpuErrorRuntimeUnloading = hipErrorDeinitialized;
@@ -57,7 +65,11 @@ using gpuError_t = cudaError_t;
 using gpuStream_t = cudaStream_t;
 using gpuEvent_t = cudaEvent_t;
 using gpuDeviceProp = cudaDeviceProp;
+using gpuPointerAttributes = cudaPointerAttributes;
 inline constexpr gpuError_t gpuSuccess = cudaSuccess;
+inline constexpr gpuError_t gpuErrorPeerAccessAlreadyEnabled = cudaErrorPeerAccessAlreadyEnabled;
+inline constexpr gpuError_t gpuErrorInsufficientDriver = cudaErrorInsufficientDriver;
+inline constexpr int kRuntimeVersion = CUDART_VERSION;  // the static runtime linked into the plugin
 inline constexpr gpuError_t gpuErrorMemoryAllocation = cudaErrorMemoryAllocation;
 inline constexpr gpuError_t gpuErrorNoDevice = cudaErrorNoDevice;
 inline constexpr gpuError_t gpuErrorRuntimeUnloading = cudaErrorCudartUnloading;
@@ -71,6 +83,7 @@ inline constexpr auto gpuMemcpyDefault = cudaMemcpyDefault;
 
 // gpuX(...) is cudaX(...) or hipX(...).
 #define gpuGetDeviceCount UHMM_GPU_API(GetDeviceCount)
+#define gpuDriverGetVersion UHMM_GPU_API(DriverGetVersion)
 #define gpuGetDeviceProperties UHMM_GPU_API(GetDeviceProperties)
 #define gpuDeviceGetPCIBusId UHMM_GPU_API(DeviceGetPCIBusId)
 #define gpuSetDevice UHMM_GPU_API(SetDevice)
@@ -91,6 +104,9 @@ inline constexpr auto gpuMemcpyDefault = cudaMemcpyDefault;
 #define gpuGetErrorName UHMM_GPU_API(GetErrorName)
 #define gpuGetErrorString UHMM_GPU_API(GetErrorString)
 #define gpuGetLastError UHMM_GPU_API(GetLastError)
+#define gpuDeviceCanAccessPeer UHMM_GPU_API(DeviceCanAccessPeer)
+#define gpuDeviceEnablePeerAccess UHMM_GPU_API(DeviceEnablePeerAccess)
+#define gpuPointerGetAttributes UHMM_GPU_API(PointerGetAttributes)
 #if UHMM_GPU_EMULATED
 #define gpuHostAlloc emuHostAlloc
 #define gpuFreeHost emuFreeHost

@@ -76,7 +76,9 @@ class UHMM_EXPORT Context {
   Backend& backend(OwnerId owner);
   // Shrinks (or grows back, up to device_pool_bytes) the pages owner's pool
   // may hand out, then evicts its least recently used chunks until the pages
-  // in use fit: their data comes back to host RAM. Returns the pages evicted.
+  // in use fit: their data comes back to host RAM, and chunks left entirely
+  // free go back to the device (its memory is freed, per 256 MiB slab on a
+  // GPU). Returns the pages evicted.
   // Waits for pages that migrations or kernels hold. Throws uhmm::Error:
   // invalid_argument for an unknown owner or more bytes than the pool has,
   // device_error when pages whose copy back failed keep it above the limit.

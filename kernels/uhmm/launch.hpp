@@ -19,12 +19,58 @@
 #include <hip/hip_runtime.h>
 #endif
 
+// The runtime calls that make a device current around a native launch.
+#if UHMM_DEVICE_CODE_COMPILER && defined(__HIPCC__)
+#define UHMM_NATIVE_GET_DEVICE(d) hipGetDevice(d)
+#define UHMM_NATIVE_SET_DEVICE(d) hipSetDevice(d)
+#define UHMM_NATIVE_CLEAR_ERROR() (void)hipGetLastError()
+#elif UHMM_DEVICE_CODE_COMPILER
+#define UHMM_NATIVE_GET_DEVICE(d) cudaGetDevice(d)
+#define UHMM_NATIVE_SET_DEVICE(d) cudaSetDevice(d)
+#define UHMM_NATIVE_CLEAR_ERROR() (void)cudaGetLastError()
+#elif UHMM_EMULATED_DEVICE_CODE
+#define UHMM_NATIVE_GET_DEVICE(d) uhmm_emulated_get_device(d)
+#define UHMM_NATIVE_SET_DEVICE(d) uhmm_emulated_set_device(d)
+#define UHMM_NATIVE_CLEAR_ERROR() (void)uhmm_emulated_get_last_error()
+#endif
+
 namespace uhmm {
 
-#if UHMM_DEVICE_CODE_COMPILER
+#ifdef UHMM_NATIVE_SET_DEVICE
+// Makes a launch_device stream's device current for one launch and gives
+// the caller's back (set only when it differs): on a GPU a kernel goes to the
+// current device, and a stream of another device fails it (invalid resource
+// handle), so launch_device on any but the application's current device
+// failed. A failure to set it shows as the launch's own error.
+class NativeDeviceScope {
+ public:
+  explicit NativeDeviceScope(int device) noexcept {
+    if (device < 0) return;
+    if (UHMM_NATIVE_GET_DEVICE(&previous_) != 0) {
+      UHMM_NATIVE_CLEAR_ERROR();
+      previous_ = -1;
+    }
+    if (previous_ == device) return;
+    restore_ = UHMM_NATIVE_SET_DEVICE(device) == 0 && previous_ >= 0;
+  }
+  ~NativeDeviceScope() {
+    // A failure (the application's device became unusable) must not linger as its last error.
+    if (restore_ && UHMM_NATIVE_SET_DEVICE(previous_) != 0) UHMM_NATIVE_CLEAR_ERROR();
+  }
+  NativeDeviceScope(const NativeDeviceScope&) = delete;
+  NativeDeviceScope& operator=(const NativeDeviceScope&) = delete;
 
+ private:
+  int previous_ = -1;
+  bool restore_ = false;
+};
+#endif
+
+// The geometry of a launch (also the hip plugin's module launch of its copy kernel).
 inline constexpr unsigned kLaunchThreads = 256;
 inline constexpr std::size_t kLaunchMaxBlocks = std::size_t{1} << 16;
+
+#if UHMM_DEVICE_CODE_COMPILER
 
 template <class F>
 __global__ void index_space_kernel(std::size_t n, F f) {
@@ -67,6 +113,7 @@ void launch(const LaunchStream& stream, std::size_t n, const F& f) {
     });
     return;
   }
+  const NativeDeviceScope device(stream.native_device);
   (void)UHMM_NATIVE_LAST_ERROR();  // an earlier, unrelated error is not this launch's
   launch(static_cast<NativeLaunchStream>(stream.native), n, f);
   if (const auto error = UHMM_NATIVE_LAST_ERROR(); error != UHMM_NATIVE_SUCCESS)
@@ -112,6 +159,7 @@ template <class F>
 void launch(const LaunchStream& stream, std::size_t n, const F& f) {
 #if UHMM_EMULATED_DEVICE_CODE
   if (stream.native != nullptr) {
+    const NativeDeviceScope device(stream.native_device);
     (void)uhmm_emulated_get_last_error();  // an earlier, unrelated error is not this launch's
     launch(static_cast<uhmmEmulatedStream*>(stream.native), n, f);
     if (const int error = uhmm_emulated_get_last_error(); error != 0)

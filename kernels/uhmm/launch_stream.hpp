@@ -32,6 +32,10 @@ class HostLaunchQueue {
 struct LaunchStream {
   void* native = nullptr;           // cudaStream_t / hipStream_t; nullptr on the cpu backend
   HostLaunchQueue* host = nullptr;  // never null inside a launch_device callback
+  // The runtime's ordinal of the device `native` belongs to (-1 on the cpu
+  // backend): uhmm::launch makes it current for the launch, since a kernel
+  // goes to the current device and fails on another device's stream.
+  int native_device = -1;
 };
 
 }  // namespace uhmm

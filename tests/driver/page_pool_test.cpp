@@ -242,5 +242,32 @@ TEST(PagePool, ConcurrentAllocationsNeverHandOutAPageTwice) {
   EXPECT_TRUE(pool.validate());
 }
 
+// Issue 16, defect 8: a lowered limit gives the chunks left entirely free
+// back to the backend (its device memory), highest first, down to the chunks
+// the limit needs; a partly used chunk stays. The pool grows into the numbers
+// given back when the limit rises again.
+TEST(PagePool, ReleaseFreeChunksGivesBackEmptyChunksBeyondTheLimit) {
+  CpuBackend backend(4 * kChunkSize);
+  PagePool pool(backend, 4 * kPagesPerChunk);
+  std::vector<DevicePageIndex> pages(3 * kPagesPerChunk + 1);
+  for (auto& p : pages) ASSERT_TRUE(pool.allocate_page(&p));
+  ASSERT_EQ(pool.chunks(), 4u);
+  EXPECT_EQ(pool.release_free_chunks(), 0u) << "nothing is limited";
+  // Chunks 1 and 3 entirely free, chunk 2 all but its first page.
+  for (std::size_t i = kPagesPerChunk; i < 3 * kPagesPerChunk + 1; ++i)
+    if (i != 2 * kPagesPerChunk) pool.free_page(pages[i]);
+  pool.set_limit_pages(kPagesPerChunk + 1);
+  EXPECT_EQ(pool.release_free_chunks(), 2u);
+  EXPECT_EQ(pool.chunks(), 2u);
+  EXPECT_EQ(backend.chunks_in_use(), 2u);
+  EXPECT_TRUE(pool.validate());
+  pool.set_limit_pages(4 * kPagesPerChunk);
+  DevicePageIndex whole = 0;
+  ASSERT_TRUE(pool.allocate_chunk(&whole));
+  EXPECT_EQ(whole, kChunkPages) << "the lowest number given back is backed again";
+  EXPECT_EQ(backend.chunks_in_use(), 3u);
+  EXPECT_TRUE(pool.validate());
+}
+
 }  // namespace
 }  // namespace uhmm::detail

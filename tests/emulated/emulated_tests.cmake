@@ -35,6 +35,11 @@ if(UHMM_BUILD_TOOLS)
     ENVIRONMENT "UHMM_PLUGIN_DIR=${UHMM_EMULATED_DIR}"
     PASS_REGULAR_EXPRESSION "\"name\": *\"emulated\""
     FAIL_REGULAR_EXPRESSION "\"auto_selects\": *\"emulated\"")
+  # A driver older than the plugin's runtime (issue 16, defect 10) is said aloud.
+  add_test(NAME uhmm_info_driver_too_old_Emulated COMMAND uhmm-info)
+  set_tests_properties(uhmm_info_driver_too_old_Emulated PROPERTIES TIMEOUT 60
+    ENVIRONMENT "UHMM_PLUGIN_DIR=${UHMM_EMULATED_DIR};UHMM_EMULATED_DRIVER_TOO_OLD=1"
+    PASS_REGULAR_EXPRESSION "WARNING: emulated: the GPU driver is too old")
 endif()
 
 # Two emulated devices (the test sets UHMM_EMULATED_DEVICES before the runtime starts).
@@ -44,3 +49,8 @@ uhmm_emulated_device_code(emulated_two_devices_test)
 # The plugin's pool, launch-path stalls and probing (issue 16, defects 3, 7, 8).
 uhmm_add_driver_test(emulated_gpu_plugin_test ${CMAKE_CURRENT_LIST_DIR}/gpu_plugin_emulated_test.cpp)
 uhmm_emulated_device_code(emulated_gpu_plugin_test)
+
+# The model-based stress test on the GPU plugin (two emulated devices), short.
+uhmm_add_test(emulated_stress_test ${CMAKE_CURRENT_LIST_DIR}/stress_emulated_test.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/../stress/model_stress.cpp)
+uhmm_emulated_device_code(emulated_stress_test)

@@ -8,7 +8,9 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "../../driver/backend_probe.hpp"
 #include "emulated_runtime.hpp"
@@ -44,6 +46,53 @@ class EmulatedGpuPool : public ::testing::Test {
   BackendProbe probe_;
   std::uint64_t used_before_ = 0;
 };
+
+// Defect 10: the CUDA plugin carries CUDA's static runtime, which a driver
+// older than it refuses (cudaErrorInsufficientDriver): auto then quietly took
+// the cpu backend. The probe now says the GPUs are unusable and why, and
+// uhmm-info and auto's log say it aloud (uhmm_info_driver_too_old_Emulated).
+TEST(EmulatedGpuPluginProbe, ADriverOlderThanTheRuntimeIsReportedAsSuch) {
+  emuTestSetDriverTooOld(1);
+  const BackendProbe probe = probe_backend("emulated", UHMM_TEST_EMULATED_PLUGIN_DIR);
+  emuTestSetDriverTooOld(0);
+  EXPECT_FALSE(probe.available());
+  EXPECT_TRUE(probe.driver_too_old);
+  EXPECT_NE(probe.why.find("NOT used"), std::string::npos) << probe.why;
+  EXPECT_NE(probe.why.find("version 12040"), std::string::npos) << probe.why;
+  EXPECT_NE(probe.why.find("version 13000"), std::string::npos) << probe.why;
+  EXPECT_TRUE(probe_backend("emulated", UHMM_TEST_EMULATED_PLUGIN_DIR).available());
+}
+
+// Defect 10 (the plugin's side): a device the copy kernels have no image for
+// (the HIP plugin's module load failing) loses the kernel path, nothing else:
+// scattered batches go by DMA.
+TEST_F(EmulatedGpuPool, WithoutAKernelImageScatteredCopiesTakeDma) {
+  emuTestSetKernelImage(0);
+  auto backend = make(4 * kChunkSize);
+  emuTestSetKernelImage(1);
+  ASSERT_NE(backend, nullptr);
+  EXPECT_EQ(backend->info().capabilities & kCapCopyKernels, 0u);
+  DeviceAddress chunk = 0;
+  StreamId stream = 0;
+  void* pinned = nullptr;
+  ASSERT_TRUE(backend->allocate_chunk(&chunk));
+  ASSERT_TRUE(backend->create_stream(&stream));
+  ASSERT_TRUE(backend->allocate_host(32 * kPageSize, &pinned));
+  std::vector<HostToDevicePage> pages;
+  for (std::size_t i = 0; i < 16; ++i)  // every other device page: 16 runs
+    pages.push_back({static_cast<std::byte*>(pinned) + i * kPageSize, chunk + 2 * i * kPageSize});
+  const emuTestCounts before = emuTestGetCounts();
+  BatchResult result;
+  ASSERT_TRUE(backend->copy_to_device(stream, pages, &result));
+  ASSERT_TRUE(backend->synchronize(stream));
+  EXPECT_TRUE(result.status) << result.status.message;
+  EXPECT_EQ(result.pages_done, 16u);
+  EXPECT_EQ(emuTestGetCounts().kernels, before.kernels);
+  EXPECT_EQ(emuTestGetCounts().copies - before.copies, 16u);
+  backend->free_host(pinned);
+  backend->destroy_stream(stream);
+  backend->free_chunk(chunk);
+}
 
 // Defect 8: every slab was allocated one chunk larger than its chunks.
 TEST_F(EmulatedGpuPool, ASlabIsAllocatedExactly) {
@@ -183,6 +232,30 @@ TEST(EmulatedGpuLaunchPath, GrowingTheTableBufferFreesNothingInTheLaunch) {
   EXPECT_EQ(emuTestGetCounts().frees, before.frees);
   EXPECT_EQ(large[7], 1u);
   EXPECT_EQ(small[7], 1u);
+}
+
+// Defect 8: the pool never gave device memory back. A lowered limit evicts
+// the pages, and the chunks left free go back to the backend, which returns
+// a slab all of whose chunks came back (gpuFree): the device's allocated bytes
+// fall. Raising the limit grows the pool into them again.
+TEST(EmulatedGpuPoolLimit, ALoweredLimitGivesDeviceMemoryBack) {
+  ContextOptions o = emulated_options();
+  o.device_pool_bytes = 8 * MiB;  // one slab of four chunks
+  Context ctx(o);
+  TestArrays arrays(ctx);
+  auto data = arrays.make<std::uint64_t>(8 * MiB / 8);
+  fill(data.data(), 8 * MiB, 5);
+  const OwnerId owner = ctx.device_owner(0);
+  const std::size_t before = emuTestDeviceUsed(0);
+  ASSERT_EQ(ctx.migrate_to_device(data.data(), 8 * MiB, owner).migrated, 8 * MiB / kPageSize);
+  const std::size_t full = emuTestDeviceUsed(0);
+  EXPECT_GE(full, before + 8 * MiB);
+  EXPECT_EQ(ctx.set_device_pool_limit(owner, 0), 8 * MiB / kPageSize);
+  EXPECT_EQ(emuTestDeviceUsed(0), full - 8 * MiB) << "the evicted pool still holds its device memory";
+  ctx.set_device_pool_limit(owner, 8 * MiB);
+  ASSERT_EQ(ctx.migrate_to_device(data.data(), 8 * MiB, owner).migrated, 8 * MiB / kPageSize);
+  EXPECT_EQ(emuTestDeviceUsed(0), full);
+  expect_pattern(data.data(), 8 * MiB, 5);
 }
 
 }  // namespace

@@ -260,6 +260,8 @@ class Harness {
   Context ctx_;
   std::vector<std::unique_ptr<Slot>> slots_;
   Gate evict_gate_;   // exclusive: an eviction; shared: a checked migration
+  bool host_kernels_ = true;  // Context::launch runs on the devices (the cpu backend)
+  bool pins_ = true;          // kernels reach pages pinned on the host, so ops pin them
   Gate inject_gate_;  // exclusive: arming an injection; shared: any CPU access (with injection only)
   std::mutex race_mutex_;  // one launch-race op at a time
   std::vector<std::unique_ptr<Ring>> rings_;
@@ -282,7 +284,8 @@ class Harness {
 
 ContextOptions Harness::options_of(const StressConfig& cfg) {
   ContextOptions o;
-  o.backend = "cpu";
+  o.backend = cfg.backend;
+  o.plugin_dir = cfg.plugin_dir;
   o.device_pool_bytes = cfg.pool_bytes;
   o.devices = cfg.devices;
   o.fault_ahead = cfg.fault_ahead;
@@ -316,8 +319,13 @@ Harness::Harness(const StressConfig& cfg)
   w(Op::ToHost, 6);
   w(Op::ToDeviceAsync, 3);
   w(Op::ToHostAsync, 2);
-  w(Op::Launch, 9);
-  w(Op::Pin, 2);
+  // A GPU runs no host kernels (Context::launch), and its kernels do not reach
+  // pages pinned on the host (a launch over them fails with device_fault).
+  const std::uint32_t caps = ctx_.device_info(ctx_.device_owner(0)).capabilities;
+  host_kernels_ = (caps & kCapHostKernels) != 0;
+  w(Op::Launch, host_kernels_ ? 9 : 0);
+  pins_ = (caps & kCapHostMemoryAccess) != 0;
+  w(Op::Pin, pins_ ? 2 : 0);
   w(Op::Unpin, 3);
   w(Op::Evict, 3);
   w(Op::CheckedMigrate, 5);
@@ -724,7 +732,7 @@ void Harness::op_checked(ThreadState& ts) {
   std::shared_lock evict_lock(evict_gate_);  // no eviction moves its pages
   ts.rec.generation = s.generation;
   const Span span = pick_span(ts, s.pages, 1024);
-  const unsigned kind = static_cast<unsigned>(ts.below(3));  // 0 to a device, 1 to host, 2 pin
+  const unsigned kind = static_cast<unsigned>(ts.below(pins_ ? 3 : 2));  // 0 to a device, 1 to host, 2 pin
   const OwnerId dev = pick_device(ts);
   ts.rec.flags = static_cast<std::uint8_t>(kind);
   ts.rec.device = dev;
@@ -873,18 +881,26 @@ void Harness::op_realloc(ThreadState& ts) {
   ts.rec.flags = static_cast<std::uint8_t>(check | (old_on_device ? 4 : 0));
   if (check == 1) {
     std::atomic<std::size_t> nonzero{0}, absent{0};
+    const auto count_page = [&](std::size_t i, device_span<std::uint64_t> x) {
+      try {
+        for (std::size_t k = 0; k < kWordsPerPage; ++k)
+          if (x[i * kWordsPerPage + k] != 0) nonzero.fetch_add(1);
+      } catch (const DeviceFaultException&) {
+        absent.fetch_add(1);
+      }
+    };
+    const std::span<std::uint64_t> words(s.base, pages * kWordsPerPage);
     try {
-      ctx_.launch_on(
-          dev, pages,
-          [&](std::size_t i, device_span<std::uint64_t> x) {
-            try {
-              for (std::size_t k = 0; k < kWordsPerPage; ++k)
-                if (x[i * kWordsPerPage + k] != 0) nonzero.fetch_add(1);
-            } catch (const DeviceFaultException&) {
-              absent.fetch_add(1);
-            }
-          },
-          std::span<std::uint64_t>(s.base, pages * kWordsPerPage));
+      if (host_kernels_) {
+        ctx_.launch_on(dev, pages, count_page, words);
+      } else {  // a GPU: the same kernel through launch_device
+        ctx_.launch_device_on(
+            dev,
+            [&](const LaunchStream& stream, device_span<std::uint64_t> x) {
+              launch(stream, pages, [&count_page, x](std::size_t i) { count_page(i, x); });
+            },
+            words);
+      }
     } catch (const Error& e) {
       if (!launch_may_fail(e)) throw;
     }
@@ -1306,9 +1322,9 @@ bool StressConfig::oversubscribed() const noexcept { return std::size_t{ranges} 
 std::string StressConfig::describe() const {
   return fmt::format(
       "seed={} threads={} ops_per_thread={} duration_s={} ranges={} range_pages={} pool_bytes={} devices={} "
-      "fault_ahead={} inject_failures={} evict={} eager_thrashing={} mremap={}{}",
+      "fault_ahead={} inject_failures={} evict={} eager_thrashing={} mremap={} backend={}{}",
       seed, threads, ops_per_thread, duration_s, ranges, range_pages, pool_bytes, devices, fault_ahead,
-      inject_failures, evict, eager_thrashing, mremap, oversubscribed() ? " (oversubscribed)" : "");
+      inject_failures, evict, eager_thrashing, mremap, backend, oversubscribed() ? " (oversubscribed)" : "");
 }
 
 const char* to_string(Op op) noexcept {

@@ -76,7 +76,12 @@ struct StressConfig {
   unsigned ranges = 4;                             // range slots shared by all threads
   std::size_t range_pages = 1024;                  // largest range (re-allocations pick 1..range_pages)
   std::size_t pool_bytes = std::size_t{64} << 20;  // device pool, per device
-  unsigned devices = 1;                            // cpu-backend devices
+  unsigned devices = 1;                            // devices of the backend
+  // ContextOptions::backend and plugin_dir ("emulated": the GPU plugin on the
+  // emulated runtime; host kernels and pins then drop out of the mix, as a
+  // GPU runs neither).
+  std::string backend = "cpu";
+  std::string plugin_dir;
   bool fault_ahead = true;
   bool inject_failures = false;
   bool evict = true;  // ContextOptions::evict: a full pool evicts its least recently used chunks

@@ -34,6 +34,7 @@
 std::atomic<std::uintptr_t> uhmm_emulated_device_lo{0};
 std::atomic<std::uintptr_t> uhmm_emulated_device_bytes{0};
 std::atomic<std::uintptr_t> uhmm_emulated_device_shift{0};
+std::atomic<bool> uhmm_emulated_check_peers{false};
 
 namespace {
 
@@ -48,6 +49,7 @@ thread_local emuError_t t_last_error = emuSuccess;
 thread_local int t_device = 0;
 thread_local bool t_in_host_function = false;
 thread_local bool t_in_kernel = false;
+thread_local int t_kernel_device = -1;  // the device whose kernel runs on this thread
 thread_local std::uintptr_t t_pinned_lo = 0, t_pinned_hi = 0;  // the last pinned range a kernel reached
 
 std::size_t env_number(const char* name, std::size_t fallback) {
@@ -72,6 +74,10 @@ struct Device {
   std::atomic<bool> context{false};            // its primary context exists
   std::atomic<unsigned> contexts_created{0};
   std::atomic<bool> unusable{false};  // exclusive-process, held by another process
+  std::atomic<std::uint64_t> peers{0};            // bit p: access to device p's memory enabled
+  std::atomic<std::uint64_t> peers_incapable{0};  // bit p: emuDeviceCanAccessPeer says no
+
+  bool reaches(int other) const { return other == index || ((peers.load() >> other) & 1) != 0; }
 };
 
 struct Wait {
@@ -120,7 +126,8 @@ class Runtime {
     const std::size_t bytes = env_number("UHMM_EMULATED_DEVICE_MIB", 1024) << 20;
     delay_us_ = static_cast<unsigned>(env_number("UHMM_EMULATED_DELAY_US", 0));
     seed_.store(static_cast<unsigned>(env_number("UHMM_EMULATED_SEED", 1)));
-    if (count == 0 || bytes < kDeviceAlignment) return;
+    driver_too_old.store(env_number("UHMM_EMULATED_DRIVER_TOO_OLD", 0) != 0);
+    if (count == 0 || count > 64 || bytes < kDeviceAlignment) return;
     const std::size_t total = count * bytes;
     const int fd = ::memfd_create("uhmm-emulated-device", MFD_CLOEXEC);
     if (fd < 0 || ::ftruncate(fd, static_cast<off_t>(total)) != 0) {
@@ -156,6 +163,7 @@ class Runtime {
     uhmm_emulated_device_shift.store(reinterpret_cast<std::uintptr_t>(shadow) - base);
     uhmm_emulated_device_bytes.store(total);
     uhmm_emulated_device_lo.store(base);
+    uhmm_emulated_check_peers.store(count > 1);
     for (auto& device : devices_) device->legacy = start_stream(*device, true, true);
   }
 
@@ -282,7 +290,9 @@ class Runtime {
     seed_.store(seed);
   }
   std::atomic<bool> kernel_image{true};
-  std::atomic<unsigned long long> copies{0}, memsets{0}, kernels{0}, host_functions{0}, event_waits{0}, frees{0};
+  std::atomic<bool> driver_too_old{false};
+  std::atomic<unsigned long long> copies{0}, memsets{0}, kernels{0}, host_functions{0}, event_waits{0}, frees{0},
+      peer_direct{0}, peer_staged{0};
   std::atomic<std::size_t> large_alignment{kDeviceAlignment};
   std::atomic<void (*)(void*)> malloc_hook{nullptr};
   std::atomic<void*> malloc_hook_user{nullptr};
@@ -454,6 +464,8 @@ constexpr ErrorText kErrors[] = {
     {emuErrorInvalidValue, "emuErrorInvalidValue", "invalid argument"},
     {emuErrorMemoryAllocation, "emuErrorMemoryAllocation", "out of memory"},
     {emuErrorInitializationError, "emuErrorInitializationError", "initialization error"},
+    {emuErrorInsufficientDriver, "emuErrorInsufficientDriver",
+     "CUDA driver version is insufficient for CUDA runtime version"},
     {emuErrorRuntimeUnloading, "emuErrorRuntimeUnloading", "driver shutting down"},
     {emuErrorDevicesUnavailable, "emuErrorDevicesUnavailable", "all CUDA-capable devices are busy or unavailable"},
     {emuErrorNoDevice, "emuErrorNoDevice", "no emulated device is configured"},
@@ -463,6 +475,9 @@ constexpr ErrorText kErrors[] = {
     {emuErrorInvalidResourceHandle, "emuErrorInvalidResourceHandle", "invalid resource handle"},
     {emuErrorNotReady, "emuErrorNotReady", "device not ready"},
     {emuErrorIllegalAddress, "emuErrorIllegalAddress", "an illegal memory access was encountered"},
+    {emuErrorPeerAccessUnsupported, "emuErrorPeerAccessUnsupported",
+     "peer access is not supported between these two devices"},
+    {emuErrorPeerAccessAlreadyEnabled, "emuErrorPeerAccessAlreadyEnabled", "peer access is already enabled"},
     {emuErrorLaunchFailure, "emuErrorLaunchFailure", "unspecified launch failure"},
     {emuErrorNotPermitted, "emuErrorNotPermitted", "operation not permitted"},
 };
@@ -473,6 +488,21 @@ const ErrorText* find_error(int error) {
 }
 
 std::size_t align_up(std::size_t v, std::size_t a) { return (v + a - 1) / a * a; }
+
+// A copy that involves another device's memory than the stream's goes
+// direct where the stream's device has peer access to it, else (as the
+// vendors do without peer access) through host memory: counted apart.
+void count_peer_copy(const Device& stream_device, const void* dst, const void* src) {
+  Runtime& r = runtime();
+  bool peer = false, direct = true;
+  for (const void* p : {dst, src}) {
+    const Device* d = r.device_of(reinterpret_cast<std::uintptr_t>(p));
+    if (d == nullptr || d == &stream_device) continue;
+    peer = true;
+    direct = direct && stream_device.reaches(d->index);
+  }
+  if (peer) (direct ? r.peer_direct : r.peer_staged).fetch_add(1);
+}
 
 }  // namespace
 
@@ -494,6 +524,16 @@ std::uintptr_t uhmm_emulated_outside_device(std::uintptr_t address) {
   throw IllegalAccess{};  // pageable host memory or nothing: a GPU cannot reach it
 }
 
+std::uintptr_t uhmm_emulated_device_checked(std::uintptr_t address) {
+  Runtime& r = runtime();
+  if (t_in_kernel) {
+    const Device* d = r.device_of(address);
+    const Device* kernel = r.device(t_kernel_device);
+    if (d != nullptr && kernel != nullptr && !kernel->reaches(d->index)) throw IllegalAccess{};
+  }
+  return address + uhmm_emulated_device_shift.load(std::memory_order_relaxed);
+}
+
 int uhmm_emulated_launch(uhmmEmulatedStream* handle, std::size_t n, void (*run)(const void*, std::size_t),
                          const void* functor, std::size_t bytes, std::size_t align) {
   Runtime& r = runtime();
@@ -508,9 +548,10 @@ int uhmm_emulated_launch(uhmmEmulatedStream* handle, std::size_t n, void (*run)(
                                   [align](std::byte* p) { ::operator delete(p, std::align_val_t(align)); });
   std::memcpy(copy.get(), functor, bytes);
   Operation op;
-  op.run = [run, copy, n]() -> emuError_t {
+  op.run = [run, copy, n, device = stream->device->index]() -> emuError_t {
     runtime().kernels.fetch_add(1);
     t_in_kernel = true;
+    t_kernel_device = device;
     t_pinned_lo = t_pinned_hi = 0;
     emuError_t error = emuSuccess;
     try {
@@ -530,15 +571,27 @@ int uhmm_emulated_launch(uhmmEmulatedStream* handle, std::size_t n, void (*run)(
 }
 
 int uhmm_emulated_get_last_error(void) { return emuGetLastError(); }
+int uhmm_emulated_get_device(int* device) { return emuGetDevice(device); }
+int uhmm_emulated_set_device(int device) { return emuSetDevice(device); }
 const char* uhmm_emulated_error_name(int error) { return emuGetErrorName(static_cast<emuError_t>(error)); }
 const char* uhmm_emulated_error_string(int error) {
   return emuGetErrorString(static_cast<emuError_t>(error));
+}
+
+emuError_t emuDriverGetVersion(int* version) {
+  if (version == nullptr) return fail(emuErrorInvalidValue);
+  *version = runtime().driver_too_old.load() ? 12040 : EMU_RUNTIME_VERSION;
+  return emuSuccess;
 }
 
 emuError_t emuGetDeviceCount(int* count) {
   Runtime& r = runtime();
   if (r.unloading()) return fail(emuErrorRuntimeUnloading);
   if (count == nullptr) return fail(emuErrorInvalidValue);
+  if (r.driver_too_old.load()) {
+    *count = 0;
+    return fail(emuErrorInsufficientDriver);
+  }
   if (r.init_error() != emuSuccess) return fail(r.init_error());
   *count = r.device_count();
   return r.device_count() == 0 ? fail(emuErrorNoDevice) : emuSuccess;
@@ -841,6 +894,7 @@ emuError_t emuMemcpyAsync(void* dst, const void* src, std::size_t bytes, emuMemc
   const Side to = side_of(dst, bytes), from = side_of(src, bytes);
   if (to == Side::invalid || from == Side::invalid) return fail(emuErrorInvalidValue);
   Runtime& r = runtime();
+  count_peer_copy(*stream->device, dst, src);
   if (from == Side::pageable && to == Side::device) {
     // Pageable source: staged at the call, so the caller may reuse it on return.
     auto staged = std::make_shared<std::vector<std::byte>>(static_cast<const std::byte*>(src),
@@ -914,6 +968,48 @@ emuError_t emuLaunchHostFunc(emuStream_t handle, emuHostFn_t fn, void* user) {
   return emuSuccess;
 }
 
+emuError_t emuDeviceCanAccessPeer(int* can_access, int device, int peer) {
+  if (const emuError_t e = enter_without_context(); e != emuSuccess) return e;
+  Device* d = runtime().device(device);
+  if (d == nullptr || runtime().device(peer) == nullptr) return fail(emuErrorInvalidDevice);
+  if (can_access == nullptr) return fail(emuErrorInvalidValue);
+  *can_access = device != peer && ((d->peers_incapable.load() >> peer) & 1) == 0 ? 1 : 0;
+  return emuSuccess;
+}
+
+emuError_t emuDeviceEnablePeerAccess(int peer, unsigned flags) {
+  if (const emuError_t e = enter(); e != emuSuccess) return e;
+  Device* d = runtime().device(t_device);
+  Device* p = runtime().device(peer);
+  if (d == nullptr || p == nullptr || p == d) return fail(emuErrorInvalidDevice);
+  if (flags != 0) return fail(emuErrorInvalidValue);
+  if (((d->peers_incapable.load() >> peer) & 1) != 0) return fail(emuErrorPeerAccessUnsupported);
+  if (const emuError_t e = need_context(*p); e != emuSuccess) return e;
+  const std::uint64_t bit = std::uint64_t{1} << peer;
+  if ((d->peers.fetch_or(bit) & bit) != 0) return fail(emuErrorPeerAccessAlreadyEnabled);
+  return emuSuccess;
+}
+
+emuError_t emuPointerGetAttributes(emuPointerAttributes* attributes, const void* p) {
+  if (const emuError_t e = enter_without_context(); e != emuSuccess) return e;
+  if (attributes == nullptr) return fail(emuErrorInvalidValue);
+  *attributes = emuPointerAttributes{emuMemoryTypeUnregistered, -1, nullptr, nullptr};
+  switch (side_of(p, 1)) {
+    case Side::invalid:
+      return fail(emuErrorInvalidValue);  // a device address outside any allocation
+    case Side::device:
+      *attributes = {emuMemoryTypeDevice, runtime().device_of(reinterpret_cast<std::uintptr_t>(p))->index,
+                     const_cast<void*>(p), nullptr};
+      return emuSuccess;
+    case Side::pinned:
+      *attributes = {emuMemoryTypeHost, t_device, const_cast<void*>(p), const_cast<void*>(p)};
+      return emuSuccess;
+    case Side::pageable:
+      return emuSuccess;
+  }
+  return emuSuccess;
+}
+
 emuError_t emuDeviceSynchronize(void) {
   if (const emuError_t e = enter(); e != emuSuccess) return e;
   Device* d = runtime().device(t_device);
@@ -978,8 +1074,8 @@ void emuTestSetKernelImage(int loadable) { runtime().kernel_image.store(loadable
 
 emuTestCounts emuTestGetCounts(void) {
   Runtime& r = runtime();
-  return {r.copies.load(),         r.memsets.load(),     r.kernels.load(),
-          r.host_functions.load(), r.event_waits.load(), r.frees.load()};
+  return {r.copies.load(),      r.memsets.load(), r.kernels.load(),     r.host_functions.load(),
+          r.event_waits.load(), r.frees.load(),   r.peer_direct.load(), r.peer_staged.load()};
 }
 
 void emuTestSetLargeAlignment(std::size_t bytes) {
@@ -1009,6 +1105,22 @@ void emuTestForgetContexts(void) {
 
 void emuTestSetDeviceUnusable(int device, int unusable) {
   if (Device* d = runtime().device(device)) d->unusable.store(unusable != 0);
+}
+
+void emuTestSetPeerCapable(int device, int peer, int capable) {
+  Device* d = runtime().device(device);
+  if (d == nullptr || peer < 0 || peer >= runtime().device_count()) return;
+  const std::uint64_t bit = std::uint64_t{1} << peer;
+  if (capable != 0)
+    d->peers_incapable.fetch_and(~bit);
+  else
+    d->peers_incapable.fetch_or(bit);
+}
+
+void emuTestSetDriverTooOld(int too_old) { runtime().driver_too_old.store(too_old != 0); }
+
+void emuTestForgetPeerAccess(void) {
+  for (int d = 0; d < runtime().device_count(); ++d) runtime().device(d)->peers.store(0);
 }
 
 }  // extern "C"

@@ -16,14 +16,17 @@ enum emuError_t {
   emuErrorInvalidValue = 1,
   emuErrorMemoryAllocation = 2,
   emuErrorInitializationError = 3,
+  emuErrorInsufficientDriver = 35,
   emuErrorRuntimeUnloading = 4,
   emuErrorDevicesUnavailable = 46,
   emuErrorNoDevice = 100,
   emuErrorInvalidDevice = 101,
   emuErrorNoKernelImageForDevice = 209,
+  emuErrorPeerAccessUnsupported = 217,
   emuErrorInvalidResourceHandle = 400,
   emuErrorNotReady = 600,
   emuErrorIllegalAddress = 700,
+  emuErrorPeerAccessAlreadyEnabled = 704,
   emuErrorLaunchFailure = 719,
   emuErrorNotPermitted = 800,
 };
@@ -50,8 +53,18 @@ enum : unsigned {
   emuHostAllocMapped = 2,
 };
 enum emuMemcpyKind { emuMemcpyDefault = 4 };
+// The runtime version the emulated plugin is "built with" (CUDART_VERSION's form).
+#define EMU_RUNTIME_VERSION 13000
+enum emuMemoryType { emuMemoryTypeUnregistered = 0, emuMemoryTypeHost = 1, emuMemoryTypeDevice = 2 };
+struct emuPointerAttributes {
+  emuMemoryType type;
+  int device;  // the device of device memory; -1 otherwise
+  void* devicePointer;
+  void* hostPointer;
+};
 
 emuError_t emuGetDeviceCount(int* count);
+emuError_t emuDriverGetVersion(int* version);
 emuError_t emuGetDeviceProperties(emuDeviceProp* props, int device);
 emuError_t emuDeviceGetPCIBusId(char* bus_id, int length, int device);
 emuError_t emuSetDevice(int device);
@@ -77,6 +90,13 @@ emuError_t emuMemcpyAsync(void* dst, const void* src, std::size_t bytes, emuMemc
 emuError_t emuMemsetAsync(void* dst, int value, std::size_t bytes, emuStream_t stream);
 emuError_t emuLaunchHostFunc(emuStream_t stream, emuHostFn_t fn, void* user);
 emuError_t emuDeviceSynchronize(void);
+// Peer access (cudaDeviceCanAccessPeer / cudaDeviceEnablePeerAccess): kernels
+// of the current device reach `peer`'s memory only once it is enabled (else
+// an illegal address), and copies between the two go direct instead of
+// through the host (counted apart). Enabling creates peer's context.
+emuError_t emuDeviceCanAccessPeer(int* can_access, int device, int peer);
+emuError_t emuDeviceEnablePeerAccess(int peer, unsigned flags);
+emuError_t emuPointerGetAttributes(emuPointerAttributes* attributes, const void* p);
 const char* emuGetErrorName(emuError_t error);
 const char* emuGetErrorString(emuError_t error);
 emuError_t emuGetLastError(void);
@@ -100,8 +120,10 @@ void emuTestClearStickyError(int device);
 // Whether copy kernels "load" (models a plugin without an image for the device).
 void emuTestSetKernelImage(int loadable);
 // Counts of what ran: operations by kind (see emulated_runtime.cpp).
+// peer_direct / peer_staged: copies between two devices' memory with and
+// without peer access (the vendors stage the latter through host memory).
 struct emuTestCounts {
-  unsigned long long copies, memsets, kernels, host_functions, event_waits, frees;
+  unsigned long long copies, memsets, kernels, host_functions, event_waits, frees, peer_direct, peer_staged;
 };
 emuTestCounts emuTestGetCounts(void);
 // Alignment of allocations of 2 MiB and more (2 MiB unless a test models a
@@ -122,5 +144,14 @@ void emuTestForgetContexts(void);
 // A device no context can be created on (exclusive-process mode, held by
 // another process): calls that need one fail with emuErrorDevicesUnavailable.
 void emuTestSetDeviceUnusable(int device, int unusable);
+// Whether `device` can access `peer` (emuDeviceCanAccessPeer; every pair can
+// unless a test says otherwise, as over a PCIe switch that forbids it).
+void emuTestSetPeerCapable(int device, int peer, int capable);
+// Forgets every enabled peer access (as in a fresh process).
+void emuTestForgetPeerAccess(void);
+// A driver older than the runtime (a static CUDA 13 runtime on a CUDA 12
+// driver): every call fails with emuErrorInsufficientDriver, and
+// emuDriverGetVersion reports 12040 instead of EMU_RUNTIME_VERSION.
+void emuTestSetDriverTooOld(int too_old);
 }
 #pragma GCC visibility pop

@@ -19,6 +19,12 @@ extern "C" {
 extern std::atomic<std::uintptr_t> uhmm_emulated_device_lo;
 extern std::atomic<std::uintptr_t> uhmm_emulated_device_bytes;
 extern std::atomic<std::uintptr_t> uhmm_emulated_device_shift;
+// Set when there is more than one device: each device address a kernel
+// touches is then checked for peer access (uhmm_emulated_device_checked).
+extern std::atomic<bool> uhmm_emulated_check_peers;
+// Inside a kernel, another device's memory without peer access enabled fails
+// the kernel with an illegal address; otherwise the address's engine view.
+std::uintptr_t uhmm_emulated_device_checked(std::uintptr_t address);
 // An address outside device memory: inside a kernel it must be mapped pinned
 // host memory (else the kernel fails with an illegal address); elsewhere
 // (host code, the cpu backend) it is returned as is.
@@ -29,6 +35,9 @@ int uhmm_emulated_launch(uhmmEmulatedStream* stream, std::size_t n,
                          void (*run)(const void* functor, std::size_t n), const void* functor,
                          std::size_t bytes, std::size_t align);
 int uhmm_emulated_get_last_error(void);
+// emuGetDevice / emuSetDevice, for uhmm::launch's NativeDeviceScope.
+int uhmm_emulated_get_device(int* device);
+int uhmm_emulated_set_device(int device);
 const char* uhmm_emulated_error_name(int error);
 const char* uhmm_emulated_error_string(int error);
 }
@@ -36,8 +45,10 @@ const char* uhmm_emulated_error_string(int error);
 
 inline std::uintptr_t uhmm_emulated_device_address(std::uintptr_t address) {
   const std::uintptr_t lo = uhmm_emulated_device_lo.load(std::memory_order_relaxed);
-  if (address - lo < uhmm_emulated_device_bytes.load(std::memory_order_relaxed))
+  if (address - lo < uhmm_emulated_device_bytes.load(std::memory_order_relaxed)) {
+    if (uhmm_emulated_check_peers.load(std::memory_order_relaxed)) return uhmm_emulated_device_checked(address);
     return address + uhmm_emulated_device_shift.load(std::memory_order_relaxed);
+  }
   return uhmm_emulated_outside_device(address);
 }
 

@@ -22,6 +22,12 @@ class Device : public DevicePagemap {
   // above it are the caller's to evict.
   virtual void set_page_limit(std::size_t pages) noexcept = 0;
   virtual std::size_t page_limit() const noexcept = 0;
+  // The runtime's ordinal of the device (cudaSetDevice's), -1 on the cpu
+  // backend: launch_device makes it current for the application's launches.
+  virtual int native_device() const noexcept { return -1; }
+  // Gives the pool's entirely free chunks beyond the limit back to the
+  // backend (device memory freed); returns how many.
+  virtual std::size_t release_free_chunks() noexcept = 0;
   // Checks the pool's free lists and counts (expensive; tests and checked builds).
   virtual Status validate() const = 0;
 };

@@ -25,6 +25,7 @@ struct BackendReport {
   bool available = false;
   std::string plugin_path;  // when the plugin loaded
   std::string why;          // when unavailable
+  bool driver_too_old = false;  // the GPU driver is older than the plugin's runtime: GPUs left unused
   std::vector<GpuDeviceReport> devices;
 };
 
