@@ -9,7 +9,7 @@
 
 #include <fmt/format.h>
 
-#include "context_impl.hpp"
+#include "migration.hpp"
 #include "launch_hold.hpp"
 #include "deferred_signals.hpp"
 #include "lock_order.hpp"
@@ -24,7 +24,7 @@ namespace {
 // host, the launch waits until each cooling host page of its spans has been
 // back on the host for throttle_ms, so the CPU gets to use it before the
 // device takes it again (UVM naps the faulting processor for the same reason).
-void throttle(ContextImpl& ctx, std::span<const LaunchHold::Span> spans, const ThrashingSettings& thrashing) {
+void throttle(Mm& ctx, std::span<const LaunchHold::Span> spans, const ThrashingSettings& thrashing) {
   const std::uint32_t now_ms = monotonic_ms();
   std::uint32_t wait_ms = 0;
   for (const LaunchHold::Span& h : spans) {
@@ -116,7 +116,7 @@ class HostQueue final : public HostLaunchQueue {
 namespace {
 
 // Resolves every span to whole pages before anything moves: bad input changes nothing.
-std::vector<LaunchHold::Span> resolve_spans(ContextImpl& ctx, std::span<const LaunchSpan> spans, const char* call) {
+std::vector<LaunchHold::Span> resolve_spans(Mm& ctx, std::span<const LaunchSpan> spans, const char* call) {
   std::vector<LaunchHold::Span> out;
   out.reserve(spans.size());
   for (std::size_t k = 0; k < spans.size(); ++k) {
@@ -183,7 +183,7 @@ std::vector<DevicePageTable> upload_tables(Backend& backend, LaunchStreamPool::L
 
 }  // namespace
 
-void run_device_launch(ContextImpl& ctx, OwnerId device, std::span<const LaunchSpan> spans, const char* call,
+void run_device_launch(Mm& ctx, OwnerId device, std::span<const LaunchSpan> spans, const char* call,
                        const DeviceLaunchBody& body) {
   Device& dev = ctx.device(device, call);
   if (!body) throw Error(Errc::invalid_argument, fmt::format("{}: empty kernel", call));

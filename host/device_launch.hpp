@@ -18,7 +18,7 @@
 
 namespace uhmm::detail {
 
-class ContextImpl;
+class Mm;
 
 struct LaunchSpan {
   const void* data;
@@ -29,7 +29,7 @@ struct LaunchSpan {
 using DeviceLaunchBody = std::function<void(const LaunchStream& stream, std::span<const DevicePageTable> tables)>;
 
 // `call` names the public call in error messages ("launch", "launch_device").
-void run_device_launch(ContextImpl& ctx, OwnerId device, std::span<const LaunchSpan> spans, const char* call,
+void run_device_launch(Mm& ctx, OwnerId device, std::span<const LaunchSpan> spans, const char* call,
                        const DeviceLaunchBody& body);
 
 }  // namespace uhmm::detail

@@ -9,7 +9,7 @@
 
 #include <fmt/format.h>
 
-#include "context_impl.hpp"
+#include "migration.hpp"
 #include "uhmm/detail/log.hpp"
 
 namespace uhmm::detail {
@@ -20,7 +20,7 @@ namespace {
 // device (or that this device accesses) last, the others between.
 enum class AdviceRank : std::uint8_t { prefers_host = 0, neutral = 1, prefers_device = 2 };
 
-AdviceRank advice_rank(ContextImpl& ctx, OwnerId owner, std::size_t chunk) {
+AdviceRank advice_rank(Mm& ctx, OwnerId owner, std::size_t chunk) {
   const ReverseMap& map = ctx.rmap(owner);
   const std::size_t first = chunk * kPagesPerChunk;
   const std::size_t end = std::min(first + kPagesPerChunk, map.capacity());
@@ -40,7 +40,7 @@ AdviceRank advice_rank(ContextImpl& ctx, OwnerId owner, std::size_t chunk) {
 
 // owner's chunks in eviction order: by advice rank once any range was
 // advised, then least recently used first (ties: lower chunk first).
-std::vector<std::size_t> chunks_by_age(ContextImpl& ctx, OwnerId owner) {
+std::vector<std::size_t> chunks_by_age(Mm& ctx, OwnerId owner) {
   const std::size_t n = ctx.recency->chunks(owner);
   const bool ranked = ctx.advised.load(std::memory_order_relaxed);
   std::vector<std::tuple<AdviceRank, std::uint64_t, std::size_t>> aged(n);
@@ -58,7 +58,7 @@ struct ChunkPages {
   std::size_t count = 0;  // usable pages of the chunk (the last may be short)
 };
 
-ChunkPages chunk_pages(ContextImpl& ctx, OwnerId owner, std::size_t chunk) {
+ChunkPages chunk_pages(Mm& ctx, OwnerId owner, std::size_t chunk) {
   const std::size_t capacity = ctx.rmap(owner).capacity();
   const std::size_t first = chunk * kPagesPerChunk;
   return {static_cast<DevicePageIndex>(first), std::min(kPagesPerChunk, capacity - first)};
@@ -71,7 +71,7 @@ struct ChunkContents {
   bool guarded = false;
 };
 
-ChunkContents contents(ContextImpl& ctx, OwnerId owner, ChunkPages pages, const EvictionGuard* guard) {
+ChunkContents contents(Mm& ctx, OwnerId owner, ChunkPages pages, const EvictionGuard* guard) {
   ChunkContents out;
   const ReverseMap& map = ctx.rmap(owner);
   for (std::size_t k = 0; k < pages.count; ++k) {
@@ -85,14 +85,14 @@ ChunkContents contents(ContextImpl& ctx, OwnerId owner, ChunkPages pages, const 
   return out;
 }
 
-void count(ContextImpl& ctx, const EvictionResult& r) {
+void count(Mm& ctx, const EvictionResult& r) {
   AtomicCounters::add(ctx.counters.device_eviction_chunks, r.chunks);
   AtomicCounters::add(ctx.counters.device_eviction_bytes, r.pages * kPageSize);
 }
 
 }  // namespace
 
-EvictionResult make_room(ContextImpl& ctx, OwnerId owner, std::size_t pages, const EvictionGuard* guard) noexcept {
+EvictionResult make_room(Mm& ctx, OwnerId owner, std::size_t pages, const EvictionGuard* guard) noexcept {
   EvictionResult out;
   if (ctx.pagemap(owner) == nullptr || pages == 0) return out;
   try {
@@ -101,7 +101,7 @@ EvictionResult make_room(ContextImpl& ctx, OwnerId owner, std::size_t pages, con
       const ChunkPages cp = chunk_pages(ctx, owner, chunk);
       const ChunkContents c = contents(ctx, owner, cp, guard);
       if (c.live == 0 || c.guarded) continue;
-      const ContextImpl::DeviceRangeEviction r = ctx.evict_device_range(owner, cp.first, cp.count, /*wait=*/false);
+      const DeviceRangeEviction r = evict_device_range(ctx, owner, cp.first, cp.count, /*wait=*/false);
       if (!r.status)
         log().warn("eviction: {} pages of device {} chunk {} stayed on the device: {}", r.failed, owner, chunk,
                    r.status.message);
@@ -116,7 +116,7 @@ EvictionResult make_room(ContextImpl& ctx, OwnerId owner, std::size_t pages, con
   return out;
 }
 
-std::size_t evictable_pages(ContextImpl& ctx, OwnerId owner) noexcept {
+std::size_t evictable_pages(Mm& ctx, OwnerId owner) noexcept {
   const ReverseMap& map = ctx.rmap(owner);
   std::size_t out = 0;
   RangeSpan span;  // the last range looked up: neighbouring pages mostly share one
@@ -132,7 +132,7 @@ std::size_t evictable_pages(ContextImpl& ctx, OwnerId owner) noexcept {
   return out;
 }
 
-EvictionResult evict_down_to(ContextImpl& ctx, OwnerId owner, std::size_t limit_pages) {
+EvictionResult evict_down_to(Mm& ctx, OwnerId owner, std::size_t limit_pages) {
   EvictionResult out;
   DevicePagemap* pagemap = ctx.pagemap(owner);
   Status failure;
@@ -145,7 +145,7 @@ EvictionResult evict_down_to(ContextImpl& ctx, OwnerId owner, std::size_t limit_
       if (pagemap->pages_in_use() <= limit_pages) break;
       const ChunkPages cp = chunk_pages(ctx, owner, chunk);
       if (contents(ctx, owner, cp, nullptr).live == 0) continue;
-      const ContextImpl::DeviceRangeEviction r = ctx.evict_device_range(owner, cp.first, cp.count, /*wait=*/true);
+      const DeviceRangeEviction r = evict_device_range(ctx, owner, cp.first, cp.count, /*wait=*/true);
       if (!r.status && failure) failure = r.status;
       moved += r.moved;
       out.pages += r.moved;

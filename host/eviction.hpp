@@ -17,7 +17,7 @@
 
 namespace uhmm::detail {
 
-class ContextImpl;
+class Mm;
 
 // Pages of one range that an eviction must leave where they are: the request
 // that needs the room (a prefetch never evicts its own pages).
@@ -38,18 +38,18 @@ struct EvictionResult {
 // kernel holds them) are skipped, never waited for, so it is safe to call
 // while the caller holds locks on other pages. Never throws: pages whose copy
 // back fails stay on the device (they are counted as copy failures).
-EvictionResult make_room(ContextImpl& ctx, OwnerId owner, std::size_t pages, const EvictionGuard* guard) noexcept;
+EvictionResult make_room(Mm& ctx, OwnerId owner, std::size_t pages, const EvictionGuard* guard) noexcept;
 
 // owner's device pages an eviction could take now: named by a registered
 // range and not locked. Pages in use beyond these are held by operations in
 // flight (or by ranges being freed). Walks the whole pool: for a failure path.
-std::size_t evictable_pages(ContextImpl& ctx, OwnerId owner) noexcept;
+std::size_t evictable_pages(Mm& ctx, OwnerId owner) noexcept;
 
 // Evicts owner's least recently used chunks until at most `limit_pages`
 // device pages are in use, waiting for pages locked by operations in flight.
 // The caller holds no page locks. Throws uhmm::Error (device_error) when
 // pages whose copy failed keep the pool above the limit; what could move has
 // moved by then.
-EvictionResult evict_down_to(ContextImpl& ctx, OwnerId owner, std::size_t limit_pages);
+EvictionResult evict_down_to(Mm& ctx, OwnerId owner, std::size_t limit_pages);
 
 }  // namespace uhmm::detail

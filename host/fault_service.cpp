@@ -14,7 +14,7 @@
 
 #include <fmt/format.h>
 
-#include "context_impl.hpp"
+#include "migration.hpp"
 #include "density_prefetch.hpp"
 #include "page_runs.hpp"
 #include "read_mostly.hpp"
@@ -60,7 +60,7 @@ void sort_unique(std::vector<std::size_t>& v) {
 
 }  // namespace
 
-FaultService::FaultService(ContextImpl& ctx) : ctx_(ctx), events_(kMaxEventsPerRead) {
+FaultService::FaultService(Mm& ctx) : ctx_(ctx), events_(kMaxEventsPerRead) {
   // Mapping events are a userfaultfd feature: only that mechanism reports them.
   if (ctx.mechanism->follows_mapping_changes())
     if (auto* u = dynamic_cast<UserfaultfdMechanism*>(ctx.mechanism.get()))
@@ -514,7 +514,7 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
   AtomicCounters::add(ctx_.counters.faults_spurious, spurious);
 
   if (!back.empty()) {
-    const ContextImpl::BackResult r = ctx_.bring_back(range, back, staging_);
+    const BackResult r = bring_back(ctx_, range, back, staging_);
     for (std::size_t p : r.failed) {
       if (!std::binary_search(faulting_back.begin(), faulting_back.end(), p)) continue;
       // Out of host memory (or mappings) is no lost page: it stays on its
@@ -571,7 +571,7 @@ void FaultService::resolve_block(ManagedRange& range, std::size_t block, const F
   held.insert(held.end(), back.begin(), back.end());
   held.insert(held.end(), unprotect.begin(), unprotect.end());
   sort_unique(held);
-  ctx_.unlock(range, held);
+  unlock_pages(ctx_, range, held);
   for (std::size_t p : wake) mechanism.wake(reinterpret_cast<std::uintptr_t>(range.page_address(p)), kPageSize);
   ctx_.observer.faults_resolved(FaultKind::zero_fill, observed, zero, false, page_of);
   ctx_.observer.faults_resolved(FaultKind::from_device, observed, faulting_back, false, page_of);

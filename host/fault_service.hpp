@@ -24,12 +24,12 @@
 
 namespace uhmm::detail {
 
-class ContextImpl;
+class Mm;
 class ManagedRange;
 
 class FaultService {
  public:
-  explicit FaultService(ContextImpl& ctx);
+  explicit FaultService(Mm& ctx);
   ~FaultService();  // stops the thread
   FaultService(const FaultService&) = delete;
   FaultService& operator=(const FaultService&) = delete;
@@ -64,7 +64,7 @@ class FaultService {
                       std::uint32_t now_ms) noexcept;
   void resolve_block(ManagedRange& range, std::size_t block, const Fault* faults, std::size_t count) noexcept;
 
-  ContextImpl& ctx_;
+  Mm& ctx_;
   int event_fd_ = -1;  // kick() and stop
   std::atomic<bool> stop_{false};
   std::vector<Fault> parked_;                // faults on locked pages (service thread only)

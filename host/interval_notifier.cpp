@@ -4,7 +4,8 @@
 
 #include <fmt/format.h>
 
-#include "context_impl.hpp"
+#include "context_core.hpp"
+#include "migration.hpp"
 #include "deferred_signals.hpp"
 
 namespace uhmm {
@@ -27,18 +28,18 @@ IntervalNotifier::IntervalNotifier(Context& ctx, void* start, std::size_t bytes,
   if (detail::NotifierRegistry::in_callback())
     throw Error(Errc::busy, "IntervalNotifier: cannot register from inside a notifier callback");
   // Validates (aligned, non-zero, inside one live range) before anything is registered.
-  const detail::RangeSpan span = ctx.impl().ranges.resolve(start, bytes, "IntervalNotifier");
+  const detail::RangeSpan span = detail::core(ctx).ranges.resolve(start, bytes, "IntervalNotifier");
   auto state = std::make_shared<detail::NotifierState>();
   state->lo = reinterpret_cast<std::uintptr_t>(start);
   state->hi = state->lo + bytes;
   state->callback = std::move(invalidate);
-  ctx.impl().notifiers.add(state);
+  detail::core(ctx).notifiers.add(state);
   state_ = std::move(state);
 }
 
 IntervalNotifier::~IntervalNotifier() {
   detail::DeferSignals defer;
-  ctx_.impl().notifiers.remove(*state_);
+  detail::core(ctx_).notifiers.remove(*state_);
 }
 
 std::uint64_t IntervalNotifier::read_begin() const {
@@ -46,7 +47,7 @@ std::uint64_t IntervalNotifier::read_begin() const {
   if (detail::NotifierRegistry::in_callback())
     throw Error(Errc::busy, "IntervalNotifier::read_begin: not allowed inside a notifier callback (it would wait "
                             "for the invalidation that is running)");
-  return ctx_.impl().notifiers.read_begin(*state_);
+  return detail::core(ctx_).notifiers.read_begin(*state_);
 }
 
 bool IntervalNotifier::read_retry(std::uint64_t seq) const noexcept {

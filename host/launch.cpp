@@ -7,7 +7,8 @@
 
 #include <fmt/format.h>
 
-#include "context_impl.hpp"
+#include "context_core.hpp"
+#include "migration.hpp"
 #include "deferred_signals.hpp"
 #include "device_launch.hpp"
 #include "out_of_memory.hpp"
@@ -44,7 +45,7 @@ std::vector<detail::LaunchSpan> to_launch_spans(const auto& spans, const char* c
 void Context::launch_impl(OwnerId device, std::size_t n, std::span<const SpanRequest> spans, const LaunchBody& body) {
   detail::DeferSignals defer;
   detail::out_of_memory_as_error("launch", [&] {
-    auto& ctx = *impl_;
+    auto& ctx = detail::core(*this);
     detail::Device& dev = ctx.device(device, "launch");
     if ((dev.info().capabilities & kCapHostKernels) == 0)
       throw Error(Errc::invalid_argument,
@@ -65,7 +66,7 @@ void Context::launch_device_impl(OwnerId device, std::span<const SpanRequest> sp
   detail::DeferSignals defer;
   detail::out_of_memory_as_error("launch_device", [&] {
     const auto launch_spans = to_launch_spans(spans, "launch_device");
-    detail::run_device_launch(*impl_, device, launch_spans, "launch_device", body);
+    detail::run_device_launch(detail::core(*this), device, launch_spans, "launch_device", body);
   });
 }
 

@@ -38,7 +38,7 @@ void for_each_block(const MirrorTable& table, std::size_t first, std::size_t end
 
 }  // namespace
 
-LaunchHold::LaunchHold(ContextImpl& ctx, Device& dev, std::span<const Span> spans, Policy policy, const char* call)
+LaunchHold::LaunchHold(Mm& ctx, Device& dev, std::span<const Span> spans, Policy policy, const char* call)
     : ctx_(ctx), dev_(dev), policy_(policy),
       host_access_((dev.info().capabilities & kCapHostMemoryAccess) != 0), call_(call) {
   build_regions(spans);
@@ -187,7 +187,7 @@ void LaunchHold::open_in_place(Region& r) {
       failed.push_back(r.pages.first() + k);
     }
   });
-  ctx_.unlock(range, failed);
+  unlock_pages(ctx_, range, failed);
 }
 
 void LaunchHold::zero_fill(Region& r, std::span<const std::size_t> pages) noexcept {
@@ -239,7 +239,7 @@ LaunchHold::Shortfall LaunchHold::try_hold() {
     const PageFilter cooling = [&range, now_ms, this](std::size_t q) {
       return range.bounces().cooling(q, now_ms, policy_.thrashing);
     };
-    const MigrationResult m = ctx_.migrate_to_device(range.page_address(r.pages.first()), r.pages.count() * kPageSize,
+    const MigrationResult m = migrate_to_device(ctx_, range.page_address(r.pages.first()), r.pages.count() * kPageSize,
                                                      dev_.owner(), policy_.pin_thrashing ? &cooling : nullptr, &r.hold);
     if (!m.status && out.failure) out.failure = m.status;
     hold_in_place(r, now_ms);
@@ -339,11 +339,11 @@ void LaunchHold::release() noexcept {
       // Page by page: never leave a page locked for want of a list.
       for (std::size_t i = 0; i < r.hold.held.size(); ++i) {
         const std::size_t q = r.pages.first() + i;
-        if (r.hold.held[i]) ctx_.unlock(r.pages.range(), std::span(&q, 1));
+        if (r.hold.held[i]) unlock_pages(ctx_, r.pages.range(), std::span(&q, 1));
       }
       held.clear();
     }
-    ctx_.unlock(r.pages.range(), held);
+    unlock_pages(ctx_, r.pages.range(), held);
     std::fill(r.hold.held.begin(), r.hold.held.end(), 0);
     std::fill(r.on_host.begin(), r.on_host.end(), 0);
   }

@@ -18,7 +18,7 @@
 #include <string>
 #include <vector>
 
-#include "context_impl.hpp"
+#include "migration.hpp"
 #include "page_bounces.hpp"
 
 namespace uhmm::detail {
@@ -36,7 +36,7 @@ class LaunchHold {
   };
 
   // The spans outlive the hold (they keep their ranges open).
-  LaunchHold(ContextImpl& ctx, Device& dev, std::span<const Span> spans, Policy policy, const char* call);
+  LaunchHold(Mm& ctx, Device& dev, std::span<const Span> spans, Policy policy, const char* call);
   ~LaunchHold() { release(); }
   LaunchHold(const LaunchHold&) = delete;
   LaunchHold& operator=(const LaunchHold&) = delete;
@@ -84,7 +84,7 @@ class LaunchHold {
   void finish();
   bool stays_on_host(MirrorEntry e, const Region& r, std::size_t page, std::uint32_t now_ms) const;
 
-  ContextImpl& ctx_;
+  Mm& ctx_;
   Device& dev_;
   const Policy policy_;
   const bool host_access_;  // the device's kernels reach host memory in place

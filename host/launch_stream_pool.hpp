@@ -80,7 +80,7 @@ class LaunchStreamPool {
 };
 
 // The launch stream pools of a context, one per device, made on first use.
-// clear() must run before the devices close (ContextImpl's destructor).
+// clear() must run before the devices close (Mm's destructor).
 class LaunchStreamPools {
  public:
   LaunchStreamPool& of(OwnerId owner, Backend& backend);

@@ -18,7 +18,7 @@ namespace uhmm::detail {
 // Outer to inner. The gaps leave room; the order is what matters.
 enum class LockRank : std::uint8_t {
   range_registry = 10,  // RangeRegistry: ranges by address (shared for lookups)
-  retired = 20,         // ContextImpl: ranges unmapped entirely, reaped later
+  retired = 20,         // Mm: ranges unmapped entirely, reaped later
   range_ops = 30,       // ManagedRange: one advice/prefetch/discard at a time
   protection = 40,      // signal mechanism: a range's protections and run count
   block = 50,           // MirrorTable: one block's entries

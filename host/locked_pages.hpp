@@ -1,5 +1,5 @@
 // The pages one operation has LOCKED in one range, unlocked through
-// ContextImpl::unlock (LOCKED cleared, the unlock announced, their faults
+// Mm::unlock (LOCKED cleared, the unlock announced, their faults
 // woken) when the operation is done with them or, at the latest, when it
 // unwinds: an exception between locking and unlocking (host memory running
 // out) never leaves a page LOCKED, which would park every later fault on it
@@ -14,14 +14,14 @@
 #include <span>
 #include <vector>
 
-#include "context_impl.hpp"
+#include "migration.hpp"
 #include "mirror_entry.hpp"
 
 namespace uhmm::detail {
 
 class LockedPages {
  public:
-  LockedPages(ContextImpl& ctx, ManagedRange& range) noexcept : ctx_(ctx), range_(range) {}
+  LockedPages(Mm& ctx, ManagedRange& range) noexcept : ctx_(ctx), range_(range) {}
   ~LockedPages() { unlock(); }
   LockedPages(const LockedPages&) = delete;
   LockedPages& operator=(const LockedPages&) = delete;
@@ -46,12 +46,12 @@ class LockedPages {
   }
   // Unlocks every page taken (an operation done with them, or unwinding).
   void unlock() noexcept {
-    ctx_.unlock(range_, pages_);
+    unlock_pages(ctx_, range_, pages_);
     pages_.clear();
   }
 
  private:
-  ContextImpl& ctx_;
+  Mm& ctx_;
   ManagedRange& range_;
   std::vector<std::size_t> pages_;
 };

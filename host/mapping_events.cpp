@@ -7,7 +7,7 @@
 
 #include <fmt/format.h>
 
-#include "context_impl.hpp"
+#include "migration.hpp"
 #include "owner_ids.hpp"
 #include "uhmm/detail/log.hpp"
 #include "uhmm/detail/test_points.hpp"
@@ -28,7 +28,7 @@ std::pair<std::size_t, std::size_t> pages_within(const ManagedRange& range, std:
 
 }  // namespace
 
-MappingEvents::MappingEvents(ContextImpl& ctx, Userfaultfd& uffd) : ctx_(ctx), uffd_(uffd) {
+MappingEvents::MappingEvents(Mm& ctx, Userfaultfd& uffd) : ctx_(ctx), uffd_(uffd) {
   staging_.reserve(4);  // deeper nesting takes a rare allocation
   staging_.push_back(ctx_.staging().acquire());
   if (staging_.front() == nullptr) throw OutOfMemory("no host memory for the mapping events' staging buffer");
@@ -109,7 +109,7 @@ bool MappingEvents::drop_pass(ManagedRange& range, std::size_t first, std::size_
       for (std::size_t p = lo; p < hi; ++p) {
         MirrorEntry& e = table.entry(p);
         // A locked page belongs to its holder: marked, whatever it holds, and
-        // emptied when the holder unlocks it (ContextImpl::unlock), whatever
+        // emptied when the holder unlocks it (Mm::unlock), whatever
         // the holder mapped meanwhile. A host page a migration reads gets
         // zeros for its copy engine's fault meanwhile (the kernel zaps it
         // next), and stays on the host (migrate_vma_pages).
@@ -224,7 +224,7 @@ void MappingEvents::copy_out(ManagedRange& range, std::size_t first, std::size_t
     table.entry(p).clear(MirrorEntry::kDiscarded);
   }
   // Announced: an eviction, a pin or a snapshot may be waiting for these pages.
-  ctx_.unlock(range, pages);
+  unlock_pages(ctx_, range, pages);
 }
 
 void MappingEvents::remap(std::uintptr_t from, std::uintptr_t to, std::size_t len) noexcept {

@@ -30,7 +30,7 @@
 
 namespace uhmm::detail {
 
-class ContextImpl;
+class Mm;
 class ManagedRange;
 class Userfaultfd;
 
@@ -39,7 +39,7 @@ class MappingEvents {
   // Userfaultfd mode only (the userfaultfd mechanism reports these events;
   // the signal mechanism has none): `uffd` is that mechanism's descriptor.
   // Throws OutOfMemory when no staging buffer can be had.
-  MappingEvents(ContextImpl& ctx, Userfaultfd& uffd);
+  MappingEvents(Mm& ctx, Userfaultfd& uffd);
   ~MappingEvents();
   MappingEvents(const MappingEvents&) = delete;
   MappingEvents& operator=(const MappingEvents&) = delete;
@@ -74,7 +74,7 @@ class MappingEvents {
   // The staging buffer of a REMAP applied at nesting `level`.
   std::byte* staging_at(std::size_t level) noexcept;
 
-  ContextImpl& ctx_;
+  Mm& ctx_;
   Userfaultfd& uffd_;
   // A REMAP's copy stages each page in a buffer of its own: neither the
   // fault service's (a bring-back whose install pumps this event is still

@@ -11,8 +11,8 @@
 
 #include <fmt/format.h>
 
-#include "context_impl.hpp"
 #include "locked_pages.hpp"
+#include "migration.hpp"
 #include "owner_ids.hpp"
 #include "page_runs.hpp"
 #include "read_mostly.hpp"
@@ -37,13 +37,13 @@ Status failure(Errc code, Message&& message) noexcept {
 
 }  // namespace
 
-ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<const std::size_t> pages,
-                                                std::byte* staging, InvalidateKind kind, OwnerId cause) noexcept {
+BackResult bring_back(Mm& mm, ManagedRange& range, std::span<const std::size_t> pages, std::byte* staging,
+                      InvalidateKind kind, OwnerId cause) noexcept {
   BackResult out;
   if (pages.empty()) return out;
   // The pages are locked (snapshots see them as not valid); devices drop
   // their view before the device pages are freed below.
-  notifiers.invalidate(range, pages.front(), pages.back() + 1, kind, cause).end();
+  mm.notifiers.invalidate(range, pages.front(), pages.back() + 1, kind, cause).end();
   const std::uint64_t start_ns = now_ns();
   auto& table = range.table();
   const std::size_t block = MirrorTable::block_of(pages.front());
@@ -68,7 +68,7 @@ ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<c
   std::array<DevicePageIndex, kPagesPerBlock> indices_of;
   std::array<std::byte*, kPagesPerBlock> dst_of;
   std::array<std::size_t, kPagesPerBlock> which;
-  for (const OwnerId owner : owner_ids(devices_.size())) {
+  for (const OwnerId owner : owner_ids(mm.device_count())) {
     std::size_t n = 0;
     for (std::size_t k = 0; k < pages.size(); ++k) {
       if (device[k].owner != owner || gone[pages[k] - base]) continue;
@@ -84,11 +84,11 @@ ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<c
     // cost data while a second attempt can still succeed.
     for (int attempt = 0; attempt < 2 && done < indices.size(); ++attempt) {
       const std::uint64_t copy_start = now_ns();
-      BatchResult r = devices_[owner - 1]->copy_to_ram(indices.subspan(done), dst.subspan(done));
-      AtomicCounters::add(counters.copy_ns_to_host, now_ns() - copy_start);
+      BatchResult r = mm.device_at(owner).copy_to_ram(indices.subspan(done), dst.subspan(done));
+      AtomicCounters::add(mm.counters.copy_ns_to_host, now_ns() - copy_start);
       done += std::min(r.pages_done, indices.size() - done);
       if (!r.status) {
-        AtomicCounters::add(counters.copy_failures, 1);
+        AtomicCounters::add(mm.counters.copy_failures, 1);
         last_failure = std::move(r.status);
       }
     }
@@ -104,7 +104,7 @@ ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<c
   // frees its device copy); one it discards from now on may be, and the
   // unlock leaves it FREED (the page tables say later whether it is gone).
   test_points::at(test_points::held_install, range.page_address(pages.front()), false);
-  if (mechanism->follows_mapping_changes() && !signal_faults::on_service_thread()) ranges.gate().wait_applied();
+  if (mm.mechanism->follows_mapping_changes() && !signal_faults::on_service_thread()) mm.ranges.gate().wait_applied();
   {
     std::lock_guard lock(table.block_mutex(block));
     for (std::size_t p : pages)
@@ -115,16 +115,16 @@ ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<c
     hook(range.page_address(pages.front()));
   test_points::at(test_points::bring_back_staged);
   // Map what arrived, one install per contiguous run.
-  const bool follows_unmaps = mechanism->follows_mapping_changes();
+  const bool follows_unmaps = mm.mechanism->follows_mapping_changes();
   for_each_run(base, end, [&](std::size_t p) { return ok[p - base] != 0; },
                [&](std::size_t p, std::size_t count) {
                  std::size_t copied = 0;
-                 const int err = mechanism->install_copy(range, p, count, staging + (p - base) * kPageSize, &copied);
+                 const int err = mm.mechanism->install_copy(range, p, count, staging + (p - base) * kPageSize, &copied);
                  if (err == 0) return;
                  // EEXIST: something mapped a page we hold locked (the application
                  // remapped the range); map the others page by page.
                  for (std::size_t q = p + copied / kPageSize; q < p + count; ++q) {
-                   const int e = mechanism->install_copy(range, q, 1, staging + (q - base) * kPageSize, nullptr);
+                   const int e = mm.mechanism->install_copy(range, q, 1, staging + (q - base) * kPageSize, nullptr);
                    if (e == ENOENT && follows_unmaps) {
                      // Nothing mapped there: the application unmapped it
                      // meanwhile (its UNMAP event is on its way). Gone.
@@ -165,58 +165,30 @@ ContextImpl::BackResult ContextImpl::bring_back(ManagedRange& range, std::span<c
       ++out.moved;
     }
   }
-  for (const OwnerId owner : owner_ids(devices_.size())) {
+  for (const OwnerId owner : owner_ids(mm.device_count())) {
     std::size_t n = 0;
     for (std::size_t k = 0; k < pages.size(); ++k)
       if (device[k].owner == owner && (ok[pages[k] - base] || gone[pages[k] - base]))
         indices_of[n++] = device[k].index;
     if (n == 0) continue;
-    for (std::size_t k = 0; k < n; ++k) rmaps_[owner - 1]->clear(indices_of[k]);
-    devices_[owner - 1]->page_free(std::span<const DevicePageIndex>(indices_of.data(), n));
+    for (std::size_t k = 0; k < n; ++k) mm.rmap(owner).clear(indices_of[k]);
+    mm.device_at(owner).page_free(std::span<const DevicePageIndex>(indices_of.data(), n));
   }
-  AtomicCounters::add(counters.pages_discarded, out.dropped);
-  AtomicCounters::add(counters.pages_to_host, out.moved);
-  AtomicCounters::add(counters.bytes_to_host, out.moved * kPageSize);
-  observer.migrated_to_host(start_ns, reinterpret_cast<std::uintptr_t>(range.page_address(pages.front())), pages.size(),
+  AtomicCounters::add(mm.counters.pages_discarded, out.dropped);
+  AtomicCounters::add(mm.counters.pages_to_host, out.moved);
+  AtomicCounters::add(mm.counters.bytes_to_host, out.moved * kPageSize);
+  mm.observer.migrated_to_host(start_ns, reinterpret_cast<std::uintptr_t>(range.page_address(pages.front())), pages.size(),
                             out.moved);
   return out;
 }
 
-void ContextImpl::unlock(ManagedRange& range, std::span<const std::size_t> pages) noexcept {
-  if (pages.empty()) return;
-  // Off the fault service, an event read before now is applied first: a
-  // discard of these pages is marked by the time they are looked at. (The
-  // service applies what it reads at once.)
-  const bool off_service = mechanism->follows_mapping_changes() && !signal_faults::on_service_thread();
-  if (off_service) ranges.gate().wait_applied();
-  auto& table = range.table();
-  bool discarded = false;
-  std::size_t block = MirrorTable::block_of(pages.front());
-  std::unique_lock lock(table.block_mutex(block));
-  for (std::size_t p : pages) {
-    if (MirrorTable::block_of(p) != block) {
-      lock.unlock();
-      block = MirrorTable::block_of(p);
-      lock = std::unique_lock(table.block_mutex(block));
-    }
-    MirrorEntry& e = table.entry(p);
-    if (e.has(MirrorEntry::kDiscarded))
-      discarded = true;  // finished below, still locked meanwhile
-    else
-      e.clear(MirrorEntry::kLocked);
-  }
-  lock.unlock();
-  if (discarded) finish_discarded(range, pages);
-  unlocks.announce();
-  for (std::size_t i = 0; i < pages.size();) {
-    std::size_t run = 1;
-    while (i + run < pages.size() && pages[i + run] == pages[i] + run) ++run;
-    mechanism->wake(reinterpret_cast<std::uintptr_t>(range.page_address(pages[i])), run * kPageSize);
-    i += run;
-  }
-}
+namespace {
 
-void ContextImpl::finish_discarded(ManagedRange& range, std::span<const std::size_t> pages) noexcept {
+// unlock_pages() of the DISCARDED pages among `pages` (still LOCKED): their
+// device pages freed, they become host pages marked FREED (Empty where the
+// application unmapped them), PINNED kept, and LOCKED is cleared. Never
+// zapped again: a store the application made since its madvise is kept.
+void finish_discarded(Mm& mm, ManagedRange& range, std::span<const std::size_t> pages) noexcept {
   auto& table = range.table();
   std::size_t lo = range.npages(), hi = 0;
   for (std::size_t p : pages) {
@@ -224,7 +196,7 @@ void ContextImpl::finish_discarded(ManagedRange& range, std::span<const std::siz
     if (table.entry(p).has(MirrorEntry::kDiscarded)) lo = std::min(lo, p), hi = p + 1;
   }
   // Devices drop their view first, as for any discard (mapping_events.cpp).
-  notifiers.invalidate(range, lo, hi, InvalidateKind::discard, kNoOwner).end();
+  mm.notifiers.invalidate(range, lo, hi, InvalidateKind::discard, kNoOwner).end();
   std::size_t freed = 0;
   for (std::size_t p : pages) {
     DevicePage device{};
@@ -243,26 +215,61 @@ void ContextImpl::finish_discarded(ManagedRange& range, std::span<const std::siz
       e = MirrorEntry(home | (e.bits() & MirrorEntry::kPinned));  // unlocked; POISONED goes with the page
     }
     if (device.owner == kNoOwner) continue;
-    rmaps_[device.owner - 1]->clear(device.index);
-    devices_[device.owner - 1]->page_free(std::span(&device.index, 1));
+    mm.release_device_page(device);
     ++freed;
   }
-  AtomicCounters::add(counters.pages_discarded, freed);
+  AtomicCounters::add(mm.counters.pages_discarded, freed);
 }
 
-MigrationResult ContextImpl::migrate_to_host(void* p, std::size_t bytes) {
-  const RangeSpan span = ranges.resolve(p, bytes, "migrate_to_host");
+}  // namespace
+
+void unlock_pages(Mm& mm, ManagedRange& range, std::span<const std::size_t> pages) noexcept {
+  if (pages.empty()) return;
+  // Off the fault service, an event read before now is applied first: a
+  // discard of these pages is marked by the time they are looked at. (The
+  // service applies what it reads at once.)
+  const bool off_service = mm.mechanism->follows_mapping_changes() && !signal_faults::on_service_thread();
+  if (off_service) mm.ranges.gate().wait_applied();
+  auto& table = range.table();
+  bool discarded = false;
+  std::size_t block = MirrorTable::block_of(pages.front());
+  std::unique_lock lock(table.block_mutex(block));
+  for (std::size_t p : pages) {
+    if (MirrorTable::block_of(p) != block) {
+      lock.unlock();
+      block = MirrorTable::block_of(p);
+      lock = std::unique_lock(table.block_mutex(block));
+    }
+    MirrorEntry& e = table.entry(p);
+    if (e.has(MirrorEntry::kDiscarded))
+      discarded = true;  // finished below, still locked meanwhile
+    else
+      e.clear(MirrorEntry::kLocked);
+  }
+  lock.unlock();
+  if (discarded) finish_discarded(mm, range, pages);
+  mm.unlocks.announce();
+  for (std::size_t i = 0; i < pages.size();) {
+    std::size_t run = 1;
+    while (i + run < pages.size() && pages[i + run] == pages[i] + run) ++run;
+    mm.mechanism->wake(reinterpret_cast<std::uintptr_t>(range.page_address(pages[i])), run * kPageSize);
+    i += run;
+  }
+}
+
+MigrationResult migrate_to_host(Mm& mm, void* p, std::size_t bytes) {
+  const RangeSpan span = mm.ranges.resolve(p, bytes, "migrate_to_host");
   auto& range = span.range();
   auto& table = range.table();
   MigrationResult result;
   result.pages = span.count();
-  StagingBuffer staging(*staging_);
+  StagingBuffer staging(mm.staging());
   if (staging.get() == nullptr) throw OutOfMemory("migrate_to_host: no host memory for a staging buffer");
 
   for (std::size_t block = table.block_of(span.first()); block <= table.block_of(span.end() - 1); ++block) {
     const std::size_t lo = std::max(span.first(), table.block_begin(block));
     const std::size_t hi = std::min(span.end(), table.block_end(block));
-    LockedPages taken(*this, range);
+    LockedPages taken(mm, range);
     taken.reserve(hi - lo);
     {
       std::lock_guard lock(table.block_mutex(block));
@@ -277,44 +284,44 @@ MigrationResult ContextImpl::migrate_to_host(void* p, std::size_t bytes) {
         }
       }
     }
-    const BackResult back = bring_back(range, taken.pages(), staging.get());
+    const BackResult back = bring_back(mm, range, taken.pages(), staging.get());
     taken.unlock();
     result.migrated += back.moved;
     result.already += back.dropped;  // unmapped by the application meanwhile: on no device now
     result.failed += back.failed.size();
     if (!back.status && result.status) result.status = back.status;
   }
-  check_invariants();
+  mm.check_invariants();
   return result;
 }
 
-std::size_t ContextImpl::migrate_device_range(OwnerId owner, DevicePageIndex first, std::size_t npages) {
-  // Owner 0 is never a device; device() would map it to the first one, but
+std::size_t migrate_device_range(Mm& mm, OwnerId owner, DevicePageIndex first, std::size_t npages) {
+  // Owner 0 is never a device; mm.device() would map it to the first one, but
   // rmap(0) below would index rmaps_[-1].
   if (owner == kNoOwner) throw Error(Errc::invalid_argument, "migrate_device_range: owner 0 is not a device");
-  Device& dev = device(owner, "migrate_device_range");
+  Device& dev = mm.device(owner, "migrate_device_range");
   if (npages == 0) throw Error(Errc::zero_length, "migrate_device_range: zero pages");
   if (first >= dev.capacity_pages() || npages > dev.capacity_pages() - first)
     throw Error(Errc::out_of_range, fmt::format("migrate_device_range: pages [{}, +{}) exceed device {}'s {} pages",
                                                 first, npages, owner, dev.capacity_pages()));
-  const DeviceRangeEviction r = evict_device_range(owner, first, npages, /*wait=*/true);
+  const DeviceRangeEviction r = evict_device_range(mm, owner, first, npages, /*wait=*/true);
   if (!r.status) r.status.raise_if_error();
   return r.moved;
 }
 
-ContextImpl::DeviceRangeEviction ContextImpl::evict_device_range(OwnerId owner, DevicePageIndex first,
-                                                                 std::size_t npages, bool wait) {
+DeviceRangeEviction evict_device_range(Mm& mm, OwnerId owner, DevicePageIndex first, std::size_t npages,
+                                       bool wait) {
   DeviceRangeEviction out;
   const std::uint64_t start_ns = now_ns();
-  StagingBuffer staging(*staging_);
+  StagingBuffer staging(mm.staging());
   if (staging.get() == nullptr) {
     out.status = {Errc::out_of_memory, "evicting device pages: no host memory for a staging buffer"};
     return out;
   }
-  ReverseMap& map = rmap(owner);
+  ReverseMap& map = mm.rmap(owner);
   std::vector<std::uint8_t> gave_up(npages, 0);  // pages whose copy failed: reported, not retried forever
   for (;;) {
-    const std::uint64_t generation = unlocks.generation();
+    const std::uint64_t generation = mm.unlocks.generation();
     bool waiting = false;
     bool progressed = false;
     for (std::size_t k = 0; k < npages; ++k) {
@@ -322,14 +329,14 @@ ContextImpl::DeviceRangeEviction ContextImpl::evict_device_range(OwnerId owner, 
       if (!target || gave_up[k]) continue;
       // The range may be being freed, or retired (the application unmapped
       // it): then it is gone from the registry (its pages are released, not
-      // copied: free() or reap_retired()), or this span keeps it alive until done.
-      RangeSpan span = ranges.find_by_id(target->range_id);
+      // copied: free() or mm.reap_retired()), or this span keeps it alive until done.
+      RangeSpan span = mm.ranges.find_by_id(target->range_id);
       if (!span) continue;
       auto& range = span.range();
       auto& table = range.table();
       // Take every page of this block that lives in the device range, in one go.
       const std::size_t block = MirrorTable::block_of(target->page);
-      LockedPages taken(*this, range), duplicated(*this, range);
+      LockedPages taken(mm, range), duplicated(mm, range);
       taken.reserve(kPagesPerBlock);
       duplicated.reserve(kPagesPerBlock);
       {
@@ -350,13 +357,13 @@ ContextImpl::DeviceRangeEviction ContextImpl::evict_device_range(OwnerId owner, 
       }
       // A read-mostly page has its host copy: leaving the device costs no copy.
       if (!duplicated.empty()) {
-        collapse_to_host(*this, range, duplicated.pages(), InvalidateKind::eviction, owner);
+        collapse_to_host(mm, range, duplicated.pages(), InvalidateKind::eviction, owner);
         out.moved += duplicated.size();
         duplicated.unlock();
         progressed = true;
       }
       if (taken.empty()) continue;
-      const BackResult back = bring_back(range, taken.pages(), staging.get(), InvalidateKind::eviction, owner);
+      const BackResult back = bring_back(mm, range, taken.pages(), staging.get(), InvalidateKind::eviction, owner);
       for (std::size_t q : back.failed) {
         // Still on the device, still authoritative: report it, don't spin on it.
         std::lock_guard lock(table.block_mutex(block));
@@ -370,11 +377,11 @@ ContextImpl::DeviceRangeEviction ContextImpl::evict_device_range(OwnerId owner, 
     }
     out.skipped_locked = waiting;
     if (!wait || (!waiting && !progressed)) break;
-    if (waiting && !progressed) unlocks.wait_after(generation);
+    if (waiting && !progressed) mm.unlocks.wait_after(generation);
   }
-  AtomicCounters::add(counters.device_evictions, out.moved);
-  observer.evicted(start_ns, owner, first, npages, out.moved);
-  check_invariants();
+  AtomicCounters::add(mm.counters.device_evictions, out.moved);
+  mm.observer.evicted(start_ns, owner, first, npages, out.moved);
+  mm.check_invariants();
   return out;
 }
 

@@ -8,8 +8,7 @@
 
 #include <fmt/format.h>
 
-#include "context_impl.hpp"
-#include "deferred_signals.hpp"
+#include "migration.hpp"
 #include "out_of_memory.hpp"
 #include "owner_ids.hpp"
 #include "page_runs.hpp"
@@ -25,7 +24,7 @@ namespace {
 constexpr std::uint64_t kKnownFlags = MIGRATE_VMA_SELECT_SYSTEM | MIGRATE_VMA_SELECT_DEVICE_PRIVATE |
                                       MIGRATE_VMA_SELECT_COMPOUND | MIGRATE_VMA_FAULT;
 
-void check_args(const ContextImpl& ctx, const MigrateVma& a) {
+void check_args(const Mm& ctx, const MigrateVma& a) {
   if (a.src == nullptr || a.dst == nullptr)
     throw Error(Errc::invalid_argument, "migrate_vma_setup: src and dst arrays are required");
   if (a.end <= a.start)
@@ -67,7 +66,7 @@ bool already_there(MirrorEntry e, OwnerId destination) {
          e.device_page().owner == destination && !e.locked();
 }
 
-int drop_host_copies(ContextImpl& ctx, ManagedRange& range, std::size_t first, std::size_t count) noexcept {
+int drop_host_copies(Mm& ctx, ManagedRange& range, std::size_t first, std::size_t count) noexcept {
   if (const int injected = test_points::migration_drop_error.load(std::memory_order_relaxed); injected != 0) {
     if (count > 1) (void)ctx.mechanism->drop(range, first, count / 2);  // stopped part way
     return injected;
@@ -79,7 +78,7 @@ int drop_host_copies(ContextImpl& ctx, ManagedRange& range, std::size_t first, s
 // while this migration held them (still LOCKED): unlock() finishes them (FREED). Rare:
 // one page at a time, no allocation.
 template <class Mine>
-void unlock_discarded(ContextImpl& ctx, ManagedRange& range, std::size_t first, std::size_t n, Mine&& mine) noexcept {
+void unlock_discarded(Mm& ctx, ManagedRange& range, std::size_t first, std::size_t n, Mine&& mine) noexcept {
   auto& table = range.table();
   for (std::size_t i = 0; i < n; ++i) {
     if (!mine(i)) continue;
@@ -89,7 +88,7 @@ void unlock_discarded(ContextImpl& ctx, ManagedRange& range, std::size_t first, 
       std::lock_guard lock(table.block_mutex(MirrorTable::block_of(p)));
       discarded = table.entry(p).has(MirrorEntry::kDiscarded);
     }
-    if (discarded) ctx.unlock(range, std::span(&p, 1));
+    if (discarded) unlock_pages(ctx, range, std::span(&p, 1));
   }
 }
 
@@ -102,7 +101,7 @@ struct Undropped {
   std::size_t pages = 0;  // whose host copy could not go
   std::size_t lost = 0;   // of those, the ones not replaced by their device copy either
 };
-Undropped back_to_host(ContextImpl& ctx, MigrateVma& a, const MigrationSession& s) noexcept {
+Undropped back_to_host(Mm& ctx, MigrateVma& a, const MigrationSession& s) noexcept {
   auto& range = s.span.range();
   const std::size_t first = s.span.first();
   const std::size_t n = s.span.count();
@@ -121,7 +120,7 @@ Undropped back_to_host(ContextImpl& ctx, MigrateVma& a, const MigrationSession& 
       out.lost += count;
       continue;
     }
-    const ContextImpl::BackResult r = ctx.bring_back(range, pages, staging.get());
+    const BackResult r = bring_back(ctx, range, pages, staging.get());
     out.lost += r.failed.size();
     for (std::size_t p : pages) {
       if (std::find(r.failed.begin(), r.failed.end(), p) != r.failed.end()) continue;
@@ -147,7 +146,7 @@ Status undropped_status(const Undropped& u, int err) {
 // that did not migrate, and the sources of device-to-device moves. Per
 // device, a block's worth at a time on the stack: allocates nothing.
 template <class Migrated, class From>
-void free_unused_device_pages(ContextImpl& ctx, const MigrateVma& a, const MigrationSession& s, Migrated migrated,
+void free_unused_device_pages(Mm& ctx, const MigrateVma& a, const MigrationSession& s, Migrated migrated,
                               From from) noexcept {
   const std::size_t n = s.span.count();
   std::array<DevicePageIndex, kPagesPerBlock> batch;
@@ -180,7 +179,7 @@ void free_unused_device_pages(ContextImpl& ctx, const MigrateVma& a, const Migra
 // may have written it unseen. Setup holds (write-protects) the Empty pages it
 // selected, then asks which hold data: those are host pages (copied, and
 // recorded System), the rest are zero-filled on the device as usual.
-void adopt_written_empty_pages(ContextImpl& ctx, MigrateVma& a, MigrationSession& s) {
+void adopt_written_empty_pages(Mm& ctx, MigrateVma& a, MigrationSession& s) {
   auto& range = s.span.range();
   auto& table = range.table();
   const std::size_t first = s.span.first();
@@ -212,7 +211,7 @@ void adopt_written_empty_pages(ContextImpl& ctx, MigrateVma& a, MigrationSession
 
 }  // namespace
 
-void migrate_vma_setup(ContextImpl& ctx, MigrateVma& a, const SetupVisitor* visit, const PageFilter* leave,
+void migrate_vma_setup(Mm& ctx, MigrateVma& a, const SetupVisitor* visit, const PageFilter* leave,
                        PageHold* hold) {
   check_args(ctx, a);
   const std::size_t bytes =
@@ -329,7 +328,7 @@ void migrate_vma_setup(ContextImpl& ctx, MigrateVma& a, const SetupVisitor* visi
   a.session = std::move(session);
 }
 
-std::size_t migrate_vma_pages(ContextImpl& ctx, MigrateVma& a) {
+std::size_t migrate_vma_pages(Mm& ctx, MigrateVma& a) {
   if (!a.session) throw Error(Errc::invalid_argument, "migrate_vma_pages: call migrate_vma_setup first");
   auto& s = *a.session;
   if (s.pages_done) throw Error(Errc::invalid_argument, "migrate_vma_pages: already called for this migration");
@@ -369,7 +368,7 @@ std::size_t migrate_vma_pages(ContextImpl& ctx, MigrateVma& a) {
   return migrated;
 }
 
-Status migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
+Status migrate_vma_finalize(Mm& ctx, MigrateVma& a) {
   if (!a.session) throw Error(Errc::invalid_argument, "migrate_vma_finalize: call migrate_vma_setup first");
   const auto session = std::move(a.session);
   auto& s = *session;
@@ -478,27 +477,3 @@ Status migrate_vma_finalize(ContextImpl& ctx, MigrateVma& a) {
 }
 
 }  // namespace uhmm::detail
-
-namespace uhmm {
-
-void migrate_vma_setup(Context& ctx, MigrateVma& args) {
-  detail::DeferSignals defer;
-  detail::out_of_memory_as_error("migrate_vma_setup", [&] { detail::migrate_vma_setup(ctx.impl(), args); });
-}
-std::size_t migrate_vma_pages(Context& ctx, MigrateVma& args) {
-  detail::DeferSignals defer;
-  return detail::out_of_memory_as_error("migrate_vma_pages", [&] { return detail::migrate_vma_pages(ctx.impl(), args); });
-}
-// Pages whose host copy could not be dropped are reported through src[] (no
-// MIGRATE), as the kernel reports pages it could not migrate.
-void migrate_vma_finalize(Context& ctx, MigrateVma& args) {
-  detail::DeferSignals defer;
-  detail::out_of_memory_as_error("migrate_vma_finalize", [&] { (void)detail::migrate_vma_finalize(ctx.impl(), args); });
-}
-std::size_t migrate_device_range(Context& ctx, OwnerId owner, DevicePageIndex first, std::size_t npages) {
-  detail::DeferSignals defer;
-  return detail::out_of_memory_as_error("migrate_device_range",
-                                        [&] { return ctx.impl().migrate_device_range(owner, first, npages); });
-}
-
-}  // namespace uhmm

@@ -8,7 +8,8 @@
 
 #include <fmt/format.h>
 
-#include "context_impl.hpp"
+#include "context_core.hpp"
+#include "migration.hpp"
 #include "deferred_signals.hpp"
 #include "locked_pages.hpp"
 #include "out_of_memory.hpp"
@@ -32,7 +33,7 @@ const char* name_of(Advice a) {
 }
 
 // A device location naming a device of this context.
-void check_device(const ContextImpl& ctx, Location where, const char* call) {
+void check_device(const Mm& ctx, Location where, const char* call) {
   if (where.owner == kNoOwner || ctx.pagemap(where.owner) == nullptr)
     throw Error(Errc::invalid_argument, fmt::format("{}: device {} does not exist (this context has devices 1..{})",
                                                     call, where.owner, ctx.device_count()));
@@ -46,7 +47,7 @@ void check_device(const ContextImpl& ctx, Location where, const char* call) {
 // once: one another thread repopulates after `use` released it holds data
 // newer than the call, and is left alone.
 template <class Want, class Use>
-void take_pages(ContextImpl& ctx, const RangeSpan& span, Want want, Use use) {
+void take_pages(Mm& ctx, const RangeSpan& span, Want want, Use use) {
   auto& table = span.range().table();
   for (std::size_t block = table.block_of(span.first()); block <= table.block_of(span.end() - 1); ++block) {
     const std::size_t lo = std::max(span.first(), table.block_begin(block));
@@ -80,7 +81,7 @@ void take_pages(ContextImpl& ctx, const RangeSpan& span, Want want, Use use) {
 
 }  // namespace
 
-void advise(ContextImpl& ctx, void* p, std::size_t bytes, Advice advice, Location where) {
+void advise(Mm& ctx, void* p, std::size_t bytes, Advice advice, Location where) {
   const char* what = name_of(advice);
   if (what == nullptr)
     throw Error(Errc::invalid_argument, fmt::format("advise: unknown advice {}", static_cast<int>(advice)));
@@ -133,25 +134,25 @@ void advise(ContextImpl& ctx, void* p, std::size_t bytes, Advice advice, Locatio
   }
 }
 
-RangeAdvice advice_of(const ContextImpl& ctx, const void* p) {
+RangeAdvice advice_of(const Mm& ctx, const void* p) {
   const auto page = reinterpret_cast<const void*>(reinterpret_cast<std::uintptr_t>(p) & ~(kPageSize - 1));
   const RangeSpan span = ctx.ranges.resolve(page, kPageSize, "advice");
   return span.range().advice().get(span.first());
 }
 
-void check_prefetch_location(const ContextImpl& ctx, Location to, const char* call) {
+void check_prefetch_location(const Mm& ctx, Location to, const char* call) {
   if (to.is_host()) return;
   if (!to.is_device())
     throw Error(Errc::invalid_argument, fmt::format("{}: the destination must be the host or a device", call));
   check_device(ctx, to, call);
 }
 
-MigrationResult prefetch(ContextImpl& ctx, void* p, std::size_t bytes, Location to) {
+MigrationResult prefetch(Mm& ctx, void* p, std::size_t bytes, Location to) {
   check_prefetch_location(ctx, to, "prefetch");
-  return to.is_host() ? ctx.migrate_to_host(p, bytes) : ctx.migrate_to_device(p, bytes, to.owner);
+  return to.is_host() ? migrate_to_host(ctx, p, bytes) : migrate_to_device(ctx, p, bytes, to.owner);
 }
 
-std::size_t discard(ContextImpl& ctx, void* p, std::size_t bytes) {
+std::size_t discard(Mm& ctx, void* p, std::size_t bytes) {
   const RangeSpan span = ctx.ranges.resolve(p, bytes, "discard");
   auto& range = span.range();
   learn_written_pages(ctx, range, span.first(), span.count());
@@ -233,19 +234,19 @@ namespace uhmm {
 
 void Context::advise(void* p, std::size_t bytes, Advice advice, Location location) {
   detail::DeferSignals defer;
-  detail::out_of_memory_as_error("advise", [&] { detail::advise(*impl_, p, bytes, advice, location); });
+  detail::out_of_memory_as_error("advise", [&] { detail::advise(detail::core(*this), p, bytes, advice, location); });
 }
 RangeAdvice Context::advice(const void* p) const {
   detail::DeferSignals defer;
-  return detail::advice_of(*impl_, p);
+  return detail::advice_of(detail::core(*this), p);
 }
 MigrationResult Context::prefetch(void* p, std::size_t bytes, Location to) {
   detail::DeferSignals defer;
-  return detail::out_of_memory_as_error("prefetch", [&] { return detail::prefetch(*impl_, p, bytes, to); });
+  return detail::out_of_memory_as_error("prefetch", [&] { return detail::prefetch(detail::core(*this), p, bytes, to); });
 }
 std::size_t Context::discard(void* p, std::size_t bytes) {
   detail::DeferSignals defer;
-  return detail::out_of_memory_as_error("discard", [&] { return detail::discard(*impl_, p, bytes); });
+  return detail::out_of_memory_as_error("discard", [&] { return detail::discard(detail::core(*this), p, bytes); });
 }
 
 }  // namespace uhmm

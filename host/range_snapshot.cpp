@@ -13,7 +13,8 @@
 
 #include <fmt/format.h>
 
-#include "context_impl.hpp"
+#include "context_core.hpp"
+#include "migration.hpp"
 #include "deferred_signals.hpp"
 #include "locked_pages.hpp"
 #include "written_pages.hpp"
@@ -27,7 +28,7 @@ namespace {
 constexpr std::uint64_t kPageRequests = SNAPSHOT_REQ_POPULATE | SNAPSHOT_REQ_HOST;
 constexpr std::uint64_t kRangeRequests = kPageRequests | SNAPSHOT_REQ_MIGRATE;
 
-void check_args(const ContextImpl& ctx, const SnapshotRange& r) {
+void check_args(const Mm& ctx, const SnapshotRange& r) {
   if (r.pfns == nullptr) throw Error(Errc::invalid_argument, "snapshot_range: the pfns array is required");
   if (r.end <= r.start)
     throw Error(r.end == r.start ? Errc::zero_length : Errc::invalid_argument,
@@ -80,7 +81,7 @@ std::uint64_t word_of(MirrorEntry e, OwnerId requester) {
   return 0;
 }
 
-Status snapshot_migrate(ContextImpl& ctx, SnapshotRange& r) {
+Status snapshot_migrate(Mm& ctx, SnapshotRange& r) {
   MigrateVma& m = *r.migrate;
   m.start = r.start;
   m.end = r.end;
@@ -100,7 +101,7 @@ Status snapshot_migrate(ContextImpl& ctx, SnapshotRange& r) {
   return {};
 }
 
-Status snapshot(ContextImpl& ctx, SnapshotRange& r) {
+Status snapshot(Mm& ctx, SnapshotRange& r) {
   check_args(ctx, r);
   r.populated = 0;
   if (r.default_flags & SNAPSHOT_REQ_MIGRATE) return snapshot_migrate(ctx, r);
@@ -194,13 +195,13 @@ Status snapshot(ContextImpl& ctx, SnapshotRange& r) {
       }
       if (!zeros.empty()) test_points::at(test_points::held_install, range.page_address(zeros.front()), true);
       // Device pages asked to be host pages come back (notifiers hear of it).
-      ContextImpl::BackResult came_back;
+      BackResult came_back;
       bool none_came_back = false;
       if (!backs.empty()) {
         if (!staging) staging.emplace(ctx.staging());
         none_came_back = staging->get() == nullptr;
         if (!none_came_back)
-          came_back = ctx.bring_back(range, backs, staging->get(), InvalidateKind::migrate, kNoOwner);
+          came_back = bring_back(ctx, range, backs, staging->get(), InvalidateKind::migrate, kNoOwner);
       }
       {
         std::lock_guard lock(table.block_mutex(block));
@@ -248,7 +249,7 @@ namespace uhmm {
 Status snapshot_range(Context& ctx, SnapshotRange& range) noexcept {
   detail::DeferSignals defer;
   try {
-    return detail::snapshot(ctx.impl(), range);
+    return detail::snapshot(detail::core(ctx), range);
   } catch (const Error& e) {
     return {e.code(), e.what()};
   } catch (const std::bad_alloc&) {
@@ -259,9 +260,9 @@ Status snapshot_range(Context& ctx, SnapshotRange& range) noexcept {
 }
 
 DevicePagemap& device_pagemap(Context& ctx, OwnerId owner) {
-  if (ctx.impl().pagemap(owner) == nullptr)
+  if (detail::core(ctx).pagemap(owner) == nullptr)
     throw Error(Errc::invalid_argument, fmt::format("device_pagemap: owner {} is not a device of this context", owner));
-  return *ctx.impl().public_pagemaps[owner - 1];
+  return *detail::core(ctx).public_pagemaps[owner - 1];
 }
 
 }  // namespace uhmm

@@ -5,7 +5,7 @@
 #include <cstring>
 #include <vector>
 
-#include "context_impl.hpp"
+#include "migration.hpp"
 #include "uhmm/detail/log.hpp"
 
 namespace uhmm::detail {
@@ -24,7 +24,7 @@ void for_each_page_run(std::span<const std::size_t> pages, F&& fn) {
 
 }  // namespace
 
-void collapse_to_host(ContextImpl& ctx, ManagedRange& range, std::span<const std::size_t> pages, InvalidateKind kind,
+void collapse_to_host(Mm& ctx, ManagedRange& range, std::span<const std::size_t> pages, InvalidateKind kind,
                       OwnerId cause) noexcept {
   if (pages.empty()) return;
   // The device copies go: devices drop their view first (the pages are
@@ -50,7 +50,7 @@ void collapse_to_host(ContextImpl& ctx, ManagedRange& range, std::span<const std
   AtomicCounters::add(ctx.counters.duplicates_collapsed, pages.size());
 }
 
-std::vector<std::size_t> collapse_to_device(ContextImpl& ctx, ManagedRange& range, std::span<const std::size_t> pages) {
+std::vector<std::size_t> collapse_to_device(Mm& ctx, ManagedRange& range, std::span<const std::size_t> pages) {
   std::vector<std::size_t> stayed;
   if (pages.empty()) return stayed;
   // The one allocation, before any host copy goes: a page dropped while its

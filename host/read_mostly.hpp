@@ -14,20 +14,20 @@
 
 namespace uhmm::detail {
 
-class ContextImpl;
+class Mm;
 class ManagedRange;
 
 // Keeps the host copies of Duplicated pages: their device copies go back to
 // their pools, the entries become System and writable (the write-protection
 // is lifted without waking: the caller unlocks, which wakes). Pre: `pages`
 // ascending, LOCKED by the caller, Duplicated. Never throws.
-void collapse_to_host(ContextImpl& ctx, ManagedRange& range, std::span<const std::size_t> pages,
+void collapse_to_host(Mm& ctx, ManagedRange& range, std::span<const std::size_t> pages,
                       InvalidateKind kind = InvalidateKind::migrate, OwnerId cause = kNoOwner) noexcept;
 // Keeps the device copies: the host copies are dropped, the entries become
 // Device and writable. Same preconditions; not on the fault service's thread
 // (it waits for the fault service to apply its own zap). Pages whose host
 // copies could not be dropped collapse to the host instead: returned.
 // Throws std::bad_alloc before it changes anything.
-std::vector<std::size_t> collapse_to_device(ContextImpl& ctx, ManagedRange& range, std::span<const std::size_t> pages);
+std::vector<std::size_t> collapse_to_device(Mm& ctx, ManagedRange& range, std::span<const std::size_t> pages);
 
 }  // namespace uhmm::detail

@@ -5,7 +5,8 @@
 #include <mutex>
 #include <thread>
 
-#include "context_impl.hpp"
+#include "context_core.hpp"
+#include "migration.hpp"
 #include "deferred_signals.hpp"
 #include "out_of_memory.hpp"
 #include "range_advice.hpp"
@@ -17,7 +18,7 @@ namespace detail {
 
 class StreamImpl {
  public:
-  StreamImpl(ContextImpl& ctx, OwnerId device) : ctx_(ctx), device_(device), worker_(spawn_library_thread([this] { run(); })) {}
+  StreamImpl(Mm& ctx, OwnerId device) : ctx_(ctx), device_(device), worker_(spawn_library_thread([this] { run(); })) {}
   ~StreamImpl() {
     {
       std::lock_guard lock(mutex_);
@@ -27,7 +28,7 @@ class StreamImpl {
     worker_.join();
   }
 
-  ContextImpl& ctx() noexcept { return ctx_; }
+  Mm& ctx() noexcept { return ctx_; }
   OwnerId device() const noexcept { return device_; }
 
   std::future<MigrationResult> submit(std::packaged_task<MigrationResult()> task) {
@@ -62,7 +63,7 @@ class StreamImpl {
     }
   }
 
-  ContextImpl& ctx_;
+  Mm& ctx_;
   OwnerId device_;
   std::mutex mutex_;
   std::condition_variable ready_, idle_;
@@ -93,12 +94,12 @@ OwnerId Stream::device() const noexcept { return impl_ ? impl_->device() : kNoOw
 
 Stream Context::create_stream(OwnerId device) {
   detail::DeferSignals defer;
-  const OwnerId owner = impl_->device(device, "create_stream").owner();
-  return Stream(std::make_unique<detail::StreamImpl>(*impl_, owner));
+  const OwnerId owner = detail::core(*this).device(device, "create_stream").owner();
+  return Stream(std::make_unique<detail::StreamImpl>(detail::core(*this), owner));
 }
 
 namespace {
-detail::StreamImpl& checked(detail::StreamImpl* impl, const detail::ContextImpl& ctx, const char* call) {
+detail::StreamImpl& checked(detail::StreamImpl* impl, const detail::Mm& ctx, const char* call) {
   if (impl == nullptr) throw Error(Errc::invalid_argument, std::string(call) + ": the stream was moved from");
   if (&impl->ctx() != &ctx)
     throw Error(Errc::invalid_argument, std::string(call) + ": the stream belongs to another context");
@@ -108,34 +109,34 @@ detail::StreamImpl& checked(detail::StreamImpl* impl, const detail::ContextImpl&
 
 std::future<MigrationResult> Context::migrate_to_device_async(Stream& stream, void* p, std::size_t bytes) {
   detail::DeferSignals defer;
-  auto& s = checked(stream.impl_.get(), *impl_, "migrate_to_device_async");
-  impl_->ranges.resolve(p, bytes, "migrate_to_device_async");  // bad input throws here, nothing queued
+  auto& s = checked(stream.impl_.get(), detail::core(*this), "migrate_to_device_async");
+  detail::core(*this).ranges.resolve(p, bytes, "migrate_to_device_async");  // bad input throws here, nothing queued
   const OwnerId owner = s.device();
   return s.submit(std::packaged_task<MigrationResult()>(
-      [ctx = impl_.get(), p, bytes, owner] {
+      [ctx = &detail::core(*this), p, bytes, owner] {
         return detail::out_of_memory_as_error("migrate_to_device_async",
-                                              [&] { return ctx->migrate_to_device(p, bytes, owner); });
+                                              [&] { return detail::migrate_to_device(*ctx, p, bytes, owner); });
       }));
 }
 
 std::future<MigrationResult> Context::migrate_to_host_async(Stream& stream, void* p, std::size_t bytes) {
   detail::DeferSignals defer;
-  auto& s = checked(stream.impl_.get(), *impl_, "migrate_to_host_async");
-  impl_->ranges.resolve(p, bytes, "migrate_to_host_async");
+  auto& s = checked(stream.impl_.get(), detail::core(*this), "migrate_to_host_async");
+  detail::core(*this).ranges.resolve(p, bytes, "migrate_to_host_async");
   return s.submit(std::packaged_task<MigrationResult()>(
-      [ctx = impl_.get(), p, bytes] {
-        return detail::out_of_memory_as_error("migrate_to_host_async", [&] { return ctx->migrate_to_host(p, bytes); });
+      [ctx = &detail::core(*this), p, bytes] {
+        return detail::out_of_memory_as_error("migrate_to_host_async", [&] { return detail::migrate_to_host(*ctx, p, bytes); });
       }));
 }
 
 std::future<MigrationResult> Context::prefetch_async(Stream& stream, void* p, std::size_t bytes, Location to) {
   detail::DeferSignals defer;
-  auto& s = checked(stream.impl_.get(), *impl_, "prefetch_async");
-  detail::check_prefetch_location(*impl_, to, "prefetch_async");
-  impl_->ranges.resolve(p, bytes, "prefetch_async");
+  auto& s = checked(stream.impl_.get(), detail::core(*this), "prefetch_async");
+  detail::check_prefetch_location(detail::core(*this), to, "prefetch_async");
+  detail::core(*this).ranges.resolve(p, bytes, "prefetch_async");
   // The stream orders the work; the destination need not be its device.
   return s.submit(std::packaged_task<MigrationResult()>(
-      [ctx = impl_.get(), p, bytes, to] {
+      [ctx = &detail::core(*this), p, bytes, to] {
         return detail::out_of_memory_as_error("prefetch_async", [&] { return detail::prefetch(*ctx, p, bytes, to); });
       }));
 }

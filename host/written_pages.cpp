@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <mutex>
 
-#include "context_impl.hpp"
+#include "migration.hpp"
 
 namespace uhmm::detail {
 
@@ -14,7 +14,7 @@ namespace {
 // data (one system call, outside the block mutex), then `learn` on each page
 // under it.
 template <class Asks, class Learn>
-void ask_host_data(ContextImpl& ctx, ManagedRange& range, std::size_t first, std::size_t count, Asks asks,
+void ask_host_data(Mm& ctx, ManagedRange& range, std::size_t first, std::size_t count, Asks asks,
                    Learn learn) noexcept {
   auto& table = range.table();
   std::uint8_t present[kPagesPerBlock];
@@ -38,7 +38,7 @@ void ask_host_data(ContextImpl& ctx, ManagedRange& range, std::size_t first, std
 
 }  // namespace
 
-void learn_written_pages(ContextImpl& ctx, ManagedRange& range, std::size_t first, std::size_t count) noexcept {
+void learn_written_pages(Mm& ctx, ManagedRange& range, std::size_t first, std::size_t count) noexcept {
   FaultMechanism& mechanism = *ctx.mechanism;
   if (count == 0) return;
   if (mechanism.opens_empty_pages())

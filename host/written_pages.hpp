@@ -18,10 +18,10 @@
 
 namespace uhmm::detail {
 
-class ContextImpl;
+class Mm;
 class ManagedRange;
 
 // Pages [first, first + count) of range; locked pages are their holder's.
-void learn_written_pages(ContextImpl& ctx, ManagedRange& range, std::size_t first, std::size_t count) noexcept;
+void learn_written_pages(Mm& ctx, ManagedRange& range, std::size_t first, std::size_t count) noexcept;
 
 }  // namespace uhmm::detail
