@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <mutex>
 
-#include "migration.hpp"
+#include "mm.hpp"
 
 namespace uhmm::detail {
 
