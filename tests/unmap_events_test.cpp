@@ -1,5 +1,5 @@
 // The application's own madvise(MADV_DONTNEED), munmap and mremap of managed
-// memory (userfaultfd UNMAP/REMOVE/REMAP events, host/mapping_events.hpp):
+// memory (userfaultfd UNMAP/REMOVE/REMAP events, host/fault/mapping_events.hpp):
 // device pages of the part concerned go back to the pool, the mirror follows,
 // calls on an unmapped part fail clearly, free still works, no other range is
 // touched, and uhmm's own MADV_DONTNEED in migrate_vma_finalize is not taken

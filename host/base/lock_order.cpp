@@ -32,7 +32,7 @@ void violation(const char* held_name, const char* taken_name) noexcept {
     h(held_name, taken_name);
     return;
   }
-  log().critical("lock order violated: {} taken while holding {} (host/lock_order.hpp)", taken_name, held_name);
+  log().critical("lock order violated: {} taken while holding {} (host/base/lock_order.hpp)", taken_name, held_name);
   std::abort();
 }
 

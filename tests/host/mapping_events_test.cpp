@@ -1,5 +1,5 @@
 // Races between the application's own mapping changes (userfaultfd REMOVE,
-// UNMAP, REMAP events; host/mapping_events.hpp) and uhmm operations, forced
+// UNMAP, REMAP events; host/fault/mapping_events.hpp) and uhmm operations, forced
 // with test points (uhmm/detail/test_points.hpp) rather than hoped for. A
 // watchdog turns a hang into a named failure. Mapping events exist in
 // userfaultfd mode only: with UHMM_FAULT_MODE=signal these tests skip.

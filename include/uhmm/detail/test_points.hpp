@@ -18,7 +18,7 @@ extern std::atomic<void (*)()> pool_locked;
 inline std::atomic<int> migration_drop_error{0};
 
 // Set: the signal fault mechanism acts as near its mapping budget (coarse,
-// host/signal_mechanism.hpp) whatever its count of protection runs.
+// host/os/signal_mechanism.hpp) whatever its count of protection runs.
 inline std::atomic<bool> signal_coarse{false};
 
 // Called by the signal fault mechanism when, coarse, it is about to lower the
