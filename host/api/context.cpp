@@ -1,11 +1,13 @@
 // uhmm::Context: the public face of ContextImpl (the mm core and its fault service).
 #include "uhmm/context.hpp"
+#include "uhmm/hooks.hpp"
 
 #include <fmt/format.h>
 
 #include <cstdio>
 #include <string>
 
+#include "context_core.hpp"
 #include "context_impl.hpp"
 #include "deferred_signals.hpp"
 #include "migration.hpp"
@@ -48,7 +50,6 @@ OwnerId Context::device_owner(std::size_t i) const {
 }
 
 DeviceInfo Context::device_info(OwnerId owner) const { return impl_->core.device(owner, "device_info").info(); }
-Backend& Context::backend(OwnerId owner) { return impl_->core.device(owner, "backend").backend(); }
 std::size_t Context::set_device_pool_limit(OwnerId owner, std::size_t bytes) {
   detail::DeferSignals defer;
   return detail::out_of_memory_as_error("set_device_pool_limit",
@@ -74,10 +75,6 @@ void Context::set_thrashing(const ThrashingOptions& t) {
   impl_->core.policy.set_thrashing(t);
 }
 ThrashingOptions Context::thrashing() const noexcept { return impl_->core.policy.thrashing(); }
-void Context::inject_faults(OwnerId owner, const FaultInjection& injection) {
-  detail::DeferSignals defer;
-  impl_->core.device(owner, "inject_faults").set_fault_injection(injection);
-}
 
 MigrationResult Context::migrate_to_device(void* p, std::size_t bytes, OwnerId device) {
   detail::DeferSignals defer;
@@ -126,3 +123,13 @@ Counters Context::counters() const {
 }
 
 }  // namespace uhmm
+
+namespace uhmm::hooks {
+
+Backend& backend(Context& ctx, OwnerId owner) { return detail::core(ctx).device(owner, "backend").backend(); }
+void inject_faults(Context& ctx, OwnerId owner, const FaultInjection& injection) {
+  detail::DeferSignals defer;
+  detail::core(ctx).device(owner, "inject_faults").set_fault_injection(injection);
+}
+
+}  // namespace uhmm::hooks

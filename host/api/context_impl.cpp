@@ -23,7 +23,7 @@ ContextImpl::~ContextImpl() {
   faults_.reset();
 }
 
-Mm& core(Context& ctx) noexcept { return ctx.impl().core; }
-const Mm& core(const Context& ctx) noexcept { return ctx.impl().core; }
+Mm& core(Context& ctx) noexcept { return ContextAccess::impl(ctx).core; }
+const Mm& core(const Context& ctx) noexcept { return ContextAccess::impl(ctx).core; }
 
 }  // namespace uhmm::detail

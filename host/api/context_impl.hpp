@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "mm.hpp"
+#include "uhmm/context.hpp"
 
 namespace uhmm::detail {
 
@@ -24,6 +25,11 @@ class ContextImpl {
 
  private:
   std::unique_ptr<FaultService> faults_;  // after core: stops before it
+};
+
+// How the library reaches a Context's ContextImpl (Context befriends it).
+struct ContextAccess {
+  static ContextImpl& impl(const Context& ctx) noexcept { return *ctx.impl_; }
 };
 
 }  // namespace uhmm::detail
