@@ -11,6 +11,7 @@ set(uhmm_public_headers
   uhmm/default_context.hpp
   uhmm/error.hpp
   uhmm/export.hpp
+  uhmm/hooks.hpp
   uhmm/interval_notifier.hpp
   uhmm/latency.hpp
   uhmm/managed_memory_resource.hpp

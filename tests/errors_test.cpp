@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "uhmm/uhmm.hpp"
+#include "uhmm/hooks.hpp"
 
 namespace {
 
@@ -544,7 +545,7 @@ TEST_F(ErrorsTest, BadDeviceIndexOrOwnerIsInvalidArgument) {
   EXPECT_TRUE(Throws(Errc::invalid_argument, {"device_owner:", "99"}, [&] { (void)ctx_.device_owner(99); }));
   EXPECT_TRUE(Throws(Errc::invalid_argument, {"device_info:", "99"}, [&] { (void)ctx_.device_info(99); }));
   EXPECT_TRUE(Throws(Errc::invalid_argument, {"device_info:", "2"}, [&] { (void)ctx_.device_info(2); }));
-  EXPECT_TRUE(Throws(Errc::invalid_argument, {"backend:", "99"}, [&] { (void)ctx_.backend(99); }));
+  EXPECT_TRUE(Throws(Errc::invalid_argument, {"backend:", "99"}, [&] { (void)uhmm::hooks::backend(ctx_, 99); }));
   EXPECT_TRUE(Throws(Errc::invalid_argument, {"create_stream:", "99"}, [&] { (void)ctx_.create_stream(99); }));
   EXPECT_TRUE(Throws(Errc::invalid_argument, {"migrate_to_device:", "99"},
                      [&] { ctx_.migrate_to_device(a_, kPageSize, 99); }));
@@ -564,7 +565,7 @@ TEST_F(ErrorsTest, OwnerZeroMeansTheFirstDeviceWhereDocumented) {
   EXPECT_EQ(ctx_.device_info(kNoOwner).name, ctx_.device_info(first).name);
   EXPECT_EQ(ctx_.device_info(kNoOwner).backend, "cpu");
   EXPECT_EQ(ctx_.create_stream(kNoOwner).device(), first);
-  EXPECT_EQ(&ctx_.backend(kNoOwner), &ctx_.backend(first));
+  EXPECT_EQ(&uhmm::hooks::backend(ctx_, kNoOwner), &uhmm::hooks::backend(ctx_, first));
   expect_unchanged();
 }
 
@@ -572,8 +573,8 @@ TEST_F(ErrorsTest, InjectFaultsOnABadOwnerIsInvalidArgumentAndInjectsNothing) {
   FaultInjection no_pages;
   no_pages.alloc_pages_left = 0;
   no_pages.copy_fail_at_page = 0;
-  EXPECT_TRUE(Throws(Errc::invalid_argument, {"inject_faults:", "99"}, [&] { ctx_.inject_faults(99, no_pages); }));
-  EXPECT_TRUE(Throws(Errc::invalid_argument, {"inject_faults:"}, [&] { ctx_.inject_faults(2, no_pages); }));
+  EXPECT_TRUE(Throws(Errc::invalid_argument, {"inject_faults:", "99"}, [&] { uhmm::hooks::inject_faults(ctx_, 99, no_pages); }));
+  EXPECT_TRUE(Throws(Errc::invalid_argument, {"inject_faults:"}, [&] { uhmm::hooks::inject_faults(ctx_, 2, no_pages); }));
   expect_unchanged();
   // Nothing was armed on the real device: a migration still succeeds.
   const MigrationResult r = ctx_.migrate_to_device(a_, 16 * kPageSize);

@@ -1,5 +1,6 @@
 // The CPU-fault path under failure, and the environment refusing userfaultfd.
 #include <gtest/gtest.h>
+#include "uhmm/hooks.hpp"
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -19,7 +20,7 @@ TEST(FaultPath, OneFailedCopyBackIsRetriedAndTheDataArrives) {
   FaultInjection inject;
   inject.copy_fail_at_page = 0;  // the next copy batch fails at its first page
   inject.copy_fail_batches = 1;
-  ctx.inject_faults(ctx.device_owner(0), inject);
+  uhmm::hooks::inject_faults(ctx, ctx.device_owner(0), inject);
   EXPECT_EQ(p[5], pattern(21, 5));  // the fault's first copy fails, the retry succeeds
   EXPECT_EQ(ctx.counters().copy_failures, 1u);
   EXPECT_EQ(ctx.counters().pages_lost, 0u);
@@ -37,7 +38,7 @@ TEST(FaultPathDeathTest, APageThatCannotComeBackRaisesSigbusInTheFaultingThread)
         FaultInjection inject;
         inject.copy_fail_at_page = 0;
         inject.copy_fail_batches = 1000;  // every attempt fails
-        ctx.inject_faults(ctx.device_owner(0), inject);
+        uhmm::hooks::inject_faults(ctx, ctx.device_owner(0), inject);
         const std::uint64_t v = p[0];  // SIGBUS, like a failed migrate_to_ram in the kernel
         std::_Exit(static_cast<int>(v) + 10);
       },

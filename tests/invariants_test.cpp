@@ -1,6 +1,7 @@
 // DESIGN.md's invariants under concurrency: no lost write, no stale read, no
 // leak between ranges, and the fault service's batching (fault-ahead, parking).
 #include <gtest/gtest.h>
+#include "uhmm/hooks.hpp"
 
 #include <atomic>
 #include <chrono>
@@ -86,7 +87,7 @@ TEST(NoLostWrite, StoreDuringSlowMigrationWaitsThenLandsOnTheDevicePage) {
   fill(p, 64 * kPageSize, 5);
   FaultInjection slow;
   slow.copy_delay_us = 300000;  // the copy batch sleeps first: a wide window
-  ctx.inject_faults(ctx.device_owner(0), slow);
+  uhmm::hooks::inject_faults(ctx, ctx.device_owner(0), slow);
   Stream stream = ctx.create_stream();
   auto pending = ctx.migrate_to_device_async(stream, p, 64 * kPageSize);
   while (!ctx.residency(p, kPageSize)[0].locked) std::this_thread::yield();
@@ -106,7 +107,7 @@ TEST(Pinning, PinDuringASlowMigrationWaitsAndLeavesEveryPageOnTheHost) {
   fill(p, 16 * kPageSize, 13);
   FaultInjection slow;
   slow.copy_delay_us = 200000;
-  ctx.inject_faults(ctx.device_owner(0), slow);
+  uhmm::hooks::inject_faults(ctx, ctx.device_owner(0), slow);
   Stream stream = ctx.create_stream();
   auto pending = ctx.migrate_to_device_async(stream, p, 16 * kPageSize);
   while (!ctx.residency(p, kPageSize)[0].locked) std::this_thread::yield();
@@ -117,7 +118,7 @@ TEST(Pinning, PinDuringASlowMigrationWaitsAndLeavesEveryPageOnTheHost) {
     EXPECT_EQ(s.residency, Residency::System);
     EXPECT_TRUE(s.pinned);
   }
-  ctx.inject_faults(ctx.device_owner(0), FaultInjection{});
+  uhmm::hooks::inject_faults(ctx, ctx.device_owner(0), FaultInjection{});
   EXPECT_EQ(ctx.migrate_to_device(p, 16 * kPageSize).skipped, 16u);
   expect_pattern(p, 16 * kPageSize, 13);
 }
@@ -128,13 +129,13 @@ TEST(NoStaleRead, ReadersDuringSlowMigrationSeeTheDataAndAfterwardsTheDevicePage
   fill(p, 32 * kPageSize, 6);
   FaultInjection slow;
   slow.copy_delay_us = 200000;
-  ctx.inject_faults(ctx.device_owner(0), slow);
+  uhmm::hooks::inject_faults(ctx, ctx.device_owner(0), slow);
   Stream stream = ctx.create_stream();
   auto pending = ctx.migrate_to_device_async(stream, p, 32 * kPageSize);
   while (!ctx.residency(p, kPageSize)[0].locked) std::this_thread::yield();
   expect_pattern(p, 32 * kPageSize, 6);  // readers go on during the copy
   pending.get();
-  ctx.inject_faults(ctx.device_owner(0), FaultInjection{});
+  uhmm::hooks::inject_faults(ctx, ctx.device_owner(0), FaultInjection{});
   // A kernel writes on the device; the CPU must see the kernel's values.
   std::span<std::uint64_t> data(p, 32 * kPageSize / 8);
   ctx.launch(data.size(), [](std::size_t i, device_span<std::uint64_t> x) { x[i] = ~x[i]; }, data);

@@ -1,6 +1,7 @@
 // The Linux kernel's HMM selftests (tools/testing/selftests/mm/hmm-tests.c),
 // adapted: each checks data, per-page residency and counters.
 #include <gtest/gtest.h>
+#include "uhmm/hooks.hpp"
 
 #include <cstring>
 
@@ -173,7 +174,7 @@ TEST(Migrate, InjectedCopyFailureMidBatchKeepsFailedPagesOnTheHost) {
   fill(p, n * kPageSize, 14);
   FaultInjection inject;
   inject.copy_fail_at_page = 100;
-  ctx.inject_faults(ctx.device_owner(0), inject);
+  uhmm::hooks::inject_faults(ctx, ctx.device_owner(0), inject);
   const MigrationResult r = ctx.migrate_to_device(p, n * kPageSize);
   EXPECT_EQ(r.status.code, Errc::device_error);
   EXPECT_EQ(r.migrated + r.failed, n);

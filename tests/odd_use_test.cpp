@@ -15,6 +15,7 @@
 
 #include "test_support.hpp"
 #include "uhmm/uhmm.hpp"
+#include "uhmm/hooks.hpp"
 
 namespace {
 
@@ -67,7 +68,7 @@ TEST(OddUseTest, SignalsLandingDuringSlowFaultsLeaveTheDataRight) {
   ASSERT_EQ(ctx.migrate_to_device(p, kBytes).migrated, kPages);
   FaultInjection slow;
   slow.copy_delay_us = 2000;  // every copy back takes 2 ms: the faulting thread sleeps in the kernel
-  ctx.inject_faults(ctx.device_owner(0), slow);
+  uhmm::hooks::inject_faults(ctx, ctx.device_owner(0), slow);
 
   struct sigaction sa {};
   sa.sa_handler = count_signal;  // no SA_RESTART: the fault is retried by the CPU, not the libc
@@ -90,7 +91,7 @@ TEST(OddUseTest, SignalsLandingDuringSlowFaultsLeaveTheDataRight) {
   }
   reader.join();
   ::sigaction(SIGUSR1, &old, nullptr);
-  ctx.inject_faults(ctx.device_owner(0), FaultInjection{});
+  uhmm::hooks::inject_faults(ctx, ctx.device_owner(0), FaultInjection{});
   EXPECT_EQ(bad, SIZE_MAX) << "first wrong word " << bad;
 #if !defined(__SANITIZE_THREAD__)  // TSan defers handlers to its own safe points
   EXPECT_GT(signals_seen.load(), 10u);

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "uhmm/uhmm.hpp"
+#include "uhmm/hooks.hpp"
 
 namespace {
 
@@ -127,7 +128,7 @@ TEST(StreamTest, WorkOnOneStreamRunsInSubmissionOrder) {
   // submission would not be the last to run.
   FaultInjection slow;
   slow.copy_delay_us = 2000;
-  ctx.inject_faults(ctx.device_owner(0), slow);
+  uhmm::hooks::inject_faults(ctx, ctx.device_owner(0), slow);
   Stream s = ctx.create_stream();
 
   auto to_device = ctx.migrate_to_device_async(s, a, kBytes);
@@ -144,7 +145,7 @@ TEST(StreamTest, WorkOnOneStreamRunsInSubmissionOrder) {
   EXPECT_EQ(last.migrated, kPages) << "to_device ran before to_host";
   EXPECT_EQ(count(ctx.residency(a, kBytes), Residency::Device), kPages);
 
-  ctx.inject_faults(ctx.device_owner(0), FaultInjection{});
+  uhmm::hooks::inject_faults(ctx, ctx.device_owner(0), FaultInjection{});
   EXPECT_EQ(mismatches(a, kBytes, 3), 0u);
   EXPECT_EQ(count(ctx.residency(a, kBytes), Residency::System), kPages);
 }
@@ -159,7 +160,7 @@ TEST(StreamTest, SynchronizeWaitsForEverythingSubmitted) {
   }
   FaultInjection slow;
   slow.copy_delay_us = 1000;
-  ctx.inject_faults(ctx.device_owner(0), slow);
+  uhmm::hooks::inject_faults(ctx, ctx.device_owner(0), slow);
   Stream s = ctx.create_stream();
   std::vector<std::future<MigrationResult>> futures;
   for (int round = 0; round < 3; ++round)
@@ -175,7 +176,7 @@ TEST(StreamTest, SynchronizeWaitsForEverythingSubmitted) {
   for (auto& f : futures) EXPECT_EQ(f.get().failed, 0u);
   s.synchronize();  // nothing queued: returns at once
 
-  ctx.inject_faults(ctx.device_owner(0), FaultInjection{});
+  uhmm::hooks::inject_faults(ctx, ctx.device_owner(0), FaultInjection{});
   for (int r = 0; r < kRanges; ++r) EXPECT_EQ(mismatches(ranges[static_cast<std::size_t>(r)], MiB, 10 + static_cast<std::uint64_t>(r)), 0u);
 }
 
@@ -185,7 +186,7 @@ TEST(StreamTest, DestroyingAStreamWaitsForItsWork) {
   fill(a, kBytes, 4);
   FaultInjection slow;
   slow.copy_delay_us = 2000;
-  ctx.inject_faults(ctx.device_owner(0), slow);
+  uhmm::hooks::inject_faults(ctx, ctx.device_owner(0), slow);
   std::future<MigrationResult> f;
   {
     Stream s = ctx.create_stream();
@@ -193,7 +194,7 @@ TEST(StreamTest, DestroyingAStreamWaitsForItsWork) {
   }
   EXPECT_TRUE(ready(f));
   EXPECT_EQ(f.get().migrated, kPages);
-  ctx.inject_faults(ctx.device_owner(0), FaultInjection{});
+  uhmm::hooks::inject_faults(ctx, ctx.device_owner(0), FaultInjection{});
   EXPECT_EQ(mismatches(a, kBytes, 4), 0u);
 }
 
@@ -276,7 +277,7 @@ TEST(StreamTest, FreeingARangeWithQueuedWorkIsReportedNotACrash) {
   fill(doomed, kBytes, 8);
   FaultInjection slow;
   slow.copy_delay_us = 5000;  // the first job keeps the stream busy while the range goes
-  ctx.inject_faults(ctx.device_owner(0), slow);
+  uhmm::hooks::inject_faults(ctx, ctx.device_owner(0), slow);
   Stream s = ctx.create_stream();
 
   std::vector<std::future<MigrationResult>> queued;
@@ -298,7 +299,7 @@ TEST(StreamTest, FreeingARangeWithQueuedWorkIsReportedNotACrash) {
       ADD_FAILURE() << "job " << i << ": not a uhmm::Error: " << e.what();
     }
   }
-  ctx.inject_faults(ctx.device_owner(0), FaultInjection{});
+  uhmm::hooks::inject_faults(ctx, ctx.device_owner(0), FaultInjection{});
   // The freed range's device pages went back to the pool; the context goes on.
   EXPECT_EQ(ctx.counters().device_pages_in_use, kPages);
   EXPECT_EQ(mismatches(busy, kBytes, 7), 0u);
@@ -315,7 +316,7 @@ TEST(StreamTest, FreeingARangeWhileItsMigrationRunsWaitsForIt) {
   fill(a, kBytes, 11);
   FaultInjection slow;
   slow.copy_delay_us = 5000;
-  ctx.inject_faults(ctx.device_owner(0), slow);
+  uhmm::hooks::inject_faults(ctx, ctx.device_owner(0), slow);
   Stream s = ctx.create_stream();
   auto f = ctx.migrate_to_device_async(s, a, kBytes);
   ctx.free(a);  // whether the job started or not, this must not crash or leak
@@ -390,7 +391,7 @@ TEST(StreamTest, FailuresInsideAnAsyncMigrationComeBackInItsResult) {
   fill(a, kBytes, 13);
   FaultInjection few;
   few.alloc_pages_left = 100;
-  ctx.inject_faults(ctx.device_owner(0), few);
+  uhmm::hooks::inject_faults(ctx, ctx.device_owner(0), few);
   Stream s = ctx.create_stream();
   const MigrationResult r = ctx.migrate_to_device_async(s, a, kBytes).get();
   EXPECT_EQ(r.pages, kPages);
@@ -399,7 +400,7 @@ TEST(StreamTest, FailuresInsideAnAsyncMigrationComeBackInItsResult) {
   EXPECT_GT(r.failed, 0u);
   EXPECT_EQ(r.status.code, Errc::out_of_memory) << r.status.message;
   EXPECT_EQ(count(ctx.residency(a, kBytes), Residency::Device), r.migrated);
-  ctx.inject_faults(ctx.device_owner(0), FaultInjection{});
+  uhmm::hooks::inject_faults(ctx, ctx.device_owner(0), FaultInjection{});
   EXPECT_EQ(mismatches(a, kBytes, 13), 0u);
 }
 

@@ -1,5 +1,5 @@
 // The application's own madvise(MADV_DONTNEED), munmap and mremap of managed
-// memory (userfaultfd UNMAP/REMOVE/REMAP events, host/mapping_events.hpp):
+// memory (userfaultfd UNMAP/REMOVE/REMAP events, host/fault/mapping_events.hpp):
 // device pages of the part concerned go back to the pool, the mirror follows,
 // calls on an unmapped part fail clearly, free still works, no other range is
 // touched, and uhmm's own MADV_DONTNEED in migrate_vma_finalize is not taken
@@ -17,6 +17,7 @@
 #include "signal_test_support.hpp"
 #include "test_support.hpp"
 #include "uhmm/uhmm.hpp"
+#include "uhmm/hooks.hpp"
 
 namespace {
 
@@ -320,13 +321,13 @@ TEST_F(UnmapEventsTest, ApplicationDontneedOfPagesBeingCopiedToTheDeviceReadsZer
   fill(p, kBytes, 12);
   FaultInjection slow;
   slow.copy_delay_us = 300'000;  // every copy batch waits first: the discard lands during it
-  ctx.inject_faults(ctx.device_owner(0), slow);
+  uhmm::hooks::inject_faults(ctx, ctx.device_owner(0), slow);
   MigrationResult r;
   std::thread migrator([&] { r = ctx.migrate_to_device(p, kBytes); });
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
   ASSERT_EQ(::madvise(p, kBytes, MADV_DONTNEED), 0);
   migrator.join();
-  ctx.inject_faults(ctx.device_owner(0), FaultInjection{});
+  uhmm::hooks::inject_faults(ctx, ctx.device_owner(0), FaultInjection{});
   EXPECT_TRUE(ctx.validate()) << ctx.validate().message;
   std::vector<std::byte> zeros(kBytes);
   EXPECT_EQ(std::memcmp(p, zeros.data(), kBytes), 0);

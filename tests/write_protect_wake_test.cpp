@@ -11,6 +11,7 @@
 
 #include "test_support.hpp"
 #include "uhmm/uhmm.hpp"
+#include "uhmm/hooks.hpp"
 
 namespace {
 
@@ -27,7 +28,7 @@ TEST(WriteProtectWakeTest, AWriterHeldByAFailedMigrationWakesOnlyAfterTheUnlock)
   for (int round = 0; round < 60; ++round) {
     // The copy sleeps, then fails: the pages stay on the host, write-protected
     // all the while.
-    ctx.inject_faults(ctx.device_owner(0), {.copy_fail_at_page = 0, .copy_fail_batches = 1, .copy_delay_us = 3000});
+    uhmm::hooks::inject_faults(ctx, ctx.device_owner(0), {.copy_fail_at_page = 0, .copy_fail_batches = 1, .copy_delay_us = 3000});
     std::atomic<bool> go{false}, migrated{false};
     std::thread writer([&] {
       while (!go.load()) std::this_thread::yield();
@@ -49,7 +50,7 @@ TEST(WriteProtectWakeTest, AWriterHeldByAFailedMigrationWakesOnlyAfterTheUnlock)
     ASSERT_EQ(r.migrated, 0u);
     ASSERT_EQ(data[0], static_cast<std::uint64_t>(round));
   }
-  ctx.inject_faults(ctx.device_owner(0), {});
+  uhmm::hooks::inject_faults(ctx, ctx.device_owner(0), {});
   EXPECT_GT(faulted, 0u) << "no store met the write-protection: the test proved nothing";
   EXPECT_EQ(woke_locked, 0u) << "of " << faulted << " writers held by a migration";
   EXPECT_TRUE(ctx.validate()) << ctx.validate().message;

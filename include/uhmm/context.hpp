@@ -30,6 +30,7 @@ namespace uhmm {
 namespace detail {
 class ContextImpl;
 class StreamImpl;
+struct ContextAccess;
 }  // namespace detail
 
 // Ordered asynchronous migrations. Work on one stream runs in submission order.
@@ -72,8 +73,6 @@ class UHMM_EXPORT Context {
   // The owner id of device i (devices are numbered 0..device_count()-1).
   OwnerId device_owner(std::size_t i = 0) const;
   DeviceInfo device_info(OwnerId owner) const;
-  // The device's backend, for driver-level work (advanced).
-  Backend& backend(OwnerId owner);
   // Shrinks (or grows back, up to device_pool_bytes) the pages owner's pool
   // may hand out, then evicts its least recently used chunks until the pages
   // in use fit: their data comes back to host RAM, and chunks left entirely
@@ -95,8 +94,7 @@ class UHMM_EXPORT Context {
   // above are invalid_argument and change nothing.
   void set_thrashing(const ThrashingOptions& thrashing);
   ThrashingOptions thrashing() const noexcept;
-  // Test hooks: failures injected into owner's pool and copy engine.
-  void inject_faults(OwnerId owner, const FaultInjection& injection);
+  // A device's backend and injected failures: uhmm/hooks.hpp.
 
   // Synchronous migrations of [p, p + bytes) (page aligned, inside one range).
   // A device page migration selects host pages, never-touched pages (zero-filled
@@ -184,10 +182,8 @@ class UHMM_EXPORT Context {
   template <class F, class... T>
   void launch_device_on(OwnerId device, F&& body, std::span<T>... data);
 
-  detail::ContextImpl& impl() noexcept { return *impl_; }
-  const detail::ContextImpl& impl() const noexcept { return *impl_; }
-
  private:
+  friend struct detail::ContextAccess;  // the library's way to its ContextImpl (host/api)
   struct SpanRequest {
     const void* data;
     std::size_t bytes;

@@ -37,7 +37,7 @@ struct DeviceFaultException {
 
 // Element i is read whole from the page its first byte is in: launches refuse
 // a span that does not start at a multiple of sizeof(T) inside its page, so
-// that no element straddles two pages (host/launch.cpp).
+// that no element straddles two pages (host/api/launch.cpp).
 template <class T>
 class device_span {
   static_assert(4096 % sizeof(T) == 0, "device_span elements must not straddle pages");

@@ -12,7 +12,7 @@
 namespace uhmm {
 
 // Runs host-compiled kernels on a launch_device stream, in stream order
-// (implemented by libuhmm, host/device_launch.cpp).
+// (implemented by libuhmm, host/api/device_launch.cpp).
 class HostLaunchQueue {
  public:
   // Queues kernel(first, last) over slices of [0, n) behind the stream's work.

@@ -16,6 +16,7 @@
 #include <gtest/gtest.h>
 
 #include "uhmm/uhmm.hpp"
+#include "uhmm/hooks.hpp"
 
 #include "emulated_runtime.hpp"
 #include "host_pages.hpp"
@@ -79,7 +80,7 @@ class EmulatedCopyEngine : public ::testing::Test {
   }
 
   Context ctx_{emulated_options()};
-  Backend& backend_ = ctx_.backend(ctx_.device_owner(0));
+  Backend& backend_ = uhmm::hooks::backend(ctx_, ctx_.device_owner(0));
   StreamId stream_ = 0;
   DeviceAddress chunks_[4] = {};  // 2048 device pages
 };

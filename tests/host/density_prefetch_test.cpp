@@ -1,4 +1,4 @@
-// The density prefetcher (host/density_prefetch.hpp): which part of a block a
+// The density prefetcher (host/policy/density_prefetch.hpp): which part of a block a
 // CPU fault brings back, for the thresholds that bound it and UVM's 51%.
 #include <gtest/gtest.h>
 

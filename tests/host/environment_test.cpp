@@ -1,5 +1,5 @@
 // UHMM_* variables in a process that runs with privileges it was not started
-// with (host/environment.hpp): ignored, each with a log line, as glibc's
+// with (common/environment.hpp): ignored, each with a log line, as glibc's
 // secure_getenv ignores the environment there. The AT_SECURE check is replaced
 // by one the test sets; tests/secure_environment_test.cpp runs the real thing.
 #include <gtest/gtest.h>

@@ -25,7 +25,8 @@
 #include <string_view>
 #include <thread>
 
-#include "context_impl.hpp"
+#include "context_core.hpp"
+#include "mm.hpp"
 #include "signal_fault_handler.hpp"
 #include "signal_test_support.hpp"
 #include "test_support.hpp"
@@ -134,7 +135,7 @@ void discard_victim() {
     return;
   }
   discarder.rc = ::munmap(victim, kPageSize);
-  discarder.ctx->impl().ranges.gate().wait_applied();  // the address is free for reuse now
+  detail::core(*discarder.ctx).ranges.gate().wait_applied();  // the address is free for reuse now
   void* other = ::mmap(victim, kPageSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
   if (other != victim) discarder.rc = -1;
   else *static_cast<std::uint64_t*>(other) = kOtherMemory;
@@ -146,7 +147,7 @@ void discard_victim() {
 // its ioctls would. Joined: the kernel has zapped the page when this returns.
 void discard_victim_from_the_service() {
   std::thread changer(discard_victim);
-  auto& impl = discarder.ctx->impl();
+  auto& impl = detail::core(*discarder.ctx);
   pollfd pending{impl.mechanism->poll_fd(), POLLIN, 0};
   while (::poll(&pending, 1, -1) < 0) {
   }
@@ -166,7 +167,7 @@ void at_held_install(void* first_page, bool installed) {
   discard_victim();  // waits until the fault service has read the event
   // Applied, too, before the holder goes on (as a call that follows the
   // madvise would see it: event_gate.hpp).
-  discarder.ctx->impl().ranges.gate().wait_applied();
+  detail::core(*discarder.ctx).ranges.gate().wait_applied();
 }
 
 class HeldDiscard : public ::testing::TestWithParam<bool> {
@@ -220,7 +221,7 @@ class HeldDiscard : public ::testing::TestWithParam<bool> {
     }
     EXPECT_EQ(ctx.counters().device_pages_in_use, kPages);
     for (std::size_t i = 0; i < kPages; ++i) EXPECT_TRUE(page_reads(p, i, filled && i != kVictim)) << "page " << i;
-    const Status valid = ctx.impl().validate(/*quiescent=*/true);
+    const Status valid = detail::core(ctx).validate(/*quiescent=*/true);
     EXPECT_TRUE(valid) << valid.message;
   }
 };
@@ -235,7 +236,7 @@ TEST_P(HeldDiscard, MigrateToHost) {
 
 TEST_P(HeldDiscard, Eviction) {
   on_device();
-  const std::size_t capacity = ctx.impl().rmap(1).capacity();
+  const std::size_t capacity = detail::core(ctx).rmap(1).capacity();
   migrate_device_range(ctx, 1, 0, capacity);
   EXPECT_EQ(ctx.counters().device_pages_in_use, 0u);
   expect_victim_empty_and_migratable();
@@ -291,7 +292,7 @@ class HeldDiscardThenStore : public HeldDiscard {
     }
     EXPECT_EQ(*reinterpret_cast<volatile std::uint64_t*>(page(p, kVictim)), kStored);
     for (std::size_t i = 0; i < kPages; ++i) EXPECT_TRUE(i == kVictim || page_reads(p, i, true)) << "page " << i;
-    const Status valid = ctx.impl().validate(/*quiescent=*/true);
+    const Status valid = detail::core(ctx).validate(/*quiescent=*/true);
     EXPECT_TRUE(valid) << valid.message;
   }
 };
@@ -313,7 +314,7 @@ TEST_P(HeldDiscardThenStore, DontneedUnderMigrateToHost) {
 TEST_P(HeldDiscardThenStore, FreeUnderEviction) {
   on_device();
   arm(MADV_FREE);
-  migrate_device_range(ctx, 1, 0, ctx.impl().rmap(1).capacity());
+  migrate_device_range(ctx, 1, 0, detail::core(ctx).rmap(1).capacity());
   expect_store_kept();
 }
 
@@ -337,7 +338,7 @@ TEST_P(HeldDiscard, UnmapThenOtherMemoryThereUnderMigrateToHost) {
   EXPECT_EQ(r.failed, 0u);
   EXPECT_EQ(*reinterpret_cast<volatile std::uint64_t*>(page(p, kVictim)), kOtherMemory);
   EXPECT_EQ(ctx.counters().device_pages_in_use, 0u);
-  const Status valid = ctx.impl().validate(/*quiescent=*/true);
+  const Status valid = detail::core(ctx).validate(/*quiescent=*/true);
   EXPECT_TRUE(valid) << valid.message;
   for (std::size_t i = 0; i < kPages; ++i) EXPECT_TRUE(i == kVictim || page_reads(p, i, true)) << "page " << i;
   ::munmap(page(p, kVictim), kPageSize);
@@ -371,7 +372,7 @@ TEST(HeldDiscardMigration, HostPageDiscardedWhileSelectedStaysOnTheHostAsZeros) 
   expect_mirror_agrees(ctx, page(p, kVictim));  // the copy engine's fault mapped zeros there
   EXPECT_EQ(ctx.counters().device_pages_in_use, kPages - 1);
   for (std::size_t i = 0; i < kPages; ++i) EXPECT_TRUE(page_reads(p, i, i != kVictim)) << "page " << i;
-  const Status valid = ctx.impl().validate(/*quiescent=*/true);
+  const Status valid = detail::core(ctx).validate(/*quiescent=*/true);
   EXPECT_TRUE(valid) << valid.message;
 }
 

@@ -1,4 +1,4 @@
-// The lock order (host/lock_order.hpp) is checked: taking a lock of an
+// The lock order (host/base/lock_order.hpp) is checked: taking a lock of an
 // earlier or equal rank while holding one is reported, naming both; the
 // written order passes; a try_lock may go out of order (it cannot deadlock).
 // Expensive-check builds turn the checker on for the whole suite, where a

@@ -1,5 +1,5 @@
 // Races between the application's own mapping changes (userfaultfd REMOVE,
-// UNMAP, REMAP events; host/mapping_events.hpp) and uhmm operations, forced
+// UNMAP, REMAP events; host/fault/mapping_events.hpp) and uhmm operations, forced
 // with test points (uhmm/detail/test_points.hpp) rather than hoped for. A
 // watchdog turns a hang into a named failure. Mapping events exist in
 // userfaultfd mode only: with UHMM_FAULT_MODE=signal these tests skip.
@@ -21,7 +21,8 @@
 #include <thread>
 #include <vector>
 
-#include "context_impl.hpp"
+#include "context_core.hpp"
+#include "mm.hpp"
 #include "signal_test_support.hpp"
 #include "test_support.hpp"
 #include "uhmm/detail/test_points.hpp"
@@ -117,7 +118,7 @@ TEST(MappingEventRaces, RemapAppliedDuringABringBackLeavesItsStagedPagesAlone) {
   void* target = reserve(kBytes);
   ASSERT_NE(target, nullptr);
   g_mover_go.reset();
-  g_uffd.store(ctx.impl().mechanism->poll_fd());
+  g_uffd.store(detail::core(ctx).mechanism->poll_fd());
   void* moved = nullptr;
   std::thread mover([&] {
     g_mover_go.wait();
@@ -409,10 +410,10 @@ TEST(MappingEventRaces, AStoreToAWriteProtectedPageRecordedEmptyGoesThroughAndSt
   auto* p = static_cast<std::uint64_t*>(ctx.allocate(kBytes));
   fill(p, kBytes, 6);
   {
-    detail::RangeSpan span = ctx.impl().ranges.find(p);
+    detail::RangeSpan span = detail::core(ctx).ranges.find(p);
     ASSERT_TRUE(span);
     auto& range = span.range();
-    ASSERT_EQ(ctx.impl().mechanism->write_protect(range, 0, 1, true), 0);
+    ASSERT_EQ(detail::core(ctx).mechanism->write_protect(range, 0, 1, true), 0);
     std::lock_guard lock(range.table().block_mutex(0));
     range.table().entry(0) = detail::MirrorEntry{};
   }

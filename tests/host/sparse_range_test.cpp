@@ -3,7 +3,8 @@
 // table and never maps the rest of it (checked with mincore, not a clock).
 #include <gtest/gtest.h>
 
-#include "context_impl.hpp"
+#include "context_core.hpp"
+#include "mm.hpp"
 #include "test_support.hpp"
 
 namespace uhmm::test {
@@ -22,13 +23,13 @@ TEST(SparseRange, FreeingATebibyteRangeWithTwoPagesTouchedVisitsOnlyTheirBlocks)
   ASSERT_EQ(ctx.migrate_to_device(p, kPageSize).migrated, 1u);
   ASSERT_EQ(ctx.migrate_to_device(last, kPageSize).migrated, 1u);
   {
-    detail::RangeSpan span = ctx.impl().ranges.find(p);
+    detail::RangeSpan span = detail::core(ctx).ranges.find(p);
     ASSERT_TRUE(span);
     auto& table = span.range().table();
     EXPECT_EQ(table.touched_blocks(), 2u);
     // Walks of the table (the release that free does, a validation) read
     // the touched blocks' entries alone: a few pages of a 2 GiB table.
-    EXPECT_EQ(ctx.impl().release_device_pages(span.range()), 2u);
+    EXPECT_EQ(detail::core(ctx).release_device_pages(span.range()), 2u);
     EXPECT_TRUE(ctx.validate());
     EXPECT_LE(table.resident_entry_pages(), 4u);
     EXPECT_EQ(table.touched_blocks(), 2u);

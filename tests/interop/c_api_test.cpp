@@ -8,7 +8,8 @@
 #include <thread>
 #include <vector>
 
-#include "context_impl.hpp"
+#include "context_core.hpp"
+#include "mm.hpp"
 #include "test_support.hpp"
 #include "uhmm/default_context.hpp"
 #include "uhmm/uhmm.h"
@@ -31,7 +32,7 @@ class CApi : public ::testing::Test {
   }
   void TearDown() override { EXPECT_EQ(uhmmDeviceReset(), uhmmSuccess); }
 
-  static std::size_t live_ranges() { return default_context().impl().ranges.overlapping(0, UINTPTR_MAX).size(); }
+  static std::size_t live_ranges() { return detail::core(default_context()).ranges.overlapping(0, UINTPTR_MAX).size(); }
   static std::size_t on(Residency r, const void* p, std::size_t bytes) {
     return count(default_context().residency(p, bytes), r);
   }

@@ -11,7 +11,8 @@
 #include <thread>
 #include <vector>
 
-#include "context_impl.hpp"
+#include "context_core.hpp"
+#include "mm.hpp"
 #include "test_support.hpp"
 #include "uhmm/default_context.hpp"
 #include "uhmm/managed_memory_resource.hpp"
@@ -22,13 +23,13 @@ namespace {
 
 class ManagedResource : public ::testing::Test {
  protected:
-  std::size_t live_ranges() const { return ctx.impl().ranges.overlapping(0, UINTPTR_MAX).size(); }
+  std::size_t live_ranges() const { return detail::core(ctx).ranges.overlapping(0, UINTPTR_MAX).size(); }
   Context ctx{cpu_options()};
   managed_memory_resource resource{ctx};
 
   // The managed range holding p, or throws when there is none.
   void* range_of(const void* p) const {
-    const auto span = ctx.impl().ranges.find(p);
+    const auto span = detail::core(ctx).ranges.find(p);
     return span ? span.range().base() : nullptr;
   }
 };
@@ -180,9 +181,9 @@ TEST(DefaultManagedResource, TheDefaultAllocatorUsesTheDefaultContext) {
   ASSERT_EQ(uhmmDeviceReset(), uhmmSuccess);
   {
     std::vector<int, managed_allocator<int>> v(1000, 7);
-    EXPECT_TRUE(default_context().impl().ranges.find(v.data()));
+    EXPECT_TRUE(detail::core(default_context()).ranges.find(v.data()));
     EXPECT_EQ(managed_allocator<int>(), managed_allocator<long>());
-    void* base = default_context().impl().ranges.find(v.data()).range().base();
+    void* base = detail::core(default_context()).ranges.find(v.data()).range().base();
     EXPECT_EQ(uhmmFree(base), uhmmErrorInvalidValue) << "the resource's arena is not the C API's to free";
   }
   EXPECT_EQ(uhmmDeviceReset(), uhmmSuccess);

@@ -28,6 +28,7 @@
 #include <sys/mman.h>
 
 #include "uhmm/uhmm.hpp"
+#include "uhmm/hooks.hpp"
 
 namespace uhmm::stress {
 namespace {
@@ -1082,7 +1083,7 @@ void Harness::op_inject(ThreadState& ts) {
   ts.rec.flags = static_cast<std::uint8_t>(kind);
   ts.rec.a = static_cast<std::int32_t>(f.alloc_pages_left);
   ts.rec.b = static_cast<std::int32_t>(f.copy_fail_at_page);
-  ctx_.inject_faults(dev, f);
+  uhmm::hooks::inject_faults(ctx_, dev, f);
 }
 
 void Harness::op_residency(ThreadState& ts) {
@@ -1248,7 +1249,7 @@ void Harness::watchdog() {
 }
 
 void Harness::final_checks() {
-  for (unsigned d = 1; d <= cfg_.devices; ++d) ctx_.inject_faults(static_cast<OwnerId>(d), FaultInjection{});
+  for (unsigned d = 1; d <= cfg_.devices; ++d) uhmm::hooks::inject_faults(ctx_, static_cast<OwnerId>(d), FaultInjection{});
   for (auto& s : slots_) release_outer(nullptr, *s);
   // The pools' pages in use against the device pages the mirror names (a stale
   // fault event may still move one: retry a few times).

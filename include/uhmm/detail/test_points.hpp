@@ -18,7 +18,7 @@ extern std::atomic<void (*)()> pool_locked;
 inline std::atomic<int> migration_drop_error{0};
 
 // Set: the signal fault mechanism acts as near its mapping budget (coarse,
-// host/signal_mechanism.hpp) whatever its count of protection runs.
+// host/os/signal_mechanism.hpp) whatever its count of protection runs.
 inline std::atomic<bool> signal_coarse{false};
 
 // Called by the signal fault mechanism when, coarse, it is about to lower the
@@ -27,7 +27,7 @@ inline std::atomic<bool> signal_coarse{false};
 inline std::atomic<void (*)()> signal_widen{nullptr};
 
 // Called by an operation that holds pages LOCKED to map them on the host
-// (ContextImpl::bring_back, snapshot_range's populate), with the first page's
+// (bring_back, snapshot_range's populate), with the first page's
 // address: before it maps them (`installed` false) and after.
 inline std::atomic<void (*)(void* first_page, bool installed)> held_install{nullptr};
 
@@ -45,7 +45,7 @@ inline std::atomic<std::size_t> fault_batch_min{0};
 // them there).
 inline std::atomic<void (*)(void*)> bring_back_copied{nullptr};
 
-// Called by ContextImpl::bring_back between copying device pages into its
+// Called by bring_back between copying device pages into its
 // staging buffer and installing them from it (an event the install's EAGAIN
 // pump applies then must leave that buffer alone).
 inline std::atomic<void (*)()> bring_back_staged{nullptr};
