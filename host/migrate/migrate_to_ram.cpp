@@ -146,7 +146,7 @@ BackResult bring_back(Mm& mm, ManagedRange& range, std::span<const std::size_t> 
   // them: a REMAP its install met is applied by now.)
   if (follows_unmaps && !signal_faults::on_service_thread() &&
       std::any_of(gone.begin(), gone.end(), [](std::uint8_t g) { return g != 0; }))
-    ranges.gate().wait_applied();
+    mm.ranges.gate().wait_applied();
 
   {
     std::lock_guard lock(table.block_mutex(block));

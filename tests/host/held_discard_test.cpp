@@ -392,12 +392,12 @@ class HeldMove : public HeldDiscard {
     detail::test_points::held_install.store(nullptr);
     ASSERT_TRUE(discarder.fired.load()) << "the holder never reached its test point";
     ASSERT_EQ(discarder.rc, 0) << "the application's mremap failed";
-    ctx.impl().ranges.gate().wait_applied();
+    detail::core(ctx).ranges.gate().wait_applied();
     for (std::size_t i = 0; i < kPages; ++i) {
       const std::byte* base = i < kMoveFirst ? p : discarder.moved - kMoveFirst * kPageSize;
       EXPECT_TRUE(page_reads(base, i, true)) << "page " << i << (i < kMoveFirst ? "" : " at the new place");
     }
-    const Status valid_live = ctx.impl().validate(/*quiescent=*/true);
+    const Status valid_live = detail::core(ctx).validate(/*quiescent=*/true);
     EXPECT_TRUE(valid_live) << valid_live.message;
     ctx.free(p);
     EXPECT_EQ(ctx.counters().device_pages_in_use, 0u);
@@ -412,7 +412,7 @@ TEST_P(HeldMove, UnderMigrateToHost) {
 
 TEST_P(HeldMove, UnderEviction) {
   arm();
-  migrate_device_range(ctx, 1, 0, ctx.impl().rmap(1).capacity());
+  migrate_device_range(ctx, 1, 0, detail::core(ctx).rmap(1).capacity());
   expect_moved_intact();
 }
 

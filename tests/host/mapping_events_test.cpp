@@ -207,7 +207,7 @@ std::atomic<int> g_old_place_live{-1};
 
 void note_old_place_liveness() {
   const std::uintptr_t lo = g_old_place.load();
-  auto& impl = g_ctx.load()->impl();
+  auto& impl = detail::core(*g_ctx.load());
   bool live = false;
   for (const auto& range : impl.ranges.overlapping(lo, lo + kBytes)) live |= !range->all_unmapped(0, kPages);
   g_old_place_live.store(live ? 1 : 0);
@@ -228,7 +228,7 @@ TEST(MappingEventRaces, TheOldPlaceOfAMoveStaysLiveUntilItsUnmapIsApplied) {
   {
     Hook hook(detail::test_points::remap_applied, note_old_place_liveness);
     moved = ::mremap(a, kBytes, kBytes, MREMAP_MAYMOVE | MREMAP_FIXED, target);
-    ctx.impl().ranges.gate().wait_applied();
+    detail::core(ctx).ranges.gate().wait_applied();
   }
   ASSERT_EQ(moved, target) << std::strerror(errno);
   EXPECT_EQ(g_old_place_live.load(), 1) << "the REMAP retired the old place before its UNMAP came";
@@ -253,7 +253,7 @@ TEST(MappingEventRaces, DontunmapLeavesTheOldPlaceManagedAndEmpty) {
   void* moved = ::mremap(a, kBytes, kBytes, MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP, target);
   if (moved == MAP_FAILED && errno == EINVAL) GTEST_SKIP() << "this kernel has no MREMAP_DONTUNMAP for this mapping";
   ASSERT_EQ(moved, target) << std::strerror(errno);
-  ctx.impl().ranges.gate().wait_applied();
+  detail::core(ctx).ranges.gate().wait_applied();
   expect_pattern(target, kBytes, 5);
   EXPECT_EQ(ctx.counters().device_pages_in_use, 0u);
   for (const PageState& st : ctx.residency(a, kBytes)) EXPECT_EQ(st.residency, Residency::Empty);
