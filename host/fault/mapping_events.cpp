@@ -118,7 +118,7 @@ bool MappingEvents::drop_pass(ManagedRange& range, std::size_t first, std::size_
       for (std::size_t p = lo; p < hi; ++p) {
         MirrorEntry& e = table.entry(p);
         // A locked page belongs to its holder: marked, whatever it holds, and
-        // emptied when the holder unlocks it (Mm::unlock), whatever
+        // emptied when the holder unlocks it (unlock_pages), whatever
         // the holder mapped meanwhile. A host page a migration reads gets
         // zeros for its copy engine's fault meanwhile (the kernel zaps it
         // next), and stays on the host (migrate_vma_pages).

@@ -1,5 +1,5 @@
 // The pages one operation has LOCKED in one range, unlocked through
-// Mm::unlock (LOCKED cleared, the unlock announced, their faults
+// unlock_pages (LOCKED cleared, the unlock announced, their faults
 // woken) when the operation is done with them or, at the latest, when it
 // unwinds: an exception between locking and unlocking (host memory running
 // out) never leaves a page LOCKED, which would park every later fault on it
