@@ -18,20 +18,27 @@ void ask_host_data(Mm& ctx, ManagedRange& range, std::size_t first, std::size_t 
                    Learn learn) noexcept {
   auto& table = range.table();
   std::uint8_t present[kPagesPerBlock];
+  std::uint64_t before[kPagesPerBlock];  // each entry when the page tables were asked
   for (std::size_t block = table.block_of(first); block <= table.block_of(first + count - 1); ++block) {
     const std::size_t lo = std::max(first, table.block_begin(block));
     const std::size_t hi = std::min(first + count, table.block_end(block));
     bool any = false;
     {
       std::lock_guard lock(table.block_mutex(block));
-      for (std::size_t p = lo; p < hi && !any; ++p) any = asks(table.entry(p));
+      for (std::size_t p = lo; p < hi; ++p) {
+        before[p - lo] = table.entry(p).bits();
+        any = any || asks(table.entry(p));
+      }
     }
     if (!any || ctx.mechanism->host_data(range, lo, hi - lo, present) != 0) continue;
     std::lock_guard lock(table.block_mutex(block));
     for (std::size_t p = lo; p < hi; ++p) {
       MirrorEntry& e = table.entry(p);
       // Locked pages are their holder's (a migration asks after holding them).
-      if (!e.locked() && asks(e)) learn(e, present[p - lo] != 0);
+      // An entry that changed since is not learnt: the answer is older than
+      // it (a holder's unlock may have made it a FREED host page after
+      // mapping it, which the page tables did not have yet).
+      if (!e.locked() && e.bits() == before[p - lo] && asks(e)) learn(e, present[p - lo] != 0);
     }
   }
 }
