@@ -126,6 +126,8 @@ function(deb_step)
       endif()
     endforeach()
     list(APPEND owned ${files})
+    # The emulated GPU runtime and its plugin are for tests only (issue 16).
+    expect_none(${p} "${files}" "emulated" problems)
 
     if(p STREQUAL runtime)
       # dpkg-shlibdeps ran; no GPU runtime: that is each plugin's package's business.
