@@ -79,8 +79,8 @@ struct Discarder {
   std::byte* base = nullptr;
   bool after_install = false;
   bool unmap = false;  // munmap the victim and map other memory there instead
-  bool move = false;   // mremap the range's tail to `moved` instead
-  std::byte* moved = nullptr;
+  std::atomic<bool> move{false};  // mremap the range's tail to `moved` instead
+  std::atomic<std::byte*> moved{nullptr};
   // Atomics: a test arms them after the test point is installed, and the
   // fault service's thread reads them (no happens-before through a fault).
   std::atomic<int> advice{MADV_DONTNEED};
